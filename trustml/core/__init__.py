@@ -1,0 +1,19 @@
+"""Core types, RNG streams and validation shared by every pillar."""
+
+from trustml.core import rng
+from trustml.core import types
+from trustml.core import validation
+from trustml.core.rng import RngStreams
+from trustml.core.types import Batch, Params, PRNGKey
+from trustml.core.validation import ConfigError
+
+__all__ = [
+  "Batch",
+  "ConfigError",
+  "PRNGKey",
+  "Params",
+  "RngStreams",
+  "rng",
+  "types",
+  "validation",
+]

@@ -1,0 +1,130 @@
+"""Validation of configs and public arguments, before any compute.
+
+Every check raises :class:`ConfigError` (a ``ValueError``) whose message names the field and
+the allowed range, e.g. ``privacy.delta=1.5 is invalid: must be in (0, 1)``.
+"""
+
+from collections.abc import Iterable, Mapping
+import math
+from typing import Any
+
+
+class ConfigError(ValueError):
+  """A config field or public argument has an invalid value."""
+
+
+def _fail(field: str, value: Any, allowed: str) -> None:
+  raise ConfigError(f"{field}={value!r} is invalid: {allowed}")
+
+
+def positive_int(field: str, value: Any) -> int:
+  """Checks ``value`` is an int > 0 and returns it."""
+  if isinstance(value, bool) or not isinstance(value, (int,)) or value <= 0:
+    _fail(field, value, "must be a positive integer")
+  return int(value)
+
+
+def non_negative_int(field: str, value: Any) -> int:
+  """Checks ``value`` is an int >= 0 and returns it."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    _fail(field, value, "must be a non-negative integer")
+  return int(value)
+
+
+def _as_float(field: str, value: Any) -> float:
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    _fail(field, value, "must be a number")
+  value = float(value)
+  if math.isnan(value):
+    _fail(field, value, "must not be NaN")
+  return value
+
+
+def positive(field: str, value: Any) -> float:
+  """Checks ``value`` is a finite-or-inf number > 0."""
+  v = _as_float(field, value)
+  if v <= 0:
+    _fail(field, value, "must be > 0")
+  return v
+
+
+def non_negative(field: str, value: Any) -> float:
+  """Checks ``value`` is a number >= 0."""
+  v = _as_float(field, value)
+  if v < 0:
+    _fail(field, value, "must be >= 0")
+  return v
+
+
+def in_range(
+  field: str,
+  value: Any,
+  low: float,
+  high: float,
+  *,
+  low_inclusive: bool = False,
+  high_inclusive: bool = False,
+) -> float:
+  """Checks ``value`` lies in the interval between ``low`` and ``high``.
+
+  Args:
+    field: dotted name reported in the error.
+    value: the value to check.
+    low: lower end.
+    high: upper end.
+    low_inclusive: whether ``low`` itself is allowed.
+    high_inclusive: whether ``high`` itself is allowed.
+
+  Returns:
+    The value as float.
+
+  Raises:
+    ConfigError: if out of range.
+  """
+  v = _as_float(field, value)
+  ok_low = v >= low if low_inclusive else v > low
+  ok_high = v <= high if high_inclusive else v < high
+  if not (ok_low and ok_high):
+    lo = "[" if low_inclusive else "("
+    hi = "]" if high_inclusive else ")"
+    _fail(field, value, f"must be in {lo}{low}, {high}{hi}")
+  return v
+
+
+def one_of(field: str, value: Any, allowed: Iterable[Any]) -> Any:
+  """Checks ``value`` is one of ``allowed``."""
+  allowed = tuple(allowed)
+  if value not in allowed:
+    _fail(field, value, f"must be one of {', '.join(repr(a) for a in allowed)}")
+  return value
+
+
+def known_fields(section: str, given: Mapping[str, Any] | Iterable[str], allowed: Iterable[str]) -> None:
+  """Rejects unknown keys in a config section.
+
+  Args:
+    section: the section name, e.g. ``"privacy"``.
+    given: the section (mapping or its keys).
+    allowed: the allowed keys.
+
+  Raises:
+    ConfigError: naming the first unknown field and the allowed ones.
+  """
+  allowed = set(allowed)
+  for key in given:
+    if key not in allowed:
+      raise ConfigError(
+        f"{section}.{key} is not a known field: allowed fields are {', '.join(sorted(allowed))}"
+      )
+
+
+__all__ = [
+  "ConfigError",
+  "in_range",
+  "known_fields",
+  "non_negative",
+  "non_negative_int",
+  "one_of",
+  "positive",
+  "positive_int",
+]
