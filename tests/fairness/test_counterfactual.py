@@ -72,10 +72,11 @@ def test_swap_involution_random_strings(pairs):
   for _ in range(200):
     toks = rng.choice(words, size=8)
     toks = [
-      t.upper() if r < 0.2 else t.title() if r < 0.5 else t for t, r in zip(toks, rng.random(8))
+      t.upper() if r < 0.2 else t.title() if r < 0.5 else t
+      for t, r in zip(toks, rng.random(8), strict=True)
     ]
     seps = rng.choice([" ", ", ", "'", "-", ".", "3"], size=8)
-    text = "".join(t + s for t, s in zip(toks, seps))
+    text = "".join(t + s for t, s in zip(toks, seps, strict=True))
     assert counterfactual.swap_texts([counterfactual.swap_text(text, pairs)], pairs)[0] == text
 
 

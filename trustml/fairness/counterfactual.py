@@ -22,10 +22,10 @@ probability vectors it is the total-variation distance ``0.5 * sum_c |p_c(x) - p
 which equals ``|p_1(x) - p_1(x')|`` for two classes.
 """
 
-from collections.abc import Callable, Iterable, Mapping
 import os
 import pathlib
 import re
+from collections.abc import Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
