@@ -1,0 +1,118 @@
+"""Adapts Haiku networks into the trustml Model contract.
+
+A Haiku network is given as two functions written with Haiku modules:
+
+* ``embed_fn(tokens) -> [B, T, D]``
+* ``body_fn(embeddings, mask, is_training) -> (logits, pooled)``
+
+They are transformed together with ``hk.multi_transform`` so they share parameters; the
+resulting Model is indistinguishable downstream from a Flax one (``framework == "haiku"``).
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from trustml.models import contract
+
+
+def from_haiku(
+  embed_fn: Callable[[jax.Array], jax.Array],
+  body_fn: Callable[[jax.Array, jax.Array, bool], tuple[jax.Array, jax.Array]],
+  *,
+  name: str,
+  num_classes: int,
+  embedding_path: tuple[str, ...],
+  kind: str = "classifier",
+) -> contract.Model:
+  """Wraps Haiku functions into a Model.
+
+  Args:
+    embed_fn: token ids ``[B, T]`` -> embeddings ``[B, T, D]`` (Haiku code).
+    body_fn: ``(embeddings, mask, is_training) -> (logits, pooled)`` (Haiku code).
+    name: model name.
+    num_classes: classes (vocabulary size for an LM).
+    embedding_path: path of the token table in the Haiku params, e.g. ``("embed", "embeddings")``.
+    kind: ``"classifier"`` or ``"lm"``.
+
+  Returns:
+    The Model.
+  """
+
+  def _fns():
+    def init(tokens, mask):
+      return body_fn(embed_fn(tokens), mask, False)
+
+    return init, (embed_fn, body_fn)
+
+  transformed = hk.multi_transform(_fns)
+  embed_apply, body_apply = transformed.apply
+
+  def init(rng: jax.Array, batch) -> Any:
+    return transformed.init(rng, batch["tokens"], batch["mask"])
+
+  def embed(params, batch) -> jax.Array:
+    return embed_apply(params, None, batch["tokens"])
+
+  def apply_from_embeddings(params, embeddings, batch, *, rng=None, train=False) -> jax.Array:
+    return body_apply(params, rng if train else None, embeddings, batch["mask"], train)[0]
+
+  def apply(params, batch, *, rng=None, train=False) -> jax.Array:
+    return apply_from_embeddings(params, embed(params, batch), batch, rng=rng, train=train)
+
+  def pooled(params, batch) -> jax.Array:
+    return body_apply(params, None, embed(params, batch), batch["mask"], False)[1]
+
+  loss_of = contract.lm_losses if kind == "lm" else contract.classifier_losses
+  sums_of = contract.lm_metric_sums if kind == "lm" else contract.classifier_metric_sums
+
+  def per_example_loss(params, batch, rng=None) -> jax.Array:
+    return loss_of(apply(params, batch, rng=rng, train=rng is not None), batch)
+
+  def eval_metrics(params, batch):
+    return sums_of(apply(params, batch), batch)
+
+  return contract.Model(
+    name=name,
+    kind=kind,
+    num_classes=num_classes,
+    init=init,
+    apply=apply,
+    per_example_loss=per_example_loss,
+    embed=embed,
+    apply_from_embeddings=apply_from_embeddings,
+    pooled=pooled,
+    eval_metrics=eval_metrics,
+    embedding_path=embedding_path,
+    framework="haiku",
+  )
+
+
+def haiku_bag_classifier(
+  vocab_size: int, num_classes: int, embed_dim: int = 32, hidden_dim: int = 64
+) -> contract.Model:
+  """A Haiku mean-pooled bag-of-embeddings classifier (reference Haiku model)."""
+
+  def embed_fn(tokens):
+    return hk.Embed(vocab_size, embed_dim, name="embed")(tokens)
+
+  def body_fn(emb, mask, is_training):
+    del is_training
+    m = mask.astype(emb.dtype)[..., None]
+    x = (emb * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+    x = jax.nn.relu(hk.Linear(hidden_dim, name="hidden")(x))
+    return hk.Linear(num_classes, name="head")(x), x
+
+  return from_haiku(
+    embed_fn,
+    body_fn,
+    name="haiku_bag",
+    num_classes=num_classes,
+    embedding_path=("embed", "embeddings"),
+  )
+
+
+__all__ = ["from_haiku", "haiku_bag_classifier"]

@@ -1,0 +1,136 @@
+"""Flax Linen text networks: bag of embeddings, 1-D CNN, transformer encoder, causal LM.
+
+Each network exposes three methods so the Model contract can differentiate with respect to
+token embeddings:
+
+* ``embed_tokens(tokens) -> [B, T, D]``
+* ``from_embeddings(emb, mask, train) -> logits``
+* ``pool(emb, mask, train) -> [B, H]`` (the representation before the output head)
+
+``__call__(tokens, mask, train)`` is ``from_embeddings(embed_tokens(tokens), mask, train)``.
+The token table is always the submodule ``embed`` (params path ``("embed", "embedding")``).
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from trustml.models import layers
+
+
+class BagOfEmbeddings(nn.Module):
+  """Mean-pooled bag of embeddings followed by an MLP."""
+
+  vocab_size: int
+  num_classes: int
+  embed_dim: int = 64
+  hidden_dim: int = 128
+  dropout_rate: float = 0.0
+
+  def setup(self):
+    self.embed = nn.Embed(self.vocab_size, self.embed_dim, name="embed")
+    self.hidden = nn.Dense(self.hidden_dim, name="hidden")
+    self.head = nn.Dense(self.num_classes, name="head")
+    self.dropout = nn.Dropout(self.dropout_rate)
+
+  def embed_tokens(self, tokens: jax.Array) -> jax.Array:
+    return self.embed(tokens)
+
+  def pool(self, emb: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
+    x = layers.masked_mean(emb, mask)
+    x = nn.relu(self.hidden(x))
+    return self.dropout(x, deterministic=not train)
+
+  def from_embeddings(self, emb: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
+    return self.head(self.pool(emb, mask, train))
+
+  def __call__(self, tokens: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
+    return self.from_embeddings(self.embed_tokens(tokens), mask, train)
+
+
+class CNNClassifier(nn.Module):
+  """1-D convolutions of several widths, masked max-pooling over time, linear head (Kim 2014)."""
+
+  vocab_size: int
+  num_classes: int
+  embed_dim: int = 64
+  num_filters: int = 64
+  kernel_sizes: Sequence[int] = (3, 4, 5)
+  dropout_rate: float = 0.0
+
+  def setup(self):
+    self.embed = nn.Embed(self.vocab_size, self.embed_dim, name="embed")
+    self.convs = [
+      nn.Conv(self.num_filters, (k,), padding="SAME", name=f"conv{k}") for k in self.kernel_sizes
+    ]
+    self.head = nn.Dense(self.num_classes, name="head")
+    self.dropout = nn.Dropout(self.dropout_rate)
+
+  def embed_tokens(self, tokens: jax.Array) -> jax.Array:
+    return self.embed(tokens)
+
+  def pool(self, emb: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
+    emb = emb * mask[..., None].astype(emb.dtype)
+    feats = [layers.masked_max(nn.relu(conv(emb)), mask) for conv in self.convs]
+    return self.dropout(jnp.concatenate(feats, -1), deterministic=not train)
+
+  def from_embeddings(self, emb: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
+    return self.head(self.pool(emb, mask, train))
+
+  def __call__(self, tokens: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
+    return self.from_embeddings(self.embed_tokens(tokens), mask, train)
+
+
+class TransformerEncoder(nn.Module):
+  """Pre-LN transformer encoder, learned positions, padding mask, masked mean-pool, linear head."""
+
+  vocab_size: int
+  num_classes: int
+  max_len: int
+  embed_dim: int = 128
+  num_layers: int = 2
+  num_heads: int = 4
+  mlp_dim: int = 256
+  dropout_rate: float = 0.0
+  causal: bool = False
+
+  def setup(self):
+    self.embed = nn.Embed(self.vocab_size, self.embed_dim, name="embed")
+    self.pos_embed = nn.Embed(self.max_len, self.embed_dim, name="pos_embed")
+    self.blocks = [
+      layers.EncoderBlock(
+        self.num_heads, self.mlp_dim, self.dropout_rate, self.causal, name=f"block{i}"
+      )
+      for i in range(self.num_layers)
+    ]
+    self.final_ln = nn.LayerNorm(name="final_ln")
+    self.dropout = nn.Dropout(self.dropout_rate)
+    if not self.causal:
+      self.head = nn.Dense(self.num_classes, name="head")
+
+  def embed_tokens(self, tokens: jax.Array) -> jax.Array:
+    return self.embed(tokens)
+
+  def encode(self, emb: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
+    t = emb.shape[1]
+    x = emb + self.pos_embed(jnp.arange(t))[None]
+    x = self.dropout(x, deterministic=not train)
+    for block in self.blocks:
+      x = block(x, mask, train)
+    return self.final_ln(x)
+
+  def pool(self, emb: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
+    return layers.masked_mean(self.encode(emb, mask, train), mask)
+
+  def from_embeddings(self, emb: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
+    if self.causal:
+      return self.embed.attend(self.encode(emb, mask, train))
+    return self.head(self.pool(emb, mask, train))
+
+  def __call__(self, tokens: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
+    return self.from_embeddings(self.embed_tokens(tokens), mask, train)
+
+
+__all__ = ["BagOfEmbeddings", "CNNClassifier", "TransformerEncoder"]
