@@ -1,0 +1,157 @@
+"""Tests of trustml.fairness.association: WEAT closed forms, permutation p-values, CEAT pooling."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from trustml.core.validation import ConfigError
+from trustml.fairness import association
+
+
+def _planted(thetas, phis, dim=6, seed=0):
+  """A = {e1}, B = {e2}, X_i = cos θ_i e1 + sin θ_i e3, Y_j = cos φ_j e2 + sin φ_j e3.
+
+  Then s(x_i) = cos θ_i and s(y_j) = -cos φ_j exactly; a random rotation and random positive
+  scalings must not change anything (cosines are invariant).
+  """
+  e = np.eye(dim)
+  x = np.stack([math.cos(t) * e[0] + math.sin(t) * e[2] for t in thetas])
+  y = np.stack([math.cos(p) * e[1] + math.sin(p) * e[2] for p in phis])
+  a, b = e[:1], e[1:2]
+  rng = np.random.default_rng(seed)
+  rot, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+  scale = lambda m: m * rng.uniform(0.5, 3.0, size=(len(m), 1))  # noqa: E731
+  return scale(x @ rot), scale(y @ rot), scale(a @ rot), scale(b @ rot)
+
+
+def test_weat_effect_size_closed_form():
+  thetas = [0.1, 0.4, 0.7, 1.0]
+  phis = [0.2, 0.9, 1.2, 1.4]
+  x, y, a, b = _planted(thetas, phis)
+  s = np.array([math.cos(t) for t in thetas] + [-math.cos(p) for p in phis])
+  expected = (s[:4].mean() - s[4:].mean()) / s.std(ddof=1)
+  result = association.weat(x, y, a, b)
+  assert result.effect_size == pytest.approx(expected, rel=1e-10)
+  assert result.statistic == pytest.approx(s[:4].sum() - s[4:].sum(), rel=1e-10)
+  # With a clean planted association every other partition has a smaller statistic.
+  assert result.exact and result.num_partitions == math.comb(8, 4)
+  assert result.p_value == 0.0
+
+
+def test_weat_no_association_is_zero():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(6, 16))
+  a, b = rng.normal(size=(5, 16)), rng.normal(size=(7, 16))
+  assert association.weat(x, x[::-1], a, b).effect_size == pytest.approx(0.0, abs=1e-12)
+  # Statistical check: X, Y, A, B i.i.d. Gaussian. Each d has sd ~ sqrt(2/n) ~ 0.26 for n=30;
+  # the mean over 50 draws has sd ~ 0.04, so |mean| < 0.2 fails with probability < 1e-6.
+  ds = []
+  for _ in range(50):
+    x, y = rng.normal(size=(30, 32)), rng.normal(size=(30, 32))
+    a, b = rng.normal(size=(20, 32)), rng.normal(size=(20, 32))
+    ds.append(association.effect_size_and_variance(x, y, a, b)[0])
+  assert abs(np.mean(ds)) < 0.2
+
+
+def test_permutation_p_value_exact_by_enumeration():
+  rng = np.random.default_rng(2)
+  x, y = rng.normal(size=(3, 5)), rng.normal(size=(3, 5))
+  a, b = rng.normal(size=(4, 5)), rng.normal(size=(2, 5))
+  result = association.weat(x, y, a, b)
+
+  def cos(u, v):
+    return u @ v / np.linalg.norm(u) / np.linalg.norm(v)
+
+  def s(w):
+    return np.mean([cos(w, ai) for ai in a]) - np.mean([cos(w, bi) for bi in b])
+
+  pool = np.concatenate([x, y])
+  stat = lambda xi: sum(s(pool[i]) for i in xi) - sum(s(pool[j]) for j in range(6) if j not in xi)  # noqa: E731
+  observed = stat((0, 1, 2))
+  parts = list(itertools.combinations(range(6), 3))
+  expected = sum(stat(p) > observed + 1e-12 for p in parts) / len(parts)
+  assert len(parts) == 20 and result.exact
+  assert result.p_value == pytest.approx(expected)
+  assert 0 < result.p_value < 1  # a random case, not a degenerate one
+
+
+def test_sampled_p_value_matches_exact():
+  rng = np.random.default_rng(3)
+  s = rng.normal(size=16)
+  s[:8] += 0.4
+  exact, is_exact, _ = association.permutation_p_value(s, 8)
+  sampled, is_exact2, n = association.permutation_p_value(
+    s, 8, max_exact_partitions=10, num_samples=20_000, seed=0
+  )
+  assert is_exact and not is_exact2 and n == 20_000
+  # 5 binomial standard errors: false-failure probability < 1e-6 (fixed seed anyway).
+  assert abs(sampled - exact) < 5 * math.sqrt(exact * (1 - exact) / n) + 1e-9
+
+
+def test_unequal_and_empty_sets_rejected():
+  rng = np.random.default_rng(4)
+  with pytest.raises(ConfigError, match="X has 3 items and Y has 4"):
+    association.weat(rng.normal(size=(3, 4)), rng.normal(size=(4, 4)), np.eye(4), np.eye(4))
+  with pytest.raises(ConfigError, match="empty"):
+    association.weat(np.eye(4)[:2], np.eye(4)[2:], np.zeros((0, 4)), np.eye(4))
+
+
+def test_random_effects_hand_computation():
+  es = np.array([0.5, 1.0, 1.5])
+  v = np.array([0.1, 0.2, 0.4])
+  # By hand: w = (10, 5, 2.5); Σw = 17.5; ES_F = (5 + 5 + 3.75) / 17.5 = 13.75 / 17.5.
+  fixed = 13.75 / 17.5
+  q = 10 * (0.5 - fixed) ** 2 + 5 * (1.0 - fixed) ** 2 + 2.5 * (1.5 - fixed) ** 2
+  c = 17.5 - (100 + 25 + 6.25) / 17.5
+  tau2 = max(0.0, (q - 2) / c)
+  w_star = 1 / (v + tau2)
+  ces = (w_star * es).sum() / w_star.sum()
+  se = math.sqrt(1 / w_star.sum())
+  r = association.random_effects(es, v)
+  assert r.fixed_effect == pytest.approx(fixed)
+  assert r.q == pytest.approx(q) and r.tau2 == pytest.approx(tau2) and tau2 > 0
+  assert r.effect_size == pytest.approx(ces) and r.standard_error == pytest.approx(se)
+  z = ces / se
+  assert r.p_value == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)))
+  two = association.random_effects(es, v, alternative="two-sided")
+  assert two.p_value == pytest.approx(math.erfc(abs(z) / math.sqrt(2)))
+
+
+def test_random_effects_reduces_to_fixed_when_tau2_zero():
+  es = np.array([0.30, 0.32, 0.29, 0.31])
+  v = np.array([0.5, 0.4, 0.6, 0.3])  # Q << df: tau² = 0
+  r = association.random_effects(es, v)
+  w = 1 / v
+  assert r.tau2 == 0.0
+  assert r.effect_size == pytest.approx((w * es).sum() / w.sum())
+  assert r.standard_error == pytest.approx(math.sqrt(1 / w.sum()))
+  with pytest.raises(ConfigError):
+    association.random_effects(es, -v)
+  with pytest.raises(ConfigError, match="alternative"):
+    association.random_effects(es, v, alternative="less-ish")
+
+
+def test_ceat_single_context_equals_weat_with_zero_tau2():
+  x, y, a, b = _planted([0.1, 0.5, 0.8], [0.3, 0.6, 1.1])
+  contexts = {k: [row[None] for row in m] for k, m in zip("XYAB", (x, y, a, b), strict=True)}
+  r = association.ceat(contexts, num_samples=5, seed=0)
+  w = association.weat(x, y, a, b)
+  np.testing.assert_allclose(r.effect_sizes, w.effect_size)
+  assert r.tau2 == 0.0 and r.effect_size == pytest.approx(w.effect_size)
+  contexts["Y"] = contexts["Y"][:2]
+  with pytest.raises(ConfigError, match="equal"):
+    association.ceat(contexts, num_samples=5, seed=0)
+
+
+def test_ceat_sampling_with_many_contexts():
+  rng = np.random.default_rng(5)
+  d = 8
+  direction = np.eye(d)[0]
+  mk = lambda sign, n: [sign * direction + 0.3 * rng.normal(size=(n, d)) for _ in range(4)]  # noqa: E731
+  contexts = {"X": mk(1, 5), "Y": mk(-1, 5), "A": mk(1, 3), "B": mk(-1, 3)}
+  r = association.ceat(contexts, num_samples=40, seed=1)
+  assert r.effect_sizes.shape == (40,) and r.effect_size > 1.0 and r.p_value < 1e-3
+  r2 = association.ceat(contexts, num_samples=40, seed=1)
+  assert r2.effect_size == r.effect_size  # deterministic in the seed

@@ -1,0 +1,462 @@
+"""Intrinsic association tests: WEAT, SEAT and CEAT.
+
+WEAT (Caliskan et al., Science 2017). Target sets ``X``, ``Y`` (equal size) and attribute sets
+``A``, ``B`` of vectors. With cosine similarity ``cos``:
+
+* ``s(w, A, B) = mean_a cos(w, a) - mean_b cos(w, b)``
+* effect size ``d = (mean_x s(x) - mean_y s(y)) / std_{w in X ∪ Y} s(w)`` (sample std, ddof=1)
+* statistic ``S = Σ_x s(x) - Σ_y s(y)``; one-sided permutation p-value
+  ``P[S(X_i, Y_i) > S(X, Y)]`` over all equal-size re-partitions ``(X_i, Y_i)`` of ``X ∪ Y``
+  (observed partition included, strict inequality as in Caliskan et al. and May et al.'s
+  ``sent-bias``): exact enumeration when the number of partitions is at most
+  ``max_exact_partitions``, otherwise ``num_samples`` random partitions.
+
+SEAT (May et al., NAACL 2019): WEAT on sentence encodings of semantically bleached templates
+(``This is John.``) from ``<data dir>/seat_sent_bias/tests/*.jsonl``, encoded here with any
+Model's ``pooled`` sentence representation.
+
+CEAT (Guo & Caliskan, AIES 2021): each word has many contextual embeddings (one per corpus
+sentence containing it). Draw ``N`` samples, each taking one random context per word, and
+compute WEAT effect size ``ES_i`` and in-sample variance ``V_i`` (variance, ddof=1, of
+``s(w, A, B)`` over ``X ∪ Y``). Pool with DerSimonian–Laird random effects:
+``w_i = 1/V_i``, fixed mean ``ES_F = Σ w_i ES_i / Σ w_i``, ``Q = Σ w_i (ES_i - ES_F)²``,
+``τ² = max(0, (Q - (N-1)) / (Σ w_i - Σ w_i² / Σ w_i))``, ``w*_i = 1/(V_i + τ²)``,
+combined effect ``CES = Σ w*_i ES_i / Σ w*_i``, ``SE = sqrt(1 / Σ w*_i)``, ``z = CES / SE``.
+Here a word's "contextual embedding" is the Model's ``pooled`` encoding of a context sentence
+containing it, which works for every architecture under the Model contract.
+
+Statistics are NumPy/SciPy in float64; encodings come from a jitted JAX function.
+"""
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import stats
+
+from trustml.core import rng as rng_lib
+from trustml.core import validation
+from trustml.data import paths
+
+SEAT_DIR = "seat_sent_bias"
+ALTERNATIVES = ("greater", "two-sided")
+
+
+@dataclasses.dataclass(frozen=True)
+class WeatResult:
+  """Result of one WEAT/SEAT test.
+
+  Attributes:
+    effect_size: Cohen's-d style effect size (ddof=1 pooled std).
+    p_value: one-sided permutation p-value.
+    statistic: ``S(X, Y, A, B)``.
+    exact: whether the p-value enumerated every partition.
+    num_partitions: partitions enumerated or sampled.
+  """
+
+  effect_size: float
+  p_value: float
+  statistic: float
+  exact: bool
+  num_partitions: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CeatResult:
+  """DerSimonian–Laird random-effects pooling of per-sample effect sizes.
+
+  Attributes:
+    effect_size: combined effect size ``CES``.
+    standard_error: ``SE`` of ``CES``.
+    p_value: from ``z = CES / SE`` under the standard normal (``alternative``).
+    q: Cochran's heterogeneity statistic ``Q``.
+    tau2: between-sample variance ``τ²``.
+    fixed_effect: inverse-variance fixed-effect mean ``ES_F``.
+    effect_sizes: the ``N`` per-sample effect sizes.
+    variances: the ``N`` per-sample variances.
+  """
+
+  effect_size: float
+  standard_error: float
+  p_value: float
+  q: float
+  tau2: float
+  fixed_effect: float
+  effect_sizes: np.ndarray
+  variances: np.ndarray
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+  x = np.asarray(x, dtype=np.float64)
+  if x.ndim != 2:
+    raise validation.ConfigError(f"embedding set shape {x.shape} is invalid: must be [n, d]")
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _check_sets(x, y, a, b) -> None:
+  for name, s in (("X", x), ("Y", y), ("A", a), ("B", b)):
+    if len(s) == 0:
+      raise validation.ConfigError(f"WEAT set {name} is empty")
+  if len(x) != len(y):
+    raise validation.ConfigError(
+      f"WEAT target sets are invalid: X has {len(x)} items and Y has {len(y)}; they must be equal"
+    )
+  if len(x) < 2:
+    raise validation.ConfigError("WEAT target sets are invalid: need at least 2 items each")
+
+
+def association(w: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """``s(w, A, B)`` for each row of ``w``: mean cosine to A minus mean cosine to B."""
+  w, a, b = _unit(w), _unit(a), _unit(b)
+  return (w @ a.T).mean(-1) - (w @ b.T).mean(-1)
+
+
+def effect_size_and_variance(x, y, a, b) -> tuple[float, float]:
+  """WEAT effect size and the in-sample variance of ``s`` over ``X ∪ Y`` (ddof=1)."""
+  _check_sets(x, y, a, b)
+  sx, sy = association(x, a, b), association(y, a, b)
+  s_all = np.concatenate([sx, sy])
+  var = float(np.var(s_all, ddof=1))
+  return float((sx.mean() - sy.mean()) / math.sqrt(var)) if var > 0 else 0.0, var
+
+
+def permutation_p_value(
+  s_values: np.ndarray,
+  n_x: int,
+  *,
+  max_exact_partitions: int = 100_000,
+  num_samples: int = 10_000,
+  seed: int = 0,
+) -> tuple[float, bool, int]:
+  """One-sided permutation p-value of ``S = Σ_X s - Σ_Y s``.
+
+  Args:
+    s_values: ``s(w, A, B)`` for ``X`` (first ``n_x`` rows) then ``Y``.
+    n_x: size of ``X`` (equal to the size of ``Y``).
+    max_exact_partitions: enumerate all partitions when there are at most this many.
+    num_samples: random partitions otherwise (stream ``"permutation"`` of ``seed``).
+    seed: root seed for sampled partitions.
+
+  Returns:
+    ``(p_value, exact, num_partitions)``; ``p = #{i: S_i > S_obs} / #partitions``.
+  """
+  s = np.asarray(s_values, dtype=np.float64)
+  total = s.sum()
+  observed = 2 * s[:n_x].sum() - total
+  # S_i = Σ_{X_i} s - Σ_{Y_i} s = 2 Σ_{X_i} s - total; compare with a small tolerance so that
+  # partitions equal to the observed one up to rounding do not count as "greater".
+  tol = 1e-12 * max(1.0, np.abs(s).sum())
+  num_partitions = math.comb(len(s), n_x)
+  if num_partitions <= max_exact_partitions:
+    count = 0
+    combos = itertools.combinations(range(len(s)), n_x)
+    while True:
+      chunk = np.fromiter(
+        itertools.chain.from_iterable(itertools.islice(combos, 20_000)), dtype=np.int64
+      )
+      if chunk.size == 0:
+        break
+      stat = 2 * s[chunk.reshape(-1, n_x)].sum(-1) - total
+      count += int((stat > observed + tol).sum())
+    return count / num_partitions, True, num_partitions
+  validation.positive_int("num_samples", num_samples)
+  gen = rng_lib.numpy_rng(seed, "permutation")
+  idx = np.argsort(gen.random((num_samples, len(s))), axis=-1)[:, :n_x]
+  stat = 2 * s[idx].sum(-1) - total
+  return float((stat > observed + tol).mean()), False, num_samples
+
+
+def weat(
+  x: np.ndarray,
+  y: np.ndarray,
+  a: np.ndarray,
+  b: np.ndarray,
+  *,
+  max_exact_partitions: int = 100_000,
+  num_samples: int = 10_000,
+  seed: int = 0,
+) -> WeatResult:
+  """Runs WEAT on embedding sets ``X, Y`` (targets) and ``A, B`` (attributes).
+
+  Args:
+    x: ``[n, d]`` target set X.
+    y: ``[n, d]`` target set Y (same size as X).
+    a: ``[m, d]`` attribute set A.
+    b: ``[k, d]`` attribute set B.
+    max_exact_partitions: exact p-value up to this many partitions.
+    num_samples: sampled partitions beyond that.
+    seed: seed of the sampled partitions.
+
+  Returns:
+    A :class:`WeatResult`.
+
+  Raises:
+    ConfigError: on unequal or empty target sets, or empty attribute sets.
+
+  Example:
+    >>> r = weat(np.eye(4)[:2], np.eye(4)[2:], np.eye(4)[:1], np.eye(4)[2:3])
+  """
+  _check_sets(x, y, a, b)
+  es, _ = effect_size_and_variance(x, y, a, b)
+  s_all = np.concatenate([association(x, a, b), association(y, a, b)])
+  p, exact, n = permutation_p_value(
+    s_all,
+    len(x),
+    max_exact_partitions=max_exact_partitions,
+    num_samples=num_samples,
+    seed=seed,
+  )
+  stat = float(s_all[: len(x)].sum() - s_all[len(x) :].sum())
+  return WeatResult(effect_size=es, p_value=p, statistic=stat, exact=exact, num_partitions=n)
+
+
+def random_effects(
+  effect_sizes: Sequence[float] | np.ndarray,
+  variances: Sequence[float] | np.ndarray,
+  alternative: str = "greater",
+) -> CeatResult:
+  """DerSimonian–Laird random-effects pooling (the CEAT combined effect size).
+
+  Args:
+    effect_sizes: ``[N]`` per-sample effect sizes.
+    variances: ``[N]`` per-sample variances (> 0).
+    alternative: ``"greater"`` (one-sided, ``P[Z > z]``) or ``"two-sided"``.
+
+  Returns:
+    A :class:`CeatResult`. When ``τ² = 0`` the combined effect equals the fixed-effect mean.
+
+  Raises:
+    ConfigError: on empty input, mismatched lengths, non-positive variances, bad alternative.
+  """
+  validation.one_of("alternative", alternative, ALTERNATIVES)
+  es = np.asarray(effect_sizes, dtype=np.float64)
+  v = np.asarray(variances, dtype=np.float64)
+  if es.ndim != 1 or es.shape != v.shape or es.size == 0:
+    raise validation.ConfigError("effect_sizes and variances must be equal-length non-empty [N]")
+  if (v <= 0).any():
+    raise validation.ConfigError("variances are invalid: must be > 0")
+  w = 1.0 / v
+  fixed = float((w * es).sum() / w.sum())
+  q = float((w * (es - fixed) ** 2).sum())
+  c = w.sum() - (w**2).sum() / w.sum()
+  tau2 = max(0.0, (q - (es.size - 1)) / c) if c > 0 else 0.0
+  w_star = 1.0 / (v + tau2)
+  ces = float((w_star * es).sum() / w_star.sum())
+  se = float(math.sqrt(1.0 / w_star.sum()))
+  z = ces / se
+  p = float(stats.norm.sf(z) if alternative == "greater" else 2 * stats.norm.sf(abs(z)))
+  return CeatResult(ces, se, p, q, float(tau2), fixed, es, v)
+
+
+def ceat(
+  contexts: Mapping[str, Sequence[Mapping[str, np.ndarray]]],
+  *,
+  num_samples: int,
+  seed: int,
+  alternative: str = "greater",
+) -> CeatResult:
+  """CEAT: random-effects pooled WEAT over sampled contextual embeddings.
+
+  Args:
+    contexts: ``{"X": [...], "Y": [...], "A": [...], "B": [...]}``; each list has one entry per
+      word, a ``[n_contexts, d]`` array of that word's contextual embeddings (n >= 1).
+    num_samples: ``N`` samples (one random context per word each).
+    seed: root seed (stream ``"ceat"``).
+    alternative: see :func:`random_effects`.
+
+  Returns:
+    A :class:`CeatResult`.
+
+  Raises:
+    ConfigError: on missing sets, unequal target sets, words without contexts.
+  """
+  validation.positive_int("num_samples", num_samples)
+  for name in ("X", "Y", "A", "B"):
+    if name not in contexts:
+      raise validation.ConfigError(f"contexts is missing set {name!r}")
+    for i, arr in enumerate(contexts[name]):
+      if np.asarray(arr).ndim != 2 or len(arr) == 0:
+        raise validation.ConfigError(f"contexts[{name!r}][{i}] is invalid: needs [n>=1, d]")
+  _check_sets(*(contexts[k] for k in ("X", "Y", "A", "B")))
+  gen = rng_lib.numpy_rng(seed, "ceat")
+  es, var = [], []
+  for _ in range(num_samples):
+    sets = [
+      np.stack([np.asarray(c)[gen.integers(len(c))] for c in contexts[k]])
+      for k in ("X", "Y", "A", "B")
+    ]
+    e, v = effect_size_and_variance(*sets)
+    es.append(e)
+    var.append(max(v, 1e-12))
+  return random_effects(es, var, alternative)
+
+
+# --- encoders and SEAT ----------------------------------------------------------------------
+
+
+def encode_texts(
+  model, params, tokenizer, texts: Sequence[str], max_len: int, batch_size: int = 64
+) -> np.ndarray:
+  """Pooled sentence encodings ``[N, D]`` of ``texts`` (jitted, fixed-shape batches).
+
+  Args:
+    model: a :class:`trustml.models.contract.Model`.
+    params: its parameters.
+    tokenizer: a :mod:`trustml.data.tokenizers` tokenizer.
+    texts: sentences.
+    max_len: static sequence length.
+    batch_size: static batch size.
+
+  Returns:
+    float64 ``[N, D]``.
+  """
+  validation.positive_int("batch_size", batch_size)
+  tokens, mask = tokenizer.encode_batch(list(texts), max_len)
+  n = tokens.shape[0]
+  pooled = _jitted_pooled(model)
+  out = []
+  for start in range(0, n, batch_size):
+    tk = tokens[start : start + batch_size]
+    mk = mask[start : start + batch_size]
+    pad = batch_size - tk.shape[0]
+    if pad:
+      tk = np.concatenate([tk, np.zeros((pad, tk.shape[1]), tk.dtype)])
+      mk = np.concatenate([mk, np.zeros((pad, mk.shape[1]), mk.dtype)])
+    batch = {
+      "tokens": jnp.asarray(tk),
+      "mask": jnp.asarray(mk),
+      "label": jnp.zeros((batch_size,), jnp.int32),
+      "weight": jnp.ones((batch_size,), jnp.float32),
+    }
+    out.append(np.asarray(pooled(params, batch))[: batch_size - pad])
+  return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 0))
+
+
+_POOLED_CACHE: dict[object, object] = {}
+
+
+def _jitted_pooled(model):
+  # Keyed by the function object itself (held by the cache), so ids are never reused.
+  if model.pooled not in _POOLED_CACHE:
+    _POOLED_CACHE[model.pooled] = jax.jit(model.pooled)
+  return _POOLED_CACHE[model.pooled]
+
+
+def load_seat_test(name: str, data_dir: str | os.PathLike | None = None) -> dict[str, list[str]]:
+  """Loads one SEAT/WEAT test file as ``{"X", "Y", "A", "B"} -> list of strings``.
+
+  Args:
+    name: test name, e.g. ``"sent-weat6"`` (file ``tests/<name>.jsonl``).
+    data_dir: configured data directory.
+
+  Raises:
+    ConfigError: if the folder or the test is missing (naming the available tests).
+  """
+  folder = paths.require_dataset_dir(SEAT_DIR, data_dir) / "tests"
+  path = folder / f"{name}.jsonl"
+  if not path.is_file():
+    names = sorted(p.stem for p in folder.glob("*.jsonl"))
+    raise validation.ConfigError(f"seat test {name!r} is unknown: available are {', '.join(names)}")
+  d = json.loads(path.read_text(encoding="utf-8"))
+  return {
+    "X": list(d["targ1"]["examples"]),
+    "Y": list(d["targ2"]["examples"]),
+    "A": list(d["attr1"]["examples"]),
+    "B": list(d["attr2"]["examples"]),
+  }
+
+
+def seat(
+  model,
+  params,
+  tokenizer,
+  test: Mapping[str, Sequence[str]],
+  *,
+  max_len: int = 32,
+  batch_size: int = 64,
+  **weat_kwargs,
+) -> WeatResult:
+  """SEAT: WEAT on a Model's pooled encodings of the test's sentences.
+
+  Raises:
+    ConfigError: on unequal target sets (before any encoding).
+  """
+  _check_sets(test["X"], test["Y"], test["A"], test["B"])
+  enc = {k: encode_texts(model, params, tokenizer, test[k], max_len, batch_size) for k in test}
+  return weat(enc["X"], enc["Y"], enc["A"], enc["B"], **weat_kwargs)
+
+
+def word_contexts(
+  words: Sequence[str], corpus: Sequence[str], tokenizer, max_contexts: int, seed: int
+) -> list[list[str]]:
+  """For each word, up to ``max_contexts`` corpus sentences containing it (as a token).
+
+  Words that never occur get the bleached template ``"this is <word> ."`` as their one
+  context, so every word has at least one.
+  """
+  gen = rng_lib.numpy_rng(seed, "ceat_contexts")
+  index: dict[str, list[int]] = {}
+  wanted = {w.lower() for w in words}
+  for i, text in enumerate(corpus):
+    for tok in set(tokenizer.pieces(text)):
+      if tok in wanted:
+        index.setdefault(tok, []).append(i)
+  out = []
+  for w in words:
+    hits = index.get(w.lower(), [])
+    if len(hits) > max_contexts:
+      hits = sorted(gen.choice(hits, size=max_contexts, replace=False).tolist())
+    out.append([corpus[i] for i in hits] or [f"this is {w.lower()} ."])
+  return out
+
+
+def ceat_from_corpus(
+  model,
+  params,
+  tokenizer,
+  word_sets: Mapping[str, Sequence[str]],
+  corpus: Sequence[str],
+  *,
+  num_samples: int,
+  max_contexts: int,
+  seed: int,
+  max_len: int = 32,
+  batch_size: int = 64,
+) -> CeatResult:
+  """CEAT for a Model: contexts from ``corpus``, encoded with ``pooled``, then pooled by DL.
+
+  Raises:
+    ConfigError: on unequal target word sets (before any encoding).
+  """
+  _check_sets(word_sets["X"], word_sets["Y"], word_sets["A"], word_sets["B"])
+  contexts = {}
+  for k in ("X", "Y", "A", "B"):
+    per_word = word_contexts(word_sets[k], corpus, tokenizer, max_contexts, seed)
+    flat = [t for ctx in per_word for t in ctx]
+    enc = encode_texts(model, params, tokenizer, flat, max_len, batch_size)
+    splits = np.cumsum([len(c) for c in per_word])[:-1]
+    contexts[k] = np.split(enc, splits)
+  return ceat(contexts, num_samples=num_samples, seed=seed)
+
+
+__all__ = [
+  "CeatResult",
+  "WeatResult",
+  "association",
+  "ceat",
+  "ceat_from_corpus",
+  "effect_size_and_variance",
+  "encode_texts",
+  "load_seat_test",
+  "permutation_p_value",
+  "random_effects",
+  "seat",
+  "weat",
+  "word_contexts",
+]
