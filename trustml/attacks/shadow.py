@@ -1,0 +1,206 @@
+"""LiRA shadow models trained together as one vmapped, jitted program.
+
+Shadow training is the cost of LiRA. S shadow models, each trained on its own random half of a
+candidate pool (:func:`trustml.attacks.lira.shadow_masks`), share the model, the optimizer, the
+number of steps and the batch size; only their parameters, optimizer states, init keys and
+data indices differ. So one ``jax.jit`` of ``lax.scan`` over steps of a ``vmap`` over models
+trains them all: the pool stays on device once, each step gathers ``[S, B]`` rows, and XLA
+batches the S small matmuls into large ones.
+
+Data order is host-side and deterministic: model s at step t trains on rows
+``index[s, t]`` drawn as epochs of shuffles of its IN set (seeded by ``(seed, s)``).
+:func:`train_one` runs the same step for one model without ``vmap``; the test asserts the two
+agree.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from trustml.attacks import lira
+from trustml.core import rng as rng_lib
+from trustml.core import validation
+from trustml.models import contract
+
+
+def batch_indices(masks: np.ndarray, num_steps: int, batch_size: int, seed: int) -> np.ndarray:
+  """Per-model, per-step row indices into the pool.
+
+  Args:
+    masks: ``[S, N]`` bool IN masks.
+    num_steps: training steps.
+    batch_size: rows per step.
+    seed: data-order seed.
+
+  Returns:
+    ``[S, num_steps, batch_size]`` int32: consecutive shuffles of each model's IN rows.
+
+  Raises:
+    ConfigError: if a model's IN set is empty.
+  """
+  masks = np.asarray(masks, bool)
+  validation.positive_int("num_steps", num_steps)
+  validation.positive_int("batch_size", batch_size)
+  need = num_steps * batch_size
+  out = np.empty((masks.shape[0], need), np.int32)
+  for s, row in enumerate(masks):
+    members = np.nonzero(row)[0]
+    if members.size == 0:
+      raise validation.ConfigError(f"shadow model {s} has an empty training set")
+    gen = rng_lib.numpy_rng(seed, "data", s)
+    reps = -(-need // members.size)
+    out[s] = np.concatenate([gen.permutation(members) for _ in range(reps)])[:need]
+  return out.reshape(masks.shape[0], num_steps, batch_size)
+
+
+def _train_step(model: contract.Model, optimizer: optax.GradientTransformation, dropout: bool):
+  def step(state, inputs, pool):
+    params, opt_state, key = state
+    index, t = inputs
+    batch = {k: jnp.take(v, index, axis=0) for k, v in pool.items()}
+    step_key = jax.random.fold_in(key, t) if dropout else None
+
+    def mean_loss(p):
+      return jnp.sum(model.per_example_loss(p, batch, step_key)) / jnp.maximum(
+        jnp.sum(batch["weight"]), 1.0
+      )
+
+    loss, grads = jax.value_and_grad(mean_loss)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state, key), loss
+
+  return step
+
+
+def _trainer(model, optimizer, example, dropout):
+  step = _train_step(model, optimizer, dropout)
+
+  def train(key, index, pool):
+    init_key, dropout_key = jax.random.split(key)
+    params = model.init(init_key, example)
+    opt_state = optimizer.init(params)
+    steps = jnp.arange(index.shape[0])
+    (params, _, _), losses = jax.lax.scan(
+      lambda c, x: step(c, x, pool), (params, opt_state, dropout_key), (index, steps)
+    )
+    return params, losses
+
+  return train
+
+
+def _check_pool(pool: dict[str, np.ndarray]) -> int:
+  for name in ("tokens", "mask", "label", "weight"):
+    if name not in pool:
+      raise validation.ConfigError(f"pool is missing column {name!r}")
+  return int(np.asarray(pool["tokens"]).shape[0])
+
+
+def _example(pool, batch_size):
+  return {k: jnp.asarray(np.asarray(v)[:batch_size]) for k, v in pool.items()}
+
+
+def train_shadow_models(
+  model: contract.Model,
+  optimizer: optax.GradientTransformation,
+  pool: dict[str, np.ndarray],
+  masks: np.ndarray,
+  *,
+  num_steps: int,
+  batch_size: int,
+  seed: int,
+  dropout: bool = False,
+):
+  """Trains S shadow models at once (vmap over models inside one jit).
+
+  Args:
+    model: the ``Model`` (same architecture as the target).
+    optimizer: an optax optimizer (shared hyper-parameters).
+    pool: encoded candidate pool, columns ``[N, ...]`` (``tokens``, ``mask``, ``label``,
+      ``weight`` at least).
+    masks: ``[S, N]`` IN masks (:func:`trustml.attacks.lira.shadow_masks`).
+    num_steps: steps per model.
+    batch_size: rows per step.
+    seed: seed of init keys and data order (model s uses ``fold_in(stream, s)``).
+    dropout: whether to train with dropout on.
+
+  Returns:
+    ``(params, losses)``: stacked parameters with a leading axis S and ``[S, num_steps]``
+    training losses.
+
+  Raises:
+    ConfigError: on fewer than 2 models or masks that do not match the pool.
+  """
+  masks = np.asarray(masks, bool)
+  n = _check_pool(pool)
+  if masks.ndim != 2 or masks.shape[0] < 2:
+    raise validation.ConfigError(f"num_shadow_models={masks.shape[0]} is invalid: must be >= 2")
+  if masks.shape[1] != n:
+    raise validation.ConfigError(f"masks cover {masks.shape[1]} candidates but the pool has {n}")
+  index = batch_indices(masks, num_steps, batch_size, seed)
+  keys = jax.vmap(lambda s: rng_lib.stream_key(seed, "params", s))(jnp.arange(masks.shape[0]))
+  train = _trainer(model, optimizer, _example(pool, batch_size), dropout)
+  fn = jax.jit(jax.vmap(train, in_axes=(0, 0, None)))
+  pool_dev = {k: jnp.asarray(v) for k, v in pool.items()}
+  return fn(keys, jnp.asarray(index), pool_dev)
+
+
+def train_one(
+  model: contract.Model,
+  optimizer: optax.GradientTransformation,
+  pool: dict[str, np.ndarray],
+  masks: np.ndarray,
+  which: int,
+  *,
+  num_steps: int,
+  batch_size: int,
+  seed: int,
+  dropout: bool = False,
+):
+  """Trains shadow model ``which`` alone, exactly as :func:`train_shadow_models` would.
+
+  Args:
+    model, optimizer, pool, masks, num_steps, batch_size, seed, dropout: as in
+      :func:`train_shadow_models`.
+    which: the shadow model's index s.
+
+  Returns:
+    ``(params, losses [num_steps])`` of that one model.
+  """
+  masks = np.asarray(masks, bool)
+  _check_pool(pool)
+  index = batch_indices(masks, num_steps, batch_size, seed)[which]
+  key = rng_lib.stream_key(seed, "params", which)
+  train = _trainer(model, optimizer, _example(pool, batch_size), dropout)
+  pool_dev = {k: jnp.asarray(v) for k, v in pool.items()}
+  return jax.jit(train)(key, jnp.asarray(index), pool_dev)
+
+
+def shadow_statistics(model: contract.Model, stacked_params, arrays: dict[str, np.ndarray], batch_size: int = 512) -> np.ndarray:
+  """Logit-scaled confidences ``[S, N]`` of every shadow model on every candidate.
+
+  Args:
+    model: classifier ``Model``.
+    stacked_params: parameters with a leading axis S.
+    arrays: encoded candidates ``[N, ...]``.
+    batch_size: candidates per jitted call.
+
+  Returns:
+    ``[S, N]`` float64.
+  """
+  @jax.jit
+  def stats(params, batch):
+    logits = jax.vmap(lambda p: model.apply(p, batch))(params)
+    return lira.logit_scaled_confidence(logits, batch["label"][None])
+
+  n = int(np.asarray(arrays["tokens"]).shape[0])
+  out = []
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, min(start + batch_size, n))
+    pad = np.r_[idx, np.full(batch_size - len(idx), idx[-1])]
+    batch = {k: jnp.asarray(np.asarray(v)[pad]) for k, v in arrays.items() if k in ("tokens", "mask", "label", "weight")}
+    out.append(np.asarray(stats(stacked_params, batch))[:, : len(idx)])
+  return np.concatenate(out, axis=1).astype(np.float64)
+
+
+__all__ = ["batch_indices", "shadow_statistics", "train_one", "train_shadow_models"]
