@@ -43,7 +43,7 @@ def closed_form(tp, pp, batch, opts: sensitivity.ApsOptions):
     e = tp["embed"]["embedding"][batch["tokens"][i]]  # [T, D]; shared table shape, own values
     e_p = pp["embed"]["embedding"][batch["tokens"][i]]
 
-    def reduced_jac(emb, W, b, outputs):
+    def reduced_jac(emb, W, b, outputs, m=m, n=n):
       z = (emb * m[:, None]).sum(0) / n @ W + b
       p = _softmax(z)
       # d logit_c / d e_td = m_t W_dc / n ; d p_c / d e_td = p_c (W_dc - Σ_k p_k W_dk) m_t / n
