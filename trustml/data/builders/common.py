@@ -1,0 +1,129 @@
+"""Shared plumbing of the project's TFDS builders: locate source files, build, read back.
+
+Each builder lists its source files as paths relative to a dataset folder (the layout of the
+upstream repository, which is also the layout of the local copy under the data directory)
+plus one public URL per file. :func:`source_files` returns local paths for them: from the
+manual directory when it holds every file, otherwise downloaded by the TFDS download manager.
+
+Building writes ``array_record`` files under ``<data_dir>/<name>/<config>/<version>/`` and
+reading goes through ``builder.as_data_source`` (random-access ArrayRecord, no TensorFlow).
+"""
+
+import inspect
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+FILE_FORMAT = "array_record"
+
+
+class CodePath:
+  """Descriptor for ``GeneratorBasedBuilder.code_path``: the builder module's file.
+
+  TFDS 4.9.10's own ``code_path`` evaluates ``importlib_resources.abc`` for packages found on
+  disk, and that backport package is not a dependency here (``ModuleNotFoundError``). The
+  file path is what it would return anyway; TFDS reads ``checksums.tsv`` beside it.
+  """
+
+  def __get__(self, obj, cls) -> epath.Path:
+    return epath.Path(inspect.getfile(cls))
+
+
+def source_files(
+  dl_manager: tfds.download.DownloadManager, urls: Mapping[str, str]
+) -> dict[str, pathlib.Path]:
+  """Returns a local path for each source file (manual copy first, else download).
+
+  Args:
+    dl_manager: the builder's download manager; its ``manual_dir`` is the local copy.
+    urls: relative path inside the dataset folder -> public URL.
+
+  Returns:
+    Relative path -> local path.
+  """
+  try:
+    manual = pathlib.Path(dl_manager.manual_dir)
+  except (AssertionError, ValueError):
+    manual = None
+  if manual is not None and all((manual / rel).is_file() for rel in urls):
+    return {rel: manual / rel for rel in urls}
+  downloaded = dl_manager.download(dict(urls))
+  return {rel: pathlib.Path(os.fspath(downloaded[rel])) for rel in urls}
+
+
+def prepare(
+  builder_cls: type[tfds.core.GeneratorBasedBuilder],
+  *,
+  data_dir: str | os.PathLike,
+  manual_dir: str | os.PathLike | None,
+  config: str | None = None,
+) -> tfds.core.GeneratorBasedBuilder:
+  """Builds (once; reused afterwards) a project dataset in ``data_dir``.
+
+  Args:
+    builder_cls: one of the project's builder classes.
+    data_dir: the TFDS data directory (``data.tfds_data_dir``).
+    manual_dir: folder holding a local copy of the source files, or ``None`` to download.
+    config: builder config name (e.g. ``"full"`` for SNIPS).
+
+  Returns:
+    The prepared builder.
+  """
+  builder = builder_cls(data_dir=os.fspath(data_dir), config=config, file_format=FILE_FORMAT)
+  download_config = tfds.download.DownloadConfig(
+    manual_dir=os.fspath(manual_dir) if manual_dir else None
+  )
+  builder.download_and_prepare(download_config=download_config, file_format=FILE_FORMAT)
+  return builder
+
+
+def _to_python(value):
+  if isinstance(value, bytes):
+    return value.decode("utf-8")
+  if isinstance(value, (list, tuple)):
+    return tuple(_to_python(v) for v in value)
+  if isinstance(value, np.ndarray):
+    if value.dtype.kind in ("O", "S"):
+      return tuple(_to_python(v) for v in value.tolist())
+    return value
+  if isinstance(value, np.generic):
+    return value.item()
+  return value
+
+
+def read_split(builder: tfds.core.DatasetBuilder, split: str) -> list[dict]:
+  """Reads every example of a split through ``as_data_source`` (text decoded to ``str``).
+
+  Args:
+    builder: a prepared builder.
+    split: split name.
+
+  Returns:
+    Examples in stored order, each a dict of feature -> Python value (text as ``str``,
+    sequences of text as tuples of ``str``, numeric sequences as NumPy arrays).
+  """
+  source = builder.as_data_source(split=split)
+  rows = source.__getitems__(list(range(len(source))))
+  return [{k: _to_python(v) for k, v in row.items()} for row in rows]
+
+
+def columns(examples: Sequence[Mapping], keys: Sequence[str]) -> dict[str, np.ndarray]:
+  """Turns a list of example dicts into object/int columns (helper for the loaders)."""
+  out = {}
+  for key in keys:
+    values = [ex[key] for ex in examples]
+    if values and isinstance(values[0], (int, np.integer)) and not isinstance(values[0], bool):
+      out[key] = np.asarray(values, dtype=np.int32)
+    else:
+      arr = np.empty(len(values), object)
+      for i, v in enumerate(values):
+        arr[i] = tuple(v.tolist()) if isinstance(v, np.ndarray) else v
+      out[key] = arr
+  return out
+
+
+__all__ = ["CodePath", "FILE_FORMAT", "columns", "prepare", "read_split", "source_files"]
