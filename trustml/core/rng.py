@@ -74,3 +74,11 @@ def numpy_rng(seed: int, name: str, step: int = 0) -> np.random.Generator:
 
 
 __all__ = ["STREAMS", "RngStreams", "numpy_rng", "stream_key"]
+
+
+def named(key: jax.Array, name: str) -> jax.Array:
+  """Derives a named sub-key of ``key`` (e.g. ``"dp_noise"`` or ``"dropout"`` of a step key)."""
+  return jax.random.fold_in(key, _stream_id(name))
+
+
+__all__ += ["named"]

@@ -78,16 +78,21 @@ class Model:
     return node
 
 
+def _upcast(x: jax.Array) -> jax.Array:
+  """Computes in at least float32 (keeps float64 inputs float64)."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def classifier_losses(logits: jax.Array, batch: Batch) -> jax.Array:
   """Weighted per-example softmax cross-entropy ``[B]`` (0 for weight-0 examples)."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  logp = jax.nn.log_softmax(_upcast(logits), axis=-1)
   nll = -jnp.take_along_axis(logp, batch["label"][:, None].astype(jnp.int32), axis=-1)[:, 0]
   return nll * batch["weight"].astype(nll.dtype)
 
 
 def lm_token_nll(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
   """Next-token NLL ``[B, T-1]`` and its target mask ``[B, T-1]`` for a causal LM."""
-  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+  logp = jax.nn.log_softmax(_upcast(logits[:, :-1]), axis=-1)
   targets = batch["tokens"][:, 1:].astype(jnp.int32)
   nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
   target_mask = batch["mask"][:, 1:].astype(nll.dtype)

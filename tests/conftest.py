@@ -1,0 +1,53 @@
+"""Shared pytest fixtures: repo root on sys.path, the real-data folder, tiny batches."""
+
+import os
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))  # `from configs import nlu`, `launch.*` in tests.
+
+from trustml.data import paths  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> pathlib.Path:
+  """The folder of real datasets; skips the test with a clear reason when it is absent."""
+  d = paths.resolve_data_dir(None)
+  if d is None or not d.is_dir():
+    pytest.skip(
+      f"shared data folder not found: set ${paths.ENV_VAR} or place it at {paths.default_shared_dir()}"
+    )
+  return d
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> pathlib.Path:
+  """The checkout root."""
+  return ROOT
+
+
+def make_batch(batch_size: int = 4, seq_len: int = 8, vocab: int = 50, classes: int = 3, seed=0):
+  """A random classifier batch with some padding positions."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(4, vocab, (batch_size, seq_len)).astype(np.int32)
+  lengths = rng.integers(2, seq_len + 1, batch_size)
+  mask = np.arange(seq_len)[None] < lengths[:, None]
+  tokens = np.where(mask, tokens, 0).astype(np.int32)
+  return {
+    "tokens": tokens,
+    "mask": mask,
+    "label": rng.integers(0, classes, batch_size).astype(np.int32),
+    "weight": np.ones(batch_size, np.float32),
+    "group": rng.integers(0, 2, batch_size).astype(np.int32),
+    "user_id": np.arange(batch_size, dtype=np.int32),
+    "index": np.arange(batch_size, dtype=np.int32),
+  }
+
+
+def pytest_configure(config):
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")

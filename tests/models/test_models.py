@@ -1,0 +1,148 @@
+"""Model contract tests: shapes, masking invariance, float64 gradient check, Haiku adapter."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.conftest import make_batch
+from trustml.models import contract, haiku_adapter, registry
+
+T, V, C = 8, 50, 3
+
+
+def _model(name, **over):
+  cfg = registry.default_model_config(name)
+  for k, v in dict(embed_dim=16, hidden_dim=16, num_filters=8, mlp_dim=32).items():
+    if k in cfg:
+      cfg[k] = v
+  if "num_layers" in cfg:
+    cfg.num_layers, cfg.num_heads, cfg.dropout_rate = 2, 2, 0.0
+  cfg.update(over)
+  return registry.build_model(cfg, vocab_size=V, num_classes=C, max_len=T)
+
+
+@pytest.mark.parametrize("name", registry.MODEL_NAMES)
+def test_shapes_and_contract(name):
+  m = _model(name)
+  batch = make_batch(4, T, V, C)
+  p = m.init(jax.random.key(0), batch)
+  logits = m.apply(p, batch)
+  want = (4, T, V) if name == "causal_lm" else (4, C)
+  assert logits.shape == want
+  assert m.per_example_loss(p, batch).shape == (4,)
+  emb = m.embed(p, batch)
+  assert emb.shape[:2] == (4, T)
+  np.testing.assert_allclose(m.apply_from_embeddings(p, emb, batch), logits, rtol=1e-6, atol=1e-6)
+  assert m.pooled(p, batch).shape[0] == 4
+  assert m.embedding_table(p).shape[0] == V
+
+
+@pytest.mark.parametrize("name", registry.MODEL_NAMES)
+def test_padding_tokens_change_nothing(name):
+  m = _model(name)
+  batch = make_batch(4, T, V, C, seed=1)
+  p = m.init(jax.random.key(0), batch)
+  noisy = dict(batch)
+  noisy["tokens"] = np.where(batch["mask"], batch["tokens"], 7).astype(np.int32)
+  a, b = m.apply(p, batch), m.apply(p, noisy)
+  if name == "causal_lm":  # Only valid positions are defined for an LM.
+    a, b = a[batch["mask"]], b[batch["mask"]]
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_weight_zero_examples_contribute_nothing():
+  m = _model("bag")
+  batch = make_batch(4, T, V, C)
+  p = m.init(jax.random.key(0), batch)
+  batch["weight"] = np.array([1, 0, 1, 0], np.float32)
+  losses = m.per_example_loss(p, batch)
+  assert float(losses[1]) == 0.0 and float(losses[3]) == 0.0
+  sums = m.eval_metrics(p, batch)
+  assert float(sums["count"]) == 2.0
+
+
+@pytest.mark.parametrize("name", ["bag", "cnn", "transformer"])
+def test_gradient_matches_float64_finite_differences(name):
+  with jax.enable_x64(True):
+    m = _model(name)
+    batch = make_batch(2, 6, V, C, seed=3)
+    p = m.init(jax.random.key(0), batch)
+    p = jax.tree.map(lambda x: x.astype(jnp.float64), p)
+    loss = lambda q: m.per_example_loss(q, batch).sum()  # noqa: E731
+    g = jax.grad(loss)(p)
+    leaves, treedef = jax.tree.flatten(p)
+    gleaves = jax.tree.leaves(g)
+    rng = np.random.default_rng(0)
+    for i, (x, gx) in enumerate(zip(leaves, gleaves)):
+      idx = tuple(rng.integers(0, s) for s in x.shape)
+      if name != "bag" and i % 3:  # Sample a subset of leaves for the larger nets.
+        continue
+      eps = 1e-6
+      plus = [y.at[idx].add(eps) if j == i else y for j, y in enumerate(leaves)]
+      minus = [y.at[idx].add(-eps) if j == i else y for j, y in enumerate(leaves)]
+      fd = (loss(treedef.unflatten(plus)) - loss(treedef.unflatten(minus))) / (2 * eps)
+      np.testing.assert_allclose(float(gx[idx]), float(fd), rtol=1e-5, atol=1e-8)
+
+
+def test_dropout_needs_rng_and_is_deterministic_per_key():
+  m = _model("transformer", dropout_rate=0.5)
+  batch = make_batch(4, T, V, C)
+  p = m.init(jax.random.key(0), batch)
+  with pytest.raises(ValueError, match="rng"):
+    m.apply(p, batch, train=True)
+  a = m.per_example_loss(p, batch, jax.random.key(1))
+  b = m.per_example_loss(p, batch, jax.random.key(1))
+  c = m.per_example_loss(p, batch, jax.random.key(2))
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c)
+
+
+def test_lm_loss_is_next_token_nll():
+  m = _model("causal_lm")
+  batch = make_batch(2, T, V, C)
+  p = m.init(jax.random.key(0), batch)
+  logits = np.asarray(m.apply(p, batch), np.float64)
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  for i in range(2):
+    n = int(batch["mask"][i].sum())
+    nll = [-logp[i, t, batch["tokens"][i, t + 1]] for t in range(n - 1)]
+    np.testing.assert_allclose(m.per_example_loss(p, batch)[i], np.mean(nll), rtol=1e-5)
+
+
+def test_haiku_adapter_contract():
+  m = haiku_adapter.haiku_bag_classifier(V, C)
+  batch = make_batch(4, T, V, C)
+  p = m.init(jax.random.key(0), batch)
+  assert m.apply(p, batch).shape == (4, C)
+  assert m.framework == "haiku"
+  np.testing.assert_allclose(
+    m.apply_from_embeddings(p, m.embed(p, batch), batch), m.apply(p, batch), rtol=1e-6
+  )
+  assert m.embedding_table(p).shape == (V, 32)
+
+
+def test_bad_model_configs():
+  from trustml.core.validation import ConfigError
+
+  with pytest.raises(ConfigError, match="model.name"):
+    registry.default_model_config("lstm")
+  cfg = registry.default_model_config("transformer")
+  cfg.num_heads = 3
+  with pytest.raises(ConfigError, match="num_heads"):
+    registry.build_model(cfg, vocab_size=V, num_classes=C, max_len=T)
+  cfg = registry.default_model_config("bag")
+  cfg.embed_dim = 0
+  with pytest.raises(ConfigError, match="model.embed_dim"):
+    registry.build_model(cfg, vocab_size=V, num_classes=C, max_len=T)
+  cfg = registry.default_model_config("bag")
+  cfg.unknown_field = 3
+  with pytest.raises(ConfigError, match="unknown_field"):
+    registry.validate_model_config(cfg)
+
+
+def test_public_api():
+  import trustml.models as models
+
+  assert set(models.__all__) >= {"Model", "build_model", "from_haiku", "default_model_config"}
+  assert contract.Model is models.Model

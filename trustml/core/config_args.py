@@ -1,0 +1,78 @@
+"""Parsing of config arguments in the big_vision style.
+
+``configs/nlu.py:data=snips,model=transformer,smoke`` reaches ``get_config`` as the string
+``"data=snips,model=transformer,smoke"``. :func:`parse_arg` turns it into a ConfigDict of typed
+fields with defaults; a bare word (``smoke``) sets a boolean flag to True. Unknown keys are an
+error naming the allowed keys.
+"""
+
+from typing import Any
+
+import ml_collections
+
+from trustml.core.validation import ConfigError
+
+
+def _convert(key: str, raw: str, default: Any) -> Any:
+  if isinstance(default, bool):
+    if raw.lower() in ("1", "true", "yes", ""):
+      return True
+    if raw.lower() in ("0", "false", "no"):
+      return False
+    raise ConfigError(f"config arg {key}={raw!r} is invalid: must be a boolean")
+  if isinstance(default, int):
+    try:
+      return int(raw)
+    except ValueError:
+      raise ConfigError(f"config arg {key}={raw!r} is invalid: must be an integer") from None
+  if isinstance(default, float):
+    if raw.lower() in ("inf", "infinity"):
+      return float("inf")
+    try:
+      return float(raw)
+    except ValueError:
+      raise ConfigError(f"config arg {key}={raw!r} is invalid: must be a number") from None
+  return raw
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses ``"k1=v1,k2=v2,flag"`` into a ConfigDict typed by ``defaults``.
+
+  Args:
+    arg: the string after ``:`` in ``--config=path.py:arg`` (or ``None``).
+    **defaults: allowed keys and their default values (the type of the default is the type of
+      the field).
+
+  Returns:
+    A ConfigDict with every key of ``defaults``.
+
+  Raises:
+    ConfigError: on an unknown key or a value of the wrong type.
+
+  Example:
+    >>> parse_arg("data=snips,smoke", data="synthetic", smoke=False).smoke
+    True
+  """
+  out = ml_collections.ConfigDict(dict(defaults))
+  if not arg:
+    return out
+  for part in arg.split(","):
+    part = part.strip()
+    if not part:
+      continue
+    key, sep, raw = part.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ConfigError(
+        f"config arg {key!r} is not a known field: allowed fields are {', '.join(sorted(defaults))}"
+      )
+    if not sep:
+      if not isinstance(defaults[key], bool):
+        raise ConfigError(f"config arg {key!r} needs a value: write {key}=...")
+      out[key] = True
+    else:
+      out[key] = _convert(key, raw.strip(), defaults[key])
+  return out
+
+
+__all__ = ["parse_arg"]

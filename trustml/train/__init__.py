@@ -1,0 +1,29 @@
+"""Training loop, evaluation, checkpoints and the run-contract writers."""
+
+from trustml.train import checkpoint, config, evaluate, experiment, loop, writers
+from trustml.train.checkpoint import Checkpointer
+from trustml.train.evaluate import evaluate as evaluate_model
+from trustml.train.experiment import Prepared, prepare
+from trustml.train.loop import Outcome, TrainState, fit, load_params, train
+from trustml.train.writers import MetricWriter, write_config, write_summary
+
+__all__ = [
+  "Checkpointer",
+  "MetricWriter",
+  "Outcome",
+  "Prepared",
+  "TrainState",
+  "checkpoint",
+  "config",
+  "evaluate",
+  "evaluate_model",
+  "experiment",
+  "fit",
+  "load_params",
+  "loop",
+  "prepare",
+  "train",
+  "write_config",
+  "write_summary",
+  "writers",
+]

@@ -1,0 +1,137 @@
+"""Defaults and validation of the ``train`` and ``text`` config sections.
+
+``train`` fields:
+  batch_size: examples per step (physical batch).
+  num_steps: optimizer steps (used when ``num_epochs`` is 0).
+  num_epochs: if > 0, steps = ceil(num_epochs * num_train_examples / batch_size).
+  optimizer: ``adam`` | ``adamw`` | ``sgd`` | ``momentum``.
+  learning_rate: peak learning rate.
+  weight_decay: decoupled weight decay (``adamw``).
+  schedule: ``constant`` | ``cosine`` (after linear warm-up).
+  warmup_steps: linear warm-up steps.
+  eval_every / log_every / checkpoint_every: intervals in steps (0 disables periodic eval).
+  eval_batch_size: evaluation batch size.
+  max_to_keep: checkpoints kept.
+
+``text`` fields:
+  kind: ``word`` | ``char`` tokenizer.
+  vocab_size: vocabulary cap including 4 specials.
+  min_count: minimum word count for the vocabulary.
+  max_len: static sequence length.
+  lowercase: lower-case text before tokenizing.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+import optax
+
+from trustml.core import validation
+
+TRAIN_FIELDS = dict(
+  batch_size=64,
+  num_steps=1000,
+  num_epochs=0.0,
+  optimizer="adam",
+  learning_rate=1e-3,
+  weight_decay=0.0,
+  schedule="constant",
+  warmup_steps=0,
+  eval_every=0,
+  log_every=50,
+  checkpoint_every=200,
+  eval_batch_size=256,
+  max_to_keep=2,
+)
+TEXT_FIELDS = dict(kind="word", vocab_size=8000, min_count=1, max_len=32, lowercase=True)
+OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")
+SCHEDULES = ("constant", "cosine")
+
+
+def default_train_config(**overrides: Any) -> ml_collections.ConfigDict:
+  """The ``train`` section with defaults (see module docstring)."""
+  cfg = ml_collections.ConfigDict(dict(TRAIN_FIELDS))
+  cfg.update(overrides)
+  return cfg
+
+
+def default_text_config(**overrides: Any) -> ml_collections.ConfigDict:
+  """The ``text`` section with defaults (see module docstring)."""
+  cfg = ml_collections.ConfigDict(dict(TEXT_FIELDS))
+  cfg.update(overrides)
+  return cfg
+
+
+def validate_train(cfg: Mapping[str, Any]) -> None:
+  """Validates the ``train`` section.
+
+  Raises:
+    ConfigError: naming the field and the allowed range.
+  """
+  validation.known_fields("train", cfg.keys(), TRAIN_FIELDS)
+  validation.positive_int("train.batch_size", cfg["batch_size"])
+  validation.positive_int("train.num_steps", cfg["num_steps"])
+  validation.non_negative("train.num_epochs", cfg["num_epochs"])
+  validation.one_of("train.optimizer", cfg["optimizer"], OPTIMIZERS)
+  validation.positive("train.learning_rate", cfg["learning_rate"])
+  validation.non_negative("train.weight_decay", cfg["weight_decay"])
+  validation.one_of("train.schedule", cfg["schedule"], SCHEDULES)
+  for k in ("warmup_steps", "eval_every", "log_every", "checkpoint_every"):
+    validation.non_negative_int(f"train.{k}", cfg[k])
+  validation.positive_int("train.eval_batch_size", cfg["eval_batch_size"])
+  validation.positive_int("train.max_to_keep", cfg["max_to_keep"])
+
+
+def validate_text(cfg: Mapping[str, Any]) -> None:
+  """Validates the ``text`` section."""
+  validation.known_fields("text", cfg.keys(), TEXT_FIELDS)
+  validation.one_of("text.kind", cfg["kind"], ("word", "char"))
+  validation.positive_int("text.vocab_size", cfg["vocab_size"])
+  if cfg["vocab_size"] <= 4:
+    raise validation.ConfigError(f"text.vocab_size={cfg['vocab_size']} is invalid: must be > 4")
+  validation.positive_int("text.min_count", cfg["min_count"])
+  validation.positive_int("text.max_len", cfg["max_len"])
+
+
+def num_train_steps(cfg: Mapping[str, Any], num_examples: int) -> int:
+  """Optimizer steps of a run: from ``num_epochs`` when > 0, else ``num_steps``."""
+  if cfg["num_epochs"] and cfg["num_epochs"] > 0:
+    return max(1, -(-int(round(cfg["num_epochs"] * num_examples)) // int(cfg["batch_size"])))
+  return int(cfg["num_steps"])
+
+
+def make_optimizer(cfg: Mapping[str, Any], total_steps: int) -> optax.GradientTransformation:
+  """The optax optimizer of the ``train`` section (schedule included)."""
+  lr = float(cfg["learning_rate"])
+  warmup = int(cfg["warmup_steps"])
+  if cfg["schedule"] == "cosine":
+    schedule = optax.warmup_cosine_decay_schedule(
+      0.0, lr, max(warmup, 1), max(total_steps, warmup + 1), end_value=0.0
+    )
+  elif warmup:
+    schedule = optax.join_schedules(
+      [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
+    )
+  else:
+    schedule = optax.constant_schedule(lr)
+  name = cfg["optimizer"]
+  if name == "adam":
+    return optax.adam(schedule)
+  if name == "adamw":
+    return optax.adamw(schedule, weight_decay=float(cfg["weight_decay"]))
+  if name == "momentum":
+    return optax.sgd(schedule, momentum=0.9)
+  return optax.sgd(schedule)
+
+
+__all__ = [
+  "OPTIMIZERS",
+  "SCHEDULES",
+  "default_text_config",
+  "default_train_config",
+  "make_optimizer",
+  "num_train_steps",
+  "validate_text",
+  "validate_train",
+]

@@ -1,0 +1,105 @@
+"""Shared data + model setup from a config, reused by every pillar.
+
+``prepare(config)`` loads the dataset (``config.data``), builds or reloads the tokenizer
+(``config.text``; saved to ``<workdir>/tokenizer.json`` so a resumed run tokenizes identically),
+encodes the training and evaluation splits, and builds the Model (``config.model``).
+"""
+
+from collections.abc import Mapping
+import dataclasses
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from trustml.core import validation
+from trustml.data import batching, dataset, tokenizers
+from trustml.models import contract, registry
+from trustml.train import config as train_config
+
+SECTIONS = ("seed", "data", "text", "model", "train", "privacy")
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """Everything a run needs before its first step.
+
+  Attributes:
+    dataset: the raw TextDataset.
+    tokenizer: the tokenizer (built from training text only).
+    train: encoded training arrays.
+    eval: encoded evaluation arrays.
+    model: the Model.
+  """
+
+  dataset: dataset.TextDataset
+  tokenizer: Any
+  train: Mapping[str, np.ndarray]
+  eval: Mapping[str, np.ndarray]
+  model: contract.Model
+
+
+def validate_spine(config: Any, extra_sections: tuple[str, ...] = ()) -> None:
+  """Validates the spine sections of a config before any compute.
+
+  Args:
+    config: the ConfigDict.
+    extra_sections: further top-level sections the caller owns and validates itself.
+
+  Raises:
+    ConfigError: naming the first invalid field.
+  """
+  validation.known_fields("config", config.keys(), SECTIONS + tuple(extra_sections))
+  validation.non_negative_int("seed", config.seed)
+  train_config.validate_text(config.text)
+  train_config.validate_train(config.train)
+  registry.validate_model_config(config.model)
+  from trustml.data import sources  # Imported lazily: sources pull in TFDS.
+
+  sources.validate_data_config(config.data)
+
+
+def _tokenizer(config: Any, ds: dataset.TextDataset, workdir: str | os.PathLike | None):
+  path = pathlib.Path(workdir) / "tokenizer.json" if workdir else None
+  if path is not None and path.exists():
+    return tokenizers.load(path)
+  texts = [str(t) for t in ds.train["text"]]
+  cls = tokenizers.WordTokenizer if config.text.kind == "word" else tokenizers.CharTokenizer
+  tok = cls.build(
+    texts,
+    vocab_size=config.text.vocab_size,
+    min_count=config.text.min_count,
+    lowercase=config.text.lowercase,
+  )
+  if path is not None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(path)
+  return tok
+
+
+def prepare(config: Any, workdir: str | os.PathLike | None = None) -> Prepared:
+  """Loads data, tokenizes and builds the model described by ``config``.
+
+  Args:
+    config: a config with ``data``, ``text``, ``model`` sections (see ``configs/nlu.py``).
+    workdir: where the tokenizer is saved (and reloaded on resume); ``None`` keeps it in memory.
+
+  Returns:
+    The Prepared bundle.
+  """
+  from trustml.data import sources
+
+  ds = sources.load_dataset(config.data)
+  tok = _tokenizer(config, ds, workdir)
+  lm = config.model.name == "causal_lm"
+  train = batching.encode_split(ds.train, tok, config.text.max_len, lm=lm)
+  evals = batching.encode_split(ds.eval, tok, config.text.max_len, lm=lm)
+  num_classes = max(ds.num_classes, 1)
+  model = registry.build_model(
+    config.model, vocab_size=tok.vocab_size, num_classes=num_classes, max_len=config.text.max_len
+  )
+  return Prepared(dataset=ds, tokenizer=tok, train=train, eval=evals, model=model)
+
+
+__all__ = ["SECTIONS", "Prepared", "prepare", "validate_spine"]

@@ -1,0 +1,293 @@
+"""The training loop: a jitted step with a pluggable gradient function, exact resume.
+
+Determinism: the parameters come from ``RngStreams(seed).stream("params")``, the batch of step
+``s`` from ``(seed, s)`` and the step key from ``RngStreams(seed).at("step", s)``. A checkpoint
+holds ``(step, params, opt_state)`` and a JSON side-car (the privacy ledger, wall time), so a
+run interrupted and resumed on the same workdir ends bit-identical to an uninterrupted one.
+
+Plug-ins (the privacy engine uses all three):
+
+* ``grad_fn(params, batch, key) -> (direction, aux)``: the update direction fed to optax
+  (default: mean gradient of the weighted per-example loss) and scalar diagnostics.
+* ``batch_fn(step) -> batch``: host NumPy batch of fixed shape (default: shuffled batches).
+* ``ledger``: ``state_dict()``, ``load_state_dict(d)``, ``can_step(step) -> (ok, reason)``,
+  ``record(step, aux)``, ``summary() -> dict``; stored in every checkpoint.
+"""
+
+from collections.abc import Callable, Mapping
+import dataclasses
+import os
+import pathlib
+import time
+from typing import Any, NamedTuple, Protocol
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from trustml.core import rng as rng_lib
+from trustml.data import batching
+from trustml.models import contract
+from trustml.train import checkpoint, evaluate, experiment, writers
+from trustml.train import config as train_config
+
+GradFn = Callable[[Any, Mapping[str, jax.Array], jax.Array], tuple[Any, Mapping[str, jax.Array]]]
+
+
+class Ledger(Protocol):
+  """What the loop needs from a privacy ledger (or any per-step budget keeper)."""
+
+  def state_dict(self) -> dict[str, Any]: ...
+
+  def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+  def can_step(self, step: int) -> tuple[bool, str]: ...
+
+  def record(self, step: int, aux: Mapping[str, Any]) -> None: ...
+
+  def summary(self) -> dict[str, Any]: ...
+
+
+class TrainState(NamedTuple):
+  """Optimizer state of a run."""
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass
+class Outcome:
+  """What :func:`fit` returns: the summary, final state and the prepared data/model."""
+
+  summary: dict[str, Any]
+  state: TrainState
+  prepared: experiment.Prepared
+
+
+def mean_loss_grad_fn(model: contract.Model) -> GradFn:
+  """The non-private gradient: mean of the weighted per-example losses over real examples.
+
+  Args:
+    model: the Model.
+
+  Returns:
+    ``grad_fn(params, batch, key) -> (grads, {"loss": mean_loss})``.
+  """
+
+  def grad_fn(params, batch, key):
+    def loss_fn(p):
+      losses = model.per_example_loss(p, batch, rng_lib.named(key, "dropout"))
+      return losses.sum() / jnp.maximum(batch["weight"].sum(), 1.0)
+
+    value, grads = jax.value_and_grad(loss_fn)(params)
+    return grads, {"loss": value}
+
+  return grad_fn
+
+
+def make_train_step(
+  grad_fn: GradFn, optimizer: optax.GradientTransformation, seed: int
+) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Mapping[str, jax.Array]]]:
+  """The jitted step ``(state, batch) -> (state, aux)`` (state donated)."""
+  streams = rng_lib.RngStreams(seed)
+
+  def step_fn(state: TrainState, batch):
+    key = streams.at("step", state.step)
+    direction, aux = grad_fn(state.params, batch, key)
+    updates, opt_state = optimizer.update(direction, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(state.step + 1, params, opt_state), aux
+
+  return jax.jit(step_fn, donate_argnums=0)
+
+
+def init_state(
+  model: contract.Model,
+  optimizer: optax.GradientTransformation,
+  example_batch: Mapping[str, np.ndarray],
+  seed: int,
+) -> TrainState:
+  """Initial state from the ``params`` stream of ``seed``."""
+  params = model.init(rng_lib.RngStreams(seed).stream("params"), example_batch)
+  return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+
+def num_params(params: Any) -> int:
+  """Number of scalar parameters."""
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def fit(
+  config: Any,
+  workdir: str | os.PathLike,
+  *,
+  prepared: experiment.Prepared | None = None,
+  grad_fn: GradFn | None = None,
+  batch_fn: Callable[[int], Mapping[str, np.ndarray]] | None = None,
+  ledger: Ledger | None = None,
+  extra_sections: tuple[str, ...] = (),
+  stop_after_step: int | None = None,
+) -> Outcome:
+  """Trains (or resumes) a run described by ``config`` in ``workdir``.
+
+  Args:
+    config: ConfigDict with ``seed``, ``data``, ``text``, ``model``, ``train`` (and sections the
+      caller validates itself, named in ``extra_sections``).
+    workdir: run directory (config.json, metrics.jsonl, summary.json, checkpoints/).
+    prepared: reuse already prepared data and model.
+    grad_fn: replaces the non-private mean gradient (the DP engine plugs in here).
+    batch_fn: replaces shuffled batches (Poisson sampling plugs in here).
+    ledger: privacy ledger stored in checkpoints; may stop the run (budget stop).
+    extra_sections: extra top-level config sections to accept.
+    stop_after_step: simulate preemption: checkpoint and return after this many steps.
+
+  Returns:
+    The Outcome (summary, final state, prepared bundle).
+
+  Raises:
+    ConfigError: for invalid configs, before any compute.
+  """
+  experiment.validate_spine(config, ("privacy",) + tuple(extra_sections))
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  writers.write_config(workdir, config)
+  prepared = prepared or experiment.prepare(config, workdir)
+  model, train_arrays = prepared.model, prepared.train
+  n = batching.num_examples(train_arrays)
+  bs = int(config.train.batch_size)
+  total = train_config.num_train_steps(config.train, n)
+  optimizer = train_config.make_optimizer(config.train, total)
+  seed = int(config.seed)
+  if batch_fn is None:
+
+    def batch_fn(step: int) -> Mapping[str, np.ndarray]:
+      return batching.shuffled_batch(train_arrays, bs, seed, step)
+
+  state = init_state(model, optimizer, batch_fn(0), seed)
+  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=int(config.train.max_to_keep))
+  wall_before = 0.0
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    step0, state, extra = restored
+    wall_before = float(extra.get("wall_seconds", 0.0))
+    if ledger is not None and "ledger" in extra:
+      ledger.load_state_dict(extra["ledger"])
+    logging.info("Resumed %s from step %d", workdir, step0)
+  step_fn = make_train_step(grad_fn or mean_loss_grad_fn(model), optimizer, seed)
+  writer = writers.MetricWriter(workdir)
+  start = int(state.step)
+  t0 = time.perf_counter()
+  window: list[jax.Array] = []
+  stopped_reason = ""
+  step = start
+  log_every = int(config.train.log_every)
+  eval_every = int(config.train.eval_every)
+  ckpt_every = int(config.train.checkpoint_every)
+
+  def save(at_step: int) -> None:
+    extra = {"wall_seconds": wall_before + time.perf_counter() - t0}
+    if ledger is not None:
+      extra["ledger"] = ledger.state_dict()
+    ckpt.save(at_step, state, extra)
+
+  while step < total:
+    if ledger is not None:
+      ok, reason = ledger.can_step(step)
+      if not ok:
+        stopped_reason = reason
+        logging.warning("Stopping before step %d: %s", step, reason)
+        break
+    state, aux = step_fn(state, batch_fn(step))
+    step += 1
+    if ledger is not None:
+      ledger.record(step - 1, jax.device_get(aux))
+    window.append(aux["loss"])
+    if log_every and (step % log_every == 0 or step == total):
+      elapsed = time.perf_counter() - t0
+      rate = (step - start) / max(elapsed, 1e-9)
+      loss = float(np.mean(jax.device_get(window)))
+      window = []
+      writer.write(step, "train", loss=loss, steps_per_second=rate)
+      logging.info(
+        "step %d/%d loss %.4f  %.2f steps/s  ETA %.0fs", step, total, loss, rate,
+        (total - step) / max(rate, 1e-9),
+      )
+    if eval_every and step % eval_every == 0 and step < total:
+      metrics = evaluate.evaluate(model, state.params, prepared.eval, config.train.eval_batch_size)
+      writer.write(step, "eval", **metrics)
+    if (ckpt_every and step % ckpt_every == 0) or step == total:
+      save(step)
+    if stop_after_step is not None and step >= stop_after_step and step < total:
+      save(step)
+      writer.close()
+      ckpt.close()
+      return Outcome({"train/interrupted_at": step}, state, prepared)
+  if stopped_reason:
+    save(step)
+  wall = wall_before + time.perf_counter() - t0
+  metrics = evaluate.evaluate(model, state.params, prepared.eval, config.train.eval_batch_size)
+  writer.write(step, "eval", **metrics)
+  summary: dict[str, Any] = {f"eval/{k}": v for k, v in metrics.items()}
+  summary.update({
+    "train/steps": step,
+    "train/wall_seconds": wall,
+    "train/batch_size": bs,
+    "data/name": config.data.name,
+    "data/num_train": n,
+    "data/num_eval": batching.num_examples(prepared.eval),
+    "model/name": model.name,
+    "model/num_params": num_params(state.params),
+  })
+  if stopped_reason:
+    summary["train/stopped_reason"] = stopped_reason
+  if ledger is not None:
+    summary.update(ledger.summary())
+  writers.write_summary(workdir, summary)
+  writer.close()
+  ckpt.close()
+  return Outcome(summary, state, prepared)
+
+
+def train(config: Any, workdir: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
+  """Runs :func:`fit` and returns only its summary (the function ``launch/train.py`` calls)."""
+  return fit(config, workdir, **kwargs).summary
+
+
+def load_params(config: Any, workdir: str | os.PathLike) -> tuple[Any, experiment.Prepared]:
+  """Restores the newest parameters of a finished or interrupted run.
+
+  Returns:
+    ``(params, prepared)``.
+
+  Raises:
+    FileNotFoundError: if the workdir has no checkpoint.
+  """
+  prepared = experiment.prepare(config, workdir)
+  n = batching.num_examples(prepared.train)
+  optimizer = train_config.make_optimizer(
+    config.train, train_config.num_train_steps(config.train, n)
+  )
+  example = batching.take_padded(prepared.train, np.arange(1), int(config.train.batch_size))
+  template = init_state(prepared.model, optimizer, example, int(config.seed))
+  restored = checkpoint.Checkpointer(workdir).restore_latest(template)
+  if restored is None:
+    raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints")
+  return restored[1].params, prepared
+
+
+__all__ = [
+  "GradFn",
+  "Ledger",
+  "Outcome",
+  "TrainState",
+  "fit",
+  "init_state",
+  "load_params",
+  "make_train_step",
+  "mean_loss_grad_fn",
+  "num_params",
+  "train",
+]
