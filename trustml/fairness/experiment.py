@@ -1,0 +1,605 @@
+"""Library functions behind ``launch/fairness.py``: APS, bias AUCs, association tests, study.
+
+Every task trains its classifier(s) with the spine (:func:`trustml.train.loop.fit`) in a
+sub-folder of the run directory (``task/``, ``protected/``; rerunning resumes from their
+checkpoints), then writes ``summary.json``, ``metrics.jsonl`` and ``plots/*.png`` at the top
+of the run directory. The ``fairness`` config section (see ``configs/aps.py``) selects the task.
+
+Tasks:
+
+* ``aps``: task classifier + protected-status classifier on the same tokenizer; APS over the
+  evaluation examples, the counterfactual gap (gender swap) on the same examples, their
+  per-example Pearson/Spearman correlation, per-group accuracy with bootstrap CIs.
+* ``bias_auc``: HateXplain protocol bias AUCs (per community, generalized means, bootstrap CIs),
+  demographic-parity and equalized-odds differences.
+* ``association``: SEAT tests on the model's pooled encodings, CEAT with corpus contexts.
+* ``study``: K models (architecture/width/seed), each scored intrinsically (SEAT/CEAT) and
+  extrinsically (bias AUCs, counterfactual gap, APS); Pearson and Spearman correlations across
+  models in one table.
+"""
+
+import copy
+import dataclasses
+import json
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+from scipy import stats
+
+from trustml.core import validation
+from trustml.data import batching
+from trustml.fairness import association, counterfactual, group_metrics, sensitivity
+from trustml.models import registry
+from trustml.train import evaluate, experiment, loop, writers
+
+TASKS = ("aps", "bias_auc", "association", "study", "crr_distill")
+FIELDS = (
+  "task",
+  "protected_label",
+  "protected_model",
+  "protected_num_epochs",
+  "aps",
+  "num_examples",
+  "eval_split",
+  "her_counterpart",
+  "bootstrap_samples",
+  "communities",
+  "top_k",
+  "threshold",
+  "seat_tests",
+  "ceat_test",
+  "ceat_samples",
+  "ceat_contexts",
+  "study_models",
+)
+NORMAL_LABEL = 1  # HateXplain: 0 hatespeech, 1 normal, 2 offensive.
+
+
+def validate(config: Any) -> None:
+  """Validates the ``fairness`` section (and the spine sections) before any compute.
+
+  Raises:
+    ConfigError: naming the first invalid field.
+  """
+  fc = config.fairness
+  validation.one_of("fairness.task", fc.task, TASKS)
+  if fc.task == "crr_distill":
+    return
+  validation.known_fields("fairness", fc.keys(), FIELDS)
+  experiment.validate_spine(config, ("fairness",))
+  sensitivity.ApsOptions(**fc.aps).validate("fairness.aps")
+  registry.validate_model_config(fc.protected_model)
+  validation.positive("fairness.protected_num_epochs", fc.protected_num_epochs)
+  validation.positive_int("fairness.num_examples", fc.num_examples)
+  validation.positive_int("fairness.bootstrap_samples", fc.bootstrap_samples)
+  validation.positive_int("fairness.top_k", fc.top_k)
+  validation.in_range("fairness.threshold", fc.threshold, 0.0, 1.0)
+  validation.one_of("fairness.her_counterpart", fc.her_counterpart, counterfactual.HER_COUNTERPARTS)
+  validation.positive_int("fairness.ceat_samples", fc.ceat_samples)
+  validation.positive_int("fairness.ceat_contexts", fc.ceat_contexts)
+  if fc.task in ("bias_auc", "study") and config.data.name != "hatexplain":
+    raise validation.ConfigError(
+      f"data.name={config.data.name!r} is invalid for fairness.task={fc.task!r}: must be 'hatexplain'"
+    )
+  if fc.task == "study":
+    specs = parse_study_models(fc.study_models)
+    if len(specs) < 2:
+      raise validation.ConfigError("fairness.study_models is invalid: need at least 2 models")
+
+
+# --- shared helpers -----------------------------------------------------------------------
+
+
+def _train(config: Any, workdir: pathlib.Path, prepared: experiment.Prepared | None = None):
+  outcome = loop.fit(config, workdir, prepared=prepared, extra_sections=("fairness",))
+  return outcome.state.params, outcome.prepared, outcome.summary
+
+
+def _encode(prepared: experiment.Prepared, texts: Sequence[str], labels=None) -> dict:
+  cols = {"text": np.asarray(list(texts), object)}
+  if labels is not None:
+    cols["label"] = np.asarray(labels, np.int32)
+  return batching.encode_split(cols, prepared.tokenizer, prepared.train["tokens"].shape[1])
+
+
+def _probs(model, params, arrays, batch_size: int) -> np.ndarray:
+  logits = evaluate.predict_logits(model, params, arrays, batch_size).astype(np.float64)
+  logits -= logits.max(-1, keepdims=True)
+  p = np.exp(logits)
+  return p / p.sum(-1, keepdims=True)
+
+
+def _correlations(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  if x.size < 3 or np.std(x) == 0 or np.std(y) == 0:
+    return {"pearson": float("nan"), "spearman": float("nan")}
+  return {
+    "pearson": float(stats.pearsonr(x, y)[0]),
+    "spearman": float(stats.spearmanr(x, y)[0]),
+  }
+
+
+def _protected_setup(config: Any, prepared: experiment.Prepared):
+  """Config and Prepared of the protected-status classifier (same tokenizer and max_len)."""
+  fc = config.fairness
+  ds = prepared.dataset
+  label_col = fc.protected_label
+
+  def labelled(split_name: str) -> dict:
+    cols = ds.split(split_name)
+    if label_col == "target_gender":  # HateXplain: the targeted gender (Women vs Men only).
+      groups = cols["groups"]
+      lab = np.array(
+        [
+          1 if ("Women" in g and "Men" not in g) else 0 if ("Men" in g and "Women" not in g) else -1
+          for g in groups
+        ]
+      )
+    else:
+      if label_col not in cols:
+        raise validation.ConfigError(
+          f"fairness.protected_label={label_col!r} is invalid: split {split_name!r} has columns "
+          f"{sorted(cols)}"
+        )
+      lab = np.asarray(cols[label_col]).astype(int)
+    keep = np.flatnonzero(lab >= 0)
+    if keep.size == 0:
+      raise validation.ConfigError(f"fairness.protected_label={label_col!r} has no labelled rows")
+    return _encode(prepared, [str(t) for t in cols["text"][keep]], lab[keep])
+
+  train = labelled(ds.train_split)
+  evals = labelled(ds.eval_split)
+  model = registry.build_model(
+    fc.protected_model,
+    vocab_size=prepared.tokenizer.vocab_size,
+    num_classes=2,
+    max_len=prepared.train["tokens"].shape[1],
+  )
+  pcfg = copy.deepcopy(config)
+  pcfg.model = fc.protected_model
+  pcfg.train.num_epochs = float(fc.protected_num_epochs)
+  return pcfg, dataclasses.replace(prepared, train=train, eval=evals, model=model)
+
+
+def _write(workdir: pathlib.Path, config: Any, summary: Mapping[str, Any]) -> dict[str, Any]:
+  writers.write_config(workdir, config)
+  writer = writers.MetricWriter(workdir, tensorboard=False)
+  scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
+  writer.write(int(summary.get("train/steps", 0)), "fairness", **scalars)
+  writer.close()
+  writers.write_summary(workdir, summary)
+  return dict(summary)
+
+
+def _eval_subset(config: Any, prepared: experiment.Prepared) -> dict[str, np.ndarray]:
+  split = config.fairness.eval_split or prepared.dataset.eval_split
+  cols = prepared.dataset.split(split)
+  n = min(len(cols["text"]), int(config.fairness.num_examples))
+  return {k: np.asarray(v)[:n] for k, v in cols.items()}
+
+
+def counterfactual_scores(
+  model, params, prepared, texts: Sequence[str], pairs: Mapping[str, str], batch_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Class probabilities on ``texts`` and on their gender-swapped counterfactuals.
+
+  Returns:
+    ``(probs [N, C], cf_probs [N, C], changed [N] bool)`` where ``changed`` marks texts that
+    contain at least one swappable word.
+  """
+  swapped = counterfactual.swap_texts(texts, pairs)
+  changed = np.array([a != b for a, b in zip(texts, swapped, strict=True)])
+  p = _probs(model, params, _encode(prepared, texts), batch_size)
+  q = _probs(model, params, _encode(prepared, swapped), batch_size)
+  return p, q, changed
+
+
+def aps_and_gap(config, prepared, params, prot_model, prot_params, texts, pairs, score_fn=None):
+  """Per-example APS and counterfactual gap on the texts that contain gendered words."""
+  fc = config.fairness
+  bs = int(config.train.eval_batch_size)
+  p, q, changed = counterfactual_scores(prepared.model, params, prepared, texts, pairs, bs)
+  if score_fn is not None:
+    gap = counterfactual.counterfactual_gap(score_fn(p), score_fn(q))
+  else:
+    gap = counterfactual.counterfactual_gap(p, q)
+  arrays = _encode(prepared, texts)
+  idx = np.flatnonzero(changed)
+  if idx.size == 0:
+    raise validation.ConfigError("no evaluation text contains a gendered word: cannot compare")
+  batches = (batching.take_padded(arrays, idx[s : s + 64], 64) for s in range(0, idx.size, 64))
+  aps, per_ex = sensitivity.accumulated_prediction_sensitivity(
+    prepared.model, params, prot_model, prot_params, batches, sensitivity.ApsOptions(**fc.aps)
+  )
+  return aps, per_ex, gap[idx], gap
+
+
+def _bar(path: pathlib.Path, values: Mapping[str, float], title: str) -> None:
+  """A bar plot of one value per group (matplotlib, Agg backend)."""
+  import matplotlib  # noqa: PLC0415
+
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # noqa: PLC0415
+
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(values) + 1.5), 3.2))
+  ax.bar(list(values), [float(v) for v in values.values()], color="tab:blue")
+  ax.set_title(title)
+  ax.tick_params(axis="x", labelrotation=45)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _scatter(path: pathlib.Path, x, y, xlabel: str, ylabel: str) -> None:
+  """A scatter plot of two per-example quantities."""
+  import matplotlib  # noqa: PLC0415
+
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # noqa: PLC0415
+
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig, ax = plt.subplots(figsize=(4.0, 3.2))
+  ax.scatter(x, y, s=6, alpha=0.5)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+# --- tasks ------------------------------------------------------------------------------------
+
+
+def run_aps(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
+  """APS vs counterfactual gap for one task classifier (see module docstring)."""
+  validate(config)
+  wd = pathlib.Path(workdir)
+  params, prepared, tsum = _train(config, wd / "task")
+  pcfg, pprep = _protected_setup(config, prepared)
+  prot_params, _, psum = _train(pcfg, wd / "protected", pprep)
+  pairs = counterfactual.load_gender_pairs(config.data.dir or None, config.fairness.her_counterpart)
+  cols = _eval_subset(config, prepared)
+  texts = [str(t) for t in cols["text"]]
+  aps, per_ex, gap_changed, gap_all = aps_and_gap(
+    config, prepared, params, pprep.model, prot_params, texts, pairs
+  )
+  corr = _correlations(per_ex, gap_changed)
+  summary = {
+    "fairness/aps": aps,
+    "fairness/counterfactual_gap": float(gap_changed.mean()),
+    "fairness/counterfactual_gap_all": float(gap_all.mean()),
+    "fairness/num_swapped": int(gap_changed.size),
+    "fairness/aps_gap_pearson": corr["pearson"],
+    "fairness/aps_gap_spearman": corr["spearman"],
+    "task/eval_accuracy": tsum.get("eval/accuracy"),
+    "protected/eval_accuracy": psum.get("eval/accuracy"),
+    "train/steps": tsum.get("train/steps"),
+  }
+  lo, hi = group_metrics.bootstrap_ci(
+    np.mean, [gap_changed], num_samples=config.fairness.bootstrap_samples, seed=config.seed
+  )
+  summary["fairness/counterfactual_gap_ci_low"] = float(lo)
+  summary["fairness/counterfactual_gap_ci_high"] = float(hi)
+  # Per-group accuracy on the evaluated texts (group column: the protected label if present).
+  group_col = config.fairness.protected_label
+  if group_col in cols and "label" in cols:
+    probs = _probs(prepared.model, params, _encode(prepared, texts), config.train.eval_batch_size)
+    pred = probs.argmax(-1)
+    gid = np.asarray(cols[group_col]).astype(int)
+    acc = group_metrics.per_group_accuracy(cols["label"], pred, gid)
+    for g, a in acc.items():
+      correct = (pred == cols["label"]).astype(float)[gid == g]
+      lo, hi = group_metrics.bootstrap_ci(
+        np.mean, [correct], num_samples=config.fairness.bootstrap_samples, seed=config.seed
+      )
+      summary[f"fairness/accuracy/group_{g}"] = a
+      summary[f"fairness/accuracy/group_{g}_ci_low"] = float(lo)
+      summary[f"fairness/accuracy/group_{g}_ci_high"] = float(hi)
+    _bar(
+      wd / "plots" / "accuracy_per_group.png",
+      {f"{group_col}={g}": a for g, a in acc.items()},
+      title="accuracy per group",
+    )
+  _scatter(wd / "plots" / "aps_vs_gap.png", per_ex, gap_changed, "PS(x)", "|f(x) - f(x')|")
+  return _write(wd, config, summary)
+
+
+def hatexplain_eval(config, prepared, params) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Bias AUCs of a trained HateXplain classifier on the official test split.
+
+  Returns:
+    ``(summary, details)``; details hold per-community arrays for plots.
+  """
+  fc = config.fairness
+  ds = prepared.dataset
+  test = ds.split("test")
+  if "groups_majority" not in test:
+    raise validation.ConfigError("data.name='hatexplain' test split lacks majority targets")
+  targets = [tuple(t) for t in test["groups_majority"]]
+  if fc.communities:
+    communities = list(fc.communities)
+  else:  # Top-k over the splits with full annotations (test + validation).
+    pool = list(targets)
+    if "groups_majority" in ds.split("validation"):
+      pool += [tuple(t) for t in ds.split("validation")["groups_majority"]]
+    communities = group_metrics.top_communities(pool, fc.top_k)
+  member = group_metrics.membership(targets, communities)
+  valid = member.any(1)
+  labels = (np.asarray(test["label"]) != NORMAL_LABEL).astype(int)
+  arrays = _encode(prepared, [str(t) for t in test["text"]], test["label"])
+  probs = _probs(prepared.model, params, arrays, int(config.train.eval_batch_size))
+  scores = 1.0 - probs[:, NORMAL_LABEL]
+  per = group_metrics.bias_aucs(labels, scores, member, valid, communities)
+  summary: dict[str, Any] = {}
+  for m in group_metrics.METHODS:
+    summary[f"bias_auc/{m}"] = float(np.mean(per[m]))
+    for c, v in zip(communities, per[m], strict=True):
+      summary[f"bias_auc/{m}/{c}"] = float(v)
+  summary.update(group_metrics.summarize_bias_aucs(per))
+
+  def gmb(y, s, mem, val):
+    out = group_metrics.bias_aucs(y, s, mem, val, check=False)
+    if any(np.isnan(out[m]).any() for m in group_metrics.METHODS):
+      return np.full(3, np.nan)
+    return np.array([group_metrics.generalized_mean(out[m]) for m in group_metrics.METHODS])
+
+  lo, hi = group_metrics.bootstrap_ci(
+    gmb, [labels, scores, member, valid], num_samples=fc.bootstrap_samples, seed=config.seed
+  )
+  for i, m in enumerate(group_metrics.METHODS):
+    summary[f"bias_auc/gmb_{m}_ci_low"] = float(lo[i])
+    summary[f"bias_auc/gmb_{m}_ci_high"] = float(hi[i])
+  pred = (scores >= fc.threshold).astype(int)
+  single = np.where(member.sum(1) == 1, member.argmax(1), -1)
+  summary["bias_auc/overall_auc"] = group_metrics.roc_auc(labels, scores)
+  summary["bias_auc/dp_difference"] = group_metrics.demographic_parity_difference(pred, single)
+  summary["bias_auc/eo_difference"] = group_metrics.equalized_odds_difference(labels, pred, single)
+  summary["bias_auc/accuracy"] = float((pred == labels).mean())
+  summary["bias_auc/communities"] = ",".join(communities)
+  return summary, {"communities": communities, "per": per, "texts": list(test["text"])}
+
+
+def run_bias_auc(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
+  """Trains a HateXplain classifier and reports its bias AUCs on the official test split."""
+  validate(config)
+  wd = pathlib.Path(workdir)
+  params, prepared, tsum = _train(config, wd / "task")
+  summary, details = hatexplain_eval(config, prepared, params)
+  summary.update({f"task/{k}": v for k, v in tsum.items() if k.startswith(("eval/", "train/"))})
+  for m in group_metrics.METHODS:
+    _bar(
+      wd / "plots" / f"bias_auc_{m}.png",
+      dict(zip(details["communities"], details["per"][m], strict=True)),
+      title=f"{m} AUC per community",
+    )
+  return _write(wd, config, summary)
+
+
+def association_scores(config, prepared, params) -> dict[str, Any]:
+  """SEAT effect sizes (each test) and CEAT on the training corpus for one model."""
+  fc = config.fairness
+  tok, model = prepared.tokenizer, prepared.model
+  max_len = int(prepared.train["tokens"].shape[1])
+  out: dict[str, Any] = {}
+  for name in fc.seat_tests:
+    test = association.load_seat_test(name, config.data.dir or None)
+    r = association.seat(model, params, tok, test, max_len=max_len, seed=config.seed)
+    out[f"association/{name}/effect_size"] = r.effect_size
+    out[f"association/{name}/p_value"] = r.p_value
+  first = fc.seat_tests[0]
+  out["association/effect_size"] = out[f"association/{first}/effect_size"]
+  out["association/p_value"] = out[f"association/{first}/p_value"]
+  out["association/mean_abs_effect_size"] = float(
+    np.mean([abs(out[f"association/{n}/effect_size"]) for n in fc.seat_tests])
+  )
+  if fc.ceat_test:
+    words = association.load_seat_test(fc.ceat_test, config.data.dir or None)
+    corpus = [str(t) for t in prepared.dataset.train["text"]]
+    r = association.ceat_from_corpus(
+      model,
+      params,
+      tok,
+      words,
+      corpus,
+      num_samples=fc.ceat_samples,
+      max_contexts=fc.ceat_contexts,
+      seed=config.seed,
+      max_len=max_len,
+    )
+    out.update(
+      {
+        "association/ceat/effect_size": r.effect_size,
+        "association/ceat/standard_error": r.standard_error,
+        "association/ceat/p_value": r.p_value,
+        "association/ceat/q": r.q,
+        "association/ceat/tau2": r.tau2,
+      }
+    )
+  return out
+
+
+def run_association(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
+  """Trains a classifier and runs SEAT (and CEAT) on its pooled encodings."""
+  validate(config)
+  wd = pathlib.Path(workdir)
+  params, prepared, tsum = _train(config, wd / "task")
+  summary = association_scores(config, prepared, params)
+  summary["task/eval_accuracy"] = tsum.get("eval/accuracy")
+  _bar(
+    wd / "plots" / "seat_effect_sizes.png",
+    {n: summary[f"association/{n}/effect_size"] for n in config.fairness.seat_tests},
+    title="SEAT effect size per test",
+  )
+  return _write(wd, config, summary)
+
+
+# --- intrinsic vs extrinsic study -------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyModel:
+  """One model of the study: architecture, width (embed_dim) and seed."""
+
+  arch: str
+  width: int
+  seed: int
+
+  @property
+  def name(self) -> str:
+    return f"{self.arch}-{self.width}-s{self.seed}"
+
+
+def parse_study_models(specs: Sequence[str]) -> list[StudyModel]:
+  """Parses ``"arch-width-sSEED"`` strings (e.g. ``"cnn-32-s1"``).
+
+  Raises:
+    ConfigError: on malformed specs or unknown architectures.
+  """
+  out = []
+  for spec in specs:
+    parts = str(spec).split("-")
+    if (
+      len(parts) != 3 or not parts[1].isdigit() or not parts[2][1:].isdigit() or parts[2][0] != "s"
+    ):
+      raise validation.ConfigError(
+        f"fairness.study_models entry {spec!r} is invalid: must look like 'cnn-32-s1'"
+      )
+    validation.one_of("fairness.study_models arch", parts[0], ("bag", "cnn", "transformer"))
+    out.append(StudyModel(parts[0], int(parts[1]), int(parts[2][1:])))
+  return out
+
+
+def _study_model_config(
+  base: ml_collections.ConfigDict, m: StudyModel
+) -> ml_collections.ConfigDict:
+  cfg = registry.default_model_config(m.arch)
+  cfg.embed_dim = m.width
+  for key in ("hidden_dim", "num_filters", "mlp_dim"):
+    if key in cfg:
+      cfg[key] = 2 * m.width if key != "num_filters" else m.width
+  if "num_layers" in cfg:
+    cfg.num_layers = 1
+    cfg.num_heads = 2
+    cfg.dropout_rate = 0.0
+  del base
+  return cfg
+
+
+INTRINSIC = ("association/mean_abs_effect_size", "association/ceat/effect_size")
+EXTRINSIC = (
+  "bias_auc/gmb_subgroup",
+  "bias_auc/gmb_bpsn",
+  "bias_auc/gmb_bnsp",
+  "fairness/counterfactual_gap",
+  "fairness/aps",
+)
+
+
+def run_study(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
+  """Trains K models and correlates intrinsic with extrinsic bias scores across them."""
+  validate(config)
+  wd = pathlib.Path(workdir)
+  specs = parse_study_models(config.fairness.study_models)
+  prepared = experiment.prepare(config, wd)
+  pcfg, pprep = _protected_setup(config, prepared)
+  prot_params, _, _ = _train(pcfg, wd / "protected", pprep)
+  pairs = counterfactual.load_gender_pairs(config.data.dir or None, config.fairness.her_counterpart)
+  test_texts = [str(t) for t in prepared.dataset.split("test")["text"]]
+  rows = []
+  for m in specs:
+    cfg = copy.deepcopy(config)
+    cfg.seed = m.seed
+    cfg.model = _study_model_config(config.model, m)
+    model = registry.build_model(
+      cfg.model,
+      vocab_size=prepared.tokenizer.vocab_size,
+      num_classes=prepared.dataset.num_classes,
+      max_len=prepared.train["tokens"].shape[1],
+    )
+    params, mprep, tsum = _train(
+      cfg, wd / "models" / m.name, dataclasses.replace(prepared, model=model)
+    )
+    row = {"model": m.name, "eval/accuracy": tsum.get("eval/accuracy")}
+    row.update(association_scores(cfg, mprep, params))
+    row.update(hatexplain_eval(cfg, mprep, params)[0])
+    aps, _, gap, _ = aps_and_gap(
+      cfg,
+      mprep,
+      params,
+      pprep.model,
+      prot_params,
+      test_texts,
+      pairs,
+      score_fn=lambda p: 1.0 - p[:, NORMAL_LABEL],
+    )
+    row["fairness/aps"] = aps
+    row["fairness/counterfactual_gap"] = float(gap.mean())
+    rows.append(row)
+    (wd / "study_rows.jsonl").open("a").write(json.dumps(row, default=float) + "\n")
+  summary: dict[str, Any] = {"study/num_models": len(rows)}
+  table = ["| intrinsic | extrinsic | Pearson r | Spearman ρ |", "|---|---|---|---|"]
+  for i in INTRINSIC:
+    for e in EXTRINSIC:
+      x = np.array([r.get(i, np.nan) for r in rows], np.float64)
+      y = np.array([r.get(e, np.nan) for r in rows], np.float64)
+      c = _correlations(x, y)
+      summary[f"study/pearson/{i}~{e}"] = c["pearson"]
+      summary[f"study/spearman/{i}~{e}"] = c["spearman"]
+      table.append(f"| {i} | {e} | {c['pearson']:.3f} | {c['spearman']:.3f} |")
+  cols = ("model", "eval/accuracy", *INTRINSIC, *EXTRINSIC)
+  per_model = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+  for r in rows:
+    cells = [r["model"]] + [f"{float(r.get(c, np.nan)):.4f}" for c in cols[1:]]
+    per_model.append("| " + " | ".join(cells) + " |")
+  (wd / "study_table.md").write_text("\n".join(per_model) + "\n\n" + "\n".join(table) + "\n")
+  _bar(
+    wd / "plots" / "study_gmb_subgroup.png",
+    {r["model"]: r["bias_auc/gmb_subgroup"] for r in rows},
+    title="GMB subgroup AUC per model",
+  )
+  return _write(wd, config, summary)
+
+
+def run(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
+  """Dispatches on ``config.fairness.task`` (the function ``launch/fairness.py`` calls).
+
+  Raises:
+    ConfigError: on an invalid config, before any compute.
+  """
+  task = config.fairness.task if "fairness" in config else None
+  validation.one_of("fairness.task", task, TASKS)
+  if task == "crr_distill":
+    from trustml.fairness import distill  # noqa: PLC0415  (part B; imported only when used)
+
+    return distill.run(config, workdir)
+  fn = {
+    "aps": run_aps,
+    "bias_auc": run_bias_auc,
+    "association": run_association,
+    "study": run_study,
+  }[task]
+  return fn(config, workdir)
+
+
+__all__ = [
+  "EXTRINSIC",
+  "INTRINSIC",
+  "TASKS",
+  "StudyModel",
+  "aps_and_gap",
+  "association_scores",
+  "counterfactual_scores",
+  "hatexplain_eval",
+  "parse_study_models",
+  "run",
+  "run_aps",
+  "run_association",
+  "run_bias_auc",
+  "run_study",
+  "validate",
+]
