@@ -61,6 +61,7 @@ def prepare(
   data_dir: str | os.PathLike,
   manual_dir: str | os.PathLike | None,
   config: str | None = None,
+  max_examples_per_split: int | None = None,
 ) -> tfds.core.GeneratorBasedBuilder:
   """Builds (once; reused afterwards) a project dataset in ``data_dir``.
 
@@ -69,13 +70,16 @@ def prepare(
     data_dir: the TFDS data directory (``data.tfds_data_dir``).
     manual_dir: folder holding a local copy of the source files, or ``None`` to download.
     config: builder config name (e.g. ``"full"`` for SNIPS).
+    max_examples_per_split: keep only the first examples of each split (tests only: the
+      truncated build is cached in ``data_dir`` like a full one, so use a scratch directory).
 
   Returns:
     The prepared builder.
   """
   builder = builder_cls(data_dir=os.fspath(data_dir), config=config, file_format=FILE_FORMAT)
   download_config = tfds.download.DownloadConfig(
-    manual_dir=os.fspath(manual_dir) if manual_dir else None
+    manual_dir=os.fspath(manual_dir) if manual_dir else None,
+    max_examples_per_split=max_examples_per_split,
   )
   builder.download_and_prepare(download_config=download_config, file_format=FILE_FORMAT)
   return builder
