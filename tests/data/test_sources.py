@@ -57,6 +57,10 @@ def test_synthetic_through_entry_point_uses_seed_and_options():
   assert list(ds.train["text"]) == list(want.train["text"])
   assert ds.num_classes == len(synthetic.INTENTS)
   assert len(np.unique(ds.train["user_id"])) == 60
+  cfg.task = "lm"
+  lm = sources.load_dataset(cfg)
+  assert list(lm.train["text"]) == list(want.splits["lm"]["text"])
+  assert list(lm.eval["text"]) == list(want.splits["lm_test"]["text"])
   # A plain mapping works too; missing fields take defaults.
   assert (
     sources.load_dataset({"name": "synthetic", "num_users": 60, "seed": 3}).train["text"][0]
@@ -72,6 +76,7 @@ def test_synthetic_through_entry_point_uses_seed_and_options():
     ({"name": "synthetic", "num_users": -5}, "data.num_users"),
     ({"name": "synthetic", "num_lm_sentences": 0}, "data.num_lm_sentences"),
     ({"name": "synthetic", "seed": -1}, "data.seed"),
+    ({"name": "synthetic", "task": "slots"}, "data.task"),
     ({"name": "synthetic", "colour": 1}, "data.colour is not a known field"),
     ({"name": "snips", "snips_train": "medium"}, "data.snips_train"),
     ({"name": "snips", "use_tfds_builder": "yes"}, "data.use_tfds_builder"),

@@ -19,6 +19,7 @@ Every field is validated before any reading or generation; errors are
 :data:`FIELD_DOCS` documents each field.
 """
 
+import dataclasses
 import os
 import pathlib
 from collections.abc import Mapping
@@ -61,6 +62,7 @@ FIELD_DOCS: Mapping[str, str] = {
   "test_fraction": "synthetic/tiny_shakespeare: fraction of each user's last examples held out",
   "num_lm_sentences": "synthetic: size of the 'lm' split (lm_test gets a tenth)",
   "lm_bias": "synthetic: P(she | female-stereotyped profession) = P(he | male-stereotyped)",
+  "task": "synthetic: 'intent' (train/eval = train/test) or 'lm' (train/eval = lm/lm_test)",
   "snips_train": "snips: training pool, 'full' (13,784) or 'small' (2,100)",
   "variant": "tiny_shakespeare: 'speeches' (local, with speakers) or 'tfds_chars' (TFDS ranges)",
   "min_speeches": "tiny_shakespeare speeches: keep speakers with at least this many speeches",
@@ -89,6 +91,7 @@ _SOURCE_FIELDS: Mapping[str, Mapping[str, Any]] = {
     "test_fraction": _SYNTHETIC_DEFAULTS.test_fraction,
     "num_lm_sentences": _SYNTHETIC_DEFAULTS.num_lm_sentences,
     "lm_bias": _SYNTHETIC_DEFAULTS.lm_bias,
+    "task": "intent",
   },
   "snips": {"snips_train": "full", "use_tfds_builder": True},
   "hatexplain": {"use_tfds_builder": True},
@@ -168,6 +171,7 @@ def validate_data_config(data_config: Mapping[str, Any]) -> dict[str, Any]:
       raise validation.ConfigError(f"data.{key}={out[key]!r} is invalid: must be a boolean")
   if name == "synthetic":
     _synthetic_config(out).validate("data")
+    validation.one_of("data.task", out["task"], ("intent", "lm"))
   elif name == "snips":
     validation.one_of("data.snips_train", out["snips_train"], ("full", "small"))
   elif name == "tiny_shakespeare":
@@ -190,7 +194,7 @@ def validate_data_config(data_config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _synthetic_config(cfg: Mapping[str, Any]) -> synthetic.SyntheticConfig:
-  fields = {k: cfg[k] for k in _SOURCE_FIELDS["synthetic"]}
+  fields = {k: cfg[k] for k in _SOURCE_FIELDS["synthetic"] if k != "task"}
   return synthetic.SyntheticConfig(seed=cfg["seed"], **fields)
 
 
@@ -347,7 +351,10 @@ def load_dataset(data_config: Mapping[str, Any]) -> dataset.TextDataset:
   cfg = validate_data_config(data_config)
   name = cfg["name"]
   if name == "synthetic":
-    return synthetic.generate(_synthetic_config(cfg))
+    ds = synthetic.generate(_synthetic_config(cfg))
+    if cfg["task"] == "lm":
+      ds = dataclasses.replace(ds, train_split="lm", eval_split="lm_test")
+    return ds
   if name == "snips":
     return _load_snips(cfg)
   if name == "hatexplain":
