@@ -1,0 +1,59 @@
+"""Sharded over 4 fake CPU devices == unsharded == reference (own process: XLA_FLAGS)."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+  """
+  import os, sys
+  sys.path.insert(0, os.environ["FED_TEST_DIR"])
+  import jax, jax.numpy as jnp, numpy as np
+  assert jax.device_count() == 4, jax.devices()
+  import fed_tiny_model
+  from trustml.federated import algorithms, dp, packing
+  from trustml.federated import round as round_lib
+
+  model = fed_tiny_model.model()
+  params = model.init(jax.random.key(0), None)
+  arr = fed_tiny_model.arrays(300, seed=3)
+  rows = [np.arange(i * 40, i * 40 + 3 + 4 * i) for i in range(6)]
+  mesh = round_lib.make_mesh()
+  def diff(a, b):
+    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  out = []
+  dpc = dp.DpConfig(l2_clip_norm=0.05, noise_multiplier=1.0, adaptive=True, count_noise_multiplier=2.0)
+  for name, kw in (("fedavg", {}), ("dp", {"dp": dpc})):
+    p = packing.device_arrays(packing.pack(arr, rows, batch_size=4, local_epochs=2, client_multiple=4))
+    p["scalars"] = {"denominator": 4.0, "expected_clients": 6.0}
+    plain = algorithms.fed_avg(model, client_learning_rate=0.3, **kw)
+    sharded = algorithms.fed_avg(model, client_learning_rate=0.3, mesh=mesh, **kw)
+    a, _ = plain.apply(plain.init(params), p, jax.random.key(1))
+    b, db = sharded.apply(sharded.init(params), round_lib.shard_packed(p, mesh), jax.random.key(1))
+    c, _ = plain.reference_apply(plain.init(params), p, jax.random.key(1))
+    assert db["clients"]["loss"].sharding.spec[0] == "clients", db["clients"]["loss"].sharding
+    out.append((name, diff(a, b), diff(a, c)))
+  print("RESULT", out)
+  for name, d_shard, d_ref in out:
+    assert d_shard < 1e-6 and d_ref < 2e-6, (name, d_shard, d_ref)
+  print("OK")
+  """
+)
+
+
+@pytest.mark.subprocess
+def test_sharded_equals_unsharded():
+  here = pathlib.Path(__file__).resolve().parent
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  env["JAX_PLATFORMS"] = "cpu"
+  env["FED_TEST_DIR"] = str(here)
+  env["PYTHONPATH"] = str(here.parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+  proc = subprocess.run(
+    [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
+  )
+  assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]

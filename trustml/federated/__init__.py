@@ -1,0 +1,34 @@
+"""Federated learning: partitions, client packing, selection, continual FL, the round, DP-FedAvg.
+
+A whole round (local training of every sampled client, aggregation, server optimizer step) is one
+jitted XLA program; see :mod:`trustml.federated.round`.
+"""
+
+from trustml.federated import (
+  algorithms,
+  continual,
+  dp,
+  packing,
+  partition,
+  round,  # pylint: disable=redefined-builtin
+  selection,
+)
+from trustml.federated.algorithms import fed_avg, fed_opt, fed_prox, scaffold
+from trustml.federated.round import FedAlgorithm, RoundSpec, ServerState
+
+__all__ = [
+  "FedAlgorithm",
+  "RoundSpec",
+  "ServerState",
+  "algorithms",
+  "continual",
+  "dp",
+  "fed_avg",
+  "fed_opt",
+  "fed_prox",
+  "packing",
+  "partition",
+  "round",
+  "scaffold",
+  "selection",
+]

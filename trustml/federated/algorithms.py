@@ -1,0 +1,246 @@
+"""FL algorithm builders: FedAvg, FedProx, FedOpt (FedAdam, FedYogi, FedAdagrad, FedAvgM), SCAFFOLD.
+
+Each builder returns a :class:`trustml.federated.round.FedAlgorithm` ``(init, apply)``
+(FedJAX style) whose ``apply`` runs one whole round as one jitted function. The aggregation
+weighting (``n_i`` or uniform) is chosen when the round is packed
+(:func:`trustml.federated.selection.aggregation_weights`), not here.
+
+* FedAvg (McMahan et al. 2017): local SGD, server SGD with learning rate 1 on ``-Delta``.
+* FedProx (Li et al. 2020): local objective ``F_i(w) + mu/2 ||w - w_t||^2``.
+* FedOpt (Reddi et al. 2021): any optax server optimizer on the pseudo-gradient ``-Delta``.
+* SCAFFOLD (Karimireddy et al. 2020), option II control variates, server lr ``eta_g``.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import optax
+
+from trustml.core import validation
+from trustml.federated import dp as dp_lib
+from trustml.federated import round as round_lib
+from trustml.models import contract
+
+ALGORITHMS = (
+  "fedavg",
+  "fedprox",
+  "fedadam",
+  "fedyogi",
+  "fedadagrad",
+  "fedavgm",
+  "fedopt",
+  "scaffold",
+)
+SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi", "adagrad")
+
+
+def server_optimizer(
+  name: str,
+  learning_rate: float,
+  *,
+  momentum: float = 0.9,
+  b1: float = 0.9,
+  b2: float = 0.99,
+  eps: float = 1e-3,
+) -> optax.GradientTransformation:
+  """An optax server optimizer by name (FedOpt defaults: ``eps=1e-3`` as in Reddi et al.).
+
+  Raises:
+    ConfigError: on an unknown name or a non-positive learning rate.
+  """
+  validation.one_of("algorithm.server_optimizer", name, SERVER_OPTIMIZERS)
+  validation.positive("algorithm.server_learning_rate", learning_rate)
+  if name == "sgd":
+    return optax.sgd(learning_rate)
+  if name == "momentum":
+    return optax.sgd(learning_rate, momentum=momentum)
+  if name == "adam":
+    return optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
+  if name == "yogi":
+    return optax.yogi(learning_rate, b1=b1, b2=b2, eps=eps)
+  return optax.adagrad(learning_rate, initial_accumulator_value=0.0, eps=eps)
+
+
+def fed_avg(
+  model: contract.Model,
+  *,
+  client_learning_rate: float,
+  server_learning_rate: float = 1.0,
+  mesh: jax.sharding.Mesh | None = None,
+  dp: dp_lib.DpConfig | None = None,
+  dropout: bool = False,
+) -> round_lib.FedAlgorithm:
+  """FedAvg: local SGD, server SGD on the (weighted) mean delta (DP-FedAvg with ``dp``).
+
+  Example:
+    >>> alg = fed_avg(model, client_learning_rate=0.1)
+  """
+  return fed_opt(
+    model,
+    client_learning_rate=client_learning_rate,
+    server=optax.sgd(validation.positive("algorithm.server_learning_rate", server_learning_rate)),
+    name="fedavg",
+    mesh=mesh,
+    dp=dp,
+    dropout=dropout,
+  )
+
+
+def fed_prox(
+  model: contract.Model,
+  *,
+  client_learning_rate: float,
+  proximal_mu: float,
+  server_learning_rate: float = 1.0,
+  mesh: jax.sharding.Mesh | None = None,
+  dp: dp_lib.DpConfig | None = None,
+  dropout: bool = False,
+) -> round_lib.FedAlgorithm:
+  """FedProx: FedAvg with the proximal term ``mu/2 ||w - w_t||^2`` in local training."""
+  validation.non_negative("algorithm.proximal_mu", proximal_mu)
+  return fed_opt(
+    model,
+    client_learning_rate=client_learning_rate,
+    server=optax.sgd(validation.positive("algorithm.server_learning_rate", server_learning_rate)),
+    proximal_mu=proximal_mu,
+    name="fedprox",
+    mesh=mesh,
+    dp=dp,
+    dropout=dropout,
+  )
+
+
+def fed_opt(
+  model: contract.Model,
+  *,
+  client_learning_rate: float,
+  server: optax.GradientTransformation,
+  proximal_mu: float = 0.0,
+  name: str = "fedopt",
+  mesh: jax.sharding.Mesh | None = None,
+  dp: dp_lib.DpConfig | None = None,
+  dropout: bool = False,
+) -> round_lib.FedAlgorithm:
+  """FedOpt: local SGD, any optax ``server`` optimizer on the pseudo-gradient ``-Delta``."""
+  lr = validation.positive("algorithm.client_learning_rate", client_learning_rate)
+  spec = round_lib.RoundSpec(
+    name=name,
+    client_optimizer=optax.sgd(lr),
+    server_optimizer=server,
+    proximal_mu=float(proximal_mu),
+    client_learning_rate=lr,
+    dp=dp,
+    dropout=dropout,
+  )
+  return round_lib.build(model, spec, mesh=mesh)
+
+
+def scaffold(
+  model: contract.Model,
+  *,
+  client_learning_rate: float,
+  server_learning_rate: float = 1.0,
+  mesh: jax.sharding.Mesh | None = None,
+  dropout: bool = False,
+) -> round_lib.FedAlgorithm:
+  """SCAFFOLD (option II). The packed round must carry each client's ``control`` ``[C, ...]`` and
+  ``scalars["control_scale"] = 1 / N``; ``diagnostics["clients"]["control"]`` returns the new
+  client control variates to store.
+  """
+  lr = validation.positive("algorithm.client_learning_rate", client_learning_rate)
+  spec = round_lib.RoundSpec(
+    name="scaffold",
+    client_optimizer=optax.sgd(lr),
+    server_optimizer=optax.sgd(
+      validation.positive("algorithm.server_learning_rate", server_learning_rate)
+    ),
+    scaffold=True,
+    client_learning_rate=lr,
+    dropout=dropout,
+  )
+  return round_lib.build(model, spec, mesh=mesh)
+
+
+def validate_config(cfg: Mapping[str, Any]) -> None:
+  """Checks an ``algorithm`` config section before any compute.
+
+  Raises:
+    ConfigError: on an unknown algorithm or server optimizer, or invalid rates.
+  """
+  validation.one_of("algorithm.name", cfg["name"], ALGORITHMS)
+  validation.positive("algorithm.client_learning_rate", cfg["client_learning_rate"])
+  validation.positive("algorithm.server_learning_rate", cfg["server_learning_rate"])
+  validation.non_negative("algorithm.proximal_mu", cfg.get("proximal_mu", 0.0))
+  if cfg["name"] == "fedopt":
+    validation.one_of(
+      "algorithm.server_optimizer", cfg.get("server_optimizer", "sgd"), SERVER_OPTIMIZERS
+    )
+  if cfg["name"] == "scaffold" and cfg.get("dp_enabled", False):
+    raise validation.ConfigError(
+      "algorithm.name='scaffold' is invalid with DP: use fedavg or fedopt"
+    )
+
+
+def from_config(
+  model: contract.Model,
+  cfg: Mapping[str, Any],
+  *,
+  mesh: jax.sharding.Mesh | None = None,
+  dp: dp_lib.DpConfig | None = None,
+  dropout: bool = False,
+) -> round_lib.FedAlgorithm:
+  """Builds an algorithm from an ``algorithm`` config section.
+
+  Args:
+    model: the Model contract.
+    cfg: ``name`` in :data:`ALGORITHMS`, ``client_learning_rate``, ``server_learning_rate``,
+      ``proximal_mu`` (fedprox), ``server_optimizer`` (fedopt), ``server_momentum``.
+    mesh: optional ``clients`` mesh.
+    dp: optional user-level DP settings.
+    dropout: local dropout.
+
+  Returns:
+    The algorithm.
+
+  Raises:
+    ConfigError: on invalid fields.
+  """
+  validate_config(dict(cfg, dp_enabled=dp is not None))
+  name = cfg["name"]
+  clr, slr = cfg["client_learning_rate"], cfg["server_learning_rate"]
+  kw = {"mesh": mesh, "dropout": dropout}
+  if name == "fedavg":
+    return fed_avg(model, client_learning_rate=clr, server_learning_rate=slr, dp=dp, **kw)
+  if name == "fedprox":
+    return fed_prox(
+      model,
+      client_learning_rate=clr,
+      server_learning_rate=slr,
+      proximal_mu=cfg["proximal_mu"],
+      dp=dp,
+      **kw,
+    )
+  if name == "scaffold":
+    return scaffold(model, client_learning_rate=clr, server_learning_rate=slr, **kw)
+  opt_name = {
+    "fedadam": "adam",
+    "fedyogi": "yogi",
+    "fedadagrad": "adagrad",
+    "fedavgm": "momentum",
+  }.get(name, cfg.get("server_optimizer", "sgd"))
+  server = server_optimizer(opt_name, slr, momentum=cfg.get("server_momentum", 0.9))
+  return fed_opt(model, client_learning_rate=clr, server=server, name=name, dp=dp, **kw)
+
+
+__all__ = [
+  "ALGORITHMS",
+  "SERVER_OPTIMIZERS",
+  "fed_avg",
+  "fed_opt",
+  "fed_prox",
+  "from_config",
+  "scaffold",
+  "server_optimizer",
+  "validate_config",
+]

@@ -1,0 +1,402 @@
+"""One federated round as one XLA program, plus a plain per-client Python reference backend.
+
+The round of :func:`build` (FedJAX-style ``(init, apply)``):
+
+1. every packed client runs local training: ``lax.scan`` over its ``S`` steps, masked by its
+   ``step_mask`` (FedProx adds ``mu/2 ||w - w_global||^2``; SCAFFOLD corrects the gradient by
+   ``c - c_i``);
+2. clients are ``vmap``-ped; with a mesh, the client axis is split over the ``clients`` mesh axis
+   with ``jax.shard_map`` and each device sums its own clients' weighted deltas before a
+   ``psum`` across devices;
+3. the weighted mean delta (or, under DP, the noisy clipped sum over a fixed denominator) becomes
+   the pseudo-gradient ``-Delta`` of an optax server optimizer.
+
+:func:`build` returns ``apply`` (the jitted, state-donating round) and ``reference_apply``
+(Python loops over clients and steps calling a jitted single step); both compute the same
+function of ``(state, packed, key)``.
+"""
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from trustml.federated import dp as dp_lib
+from trustml.models import contract
+
+CLIENTS_AXIS = "clients"
+
+
+class ServerState(NamedTuple):
+  """Server state between rounds.
+
+  Attributes:
+    params: global model parameters.
+    opt_state: server optimizer state.
+    round: int32 round counter.
+    control: SCAFFOLD server control variate (zeros-like params; ``()`` otherwise).
+    l2_clip_norm: float32 current DP clip (adaptive clipping); 0 without DP.
+  """
+
+  params: Any
+  opt_state: Any
+  round: jax.Array
+  control: Any
+  l2_clip_norm: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundSpec:
+  """Static description of an algorithm's round.
+
+  Attributes:
+    name: algorithm name.
+    client_optimizer: optax transformation of local training (fresh state each round).
+    server_optimizer: optax transformation applied to the pseudo-gradient ``-Delta``.
+    proximal_mu: FedProx ``mu`` (0 = FedAvg local objective).
+    scaffold: use SCAFFOLD control variates (option II); needs an SGD client optimizer.
+    client_learning_rate: local step size (SCAFFOLD's ``c_i`` update divides by it).
+    dp: user-level DP settings, or ``None``.
+    dropout: run local training with dropout (per client, per step keys).
+  """
+
+  name: str
+  client_optimizer: optax.GradientTransformation
+  server_optimizer: optax.GradientTransformation
+  proximal_mu: float = 0.0
+  scaffold: bool = False
+  client_learning_rate: float = 0.0
+  dp: dp_lib.DpConfig | None = None
+  dropout: bool = False
+
+
+class FedAlgorithm(NamedTuple):
+  """An FL algorithm: ``init(params) -> ServerState`` and the round ``apply``.
+
+  ``apply(state, packed, key) -> (state, diagnostics)`` is jitted and donates ``state``;
+  ``reference_apply`` has the same signature and runs a Python loop over clients and steps.
+  """
+
+  name: str
+  init: Callable[[Any], ServerState]
+  apply: Callable[..., tuple[ServerState, dict]]
+  reference_apply: Callable[..., tuple[ServerState, dict]]
+  spec: RoundSpec
+
+
+def _zeros_like(tree):
+  return jax.tree.map(jnp.zeros_like, tree)
+
+
+def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
+  """A 1-D mesh over ``num_devices`` (default all) devices with axis ``clients``."""
+  n = num_devices or jax.device_count()
+  return jax.make_mesh((n,), (CLIENTS_AXIS,), axis_types=(jax.sharding.AxisType.Explicit,))
+
+
+def shard_packed(packed: Mapping[str, Any], mesh: jax.sharding.Mesh) -> dict:
+  """Places a packed round on ``mesh`` with the client axis split over ``clients``."""
+  sharding = NamedSharding(mesh, P(CLIENTS_AXIS))
+  return {k: jax.device_put(v, sharding) if k != "scalars" else v for k, v in packed.items()}
+
+
+def _local_loss(model: contract.Model, spec: RoundSpec, params, global_params, batch, key):
+  losses = model.per_example_loss(params, batch, key if spec.dropout else None)
+  loss = jnp.sum(losses) / jnp.maximum(jnp.sum(batch["weight"]), 1e-9)
+  total = loss
+  if spec.proximal_mu:
+    sq = sum(
+      jnp.sum(jnp.square(a - b))
+      for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(global_params), strict=True)
+    )
+    total = loss + 0.5 * spec.proximal_mu * sq
+  return total, loss
+
+
+def _make_local_step(model: contract.Model, spec: RoundSpec):
+  """``step(params, opt_state, global_params, batch, key, correction) -> (params, opt_state, loss)``."""
+
+  def step(params, opt_state, global_params, batch, key, correction):
+    grads, loss = jax.grad(
+      lambda p: _local_loss(model, spec, p, global_params, batch, key), has_aux=True
+    )(params)
+    if spec.scaffold:
+      grads = jax.tree.map(jnp.add, grads, correction)
+    updates, opt_state = spec.client_optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return step
+
+
+def _client_update(
+  model, spec, step_fn, global_params, batches, step_mask, key, server_control, client_control
+):
+  """Local training of one client (``lax.scan``); returns delta, new control, aux."""
+  opt_state = spec.client_optimizer.init(global_params)
+  correction = jax.tree.map(jnp.subtract, server_control, client_control) if spec.scaffold else ()
+
+  def body(carry, xs):
+    params, opt_state, s = carry
+    batch, m = xs
+    new_params, new_opt, loss = step_fn(
+      params, opt_state, global_params, batch, jax.random.fold_in(key, s), correction
+    )
+    keep = m > 0
+    params = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new_params, params)
+    opt_state = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new_opt, opt_state)
+    return (params, opt_state, s + 1), loss * m
+
+  (params, _, _), losses = jax.lax.scan(
+    body, (global_params, opt_state, jnp.int32(0)), (batches, step_mask)
+  )
+  delta = jax.tree.map(jnp.subtract, params, global_params)
+  steps = jnp.sum(step_mask)
+  new_control = _scaffold_control(spec, delta, steps, server_control, client_control)
+  return delta, new_control, jnp.sum(losses) / jnp.maximum(steps, 1.0)
+
+
+def _scaffold_control(spec, delta, steps, server_control, client_control):
+  if not spec.scaffold:
+    return ()
+  # Option II: c_i+ = c_i - c + (x - y_i) / (K lr) = c_i - c - delta / (K lr).
+  scale = jnp.where(steps > 0, 1.0 / (jnp.maximum(steps, 1.0) * spec.client_learning_rate), 0.0)
+  return jax.tree.map(
+    lambda ci, c, d: jnp.where(steps > 0, ci - c - d * scale, ci),
+    client_control,
+    server_control,
+    delta,
+  )
+
+
+def _client_key(key, client_id):
+  return jax.random.fold_in(jax.random.fold_in(key, 1), client_id)
+
+
+def _aggregate_client(spec, delta, weight, clip_norm):
+  """Per-client contribution to the sums: weighted (clipped) delta and the unclipped indicator."""
+  real = (weight > 0).astype(jnp.float32)
+  norm = dp_lib.global_norm(delta)
+  if spec.dp is not None:
+    delta, norm = dp_lib.clip(delta, clip_norm, spec.dp.per_layer)
+  contrib = jax.tree.map(lambda d: d * weight, delta)
+  unclipped = (norm <= clip_norm).astype(jnp.float32) * real
+  return contrib, norm, unclipped
+
+
+def _server_step(spec, state: ServerState, sums, key, scalars):
+  """Turns the round's sums into the new server state (identical in both backends)."""
+  wsum, wtotal, unclipped, control_sum, loss_sum, num_real = sums
+  metrics = {"train/loss": loss_sum / jnp.maximum(num_real, 1.0), "fed/num_clients": num_real}
+  clip_norm = state.l2_clip_norm
+  if spec.dp is None:
+    mean_delta = jax.tree.map(lambda s: s / jnp.maximum(wtotal, 1e-12), wsum)
+  else:
+    noise_key = jax.random.fold_in(jax.random.fold_in(key, 2), 0)
+    count_key = jax.random.fold_in(jax.random.fold_in(key, 2), 1)
+    stddev = dp_lib.update_noise_multiplier(spec.dp) * clip_norm
+    noised = dp_lib.add_noise(wsum, stddev, noise_key)
+    mean_delta = jax.tree.map(lambda s: s / scalars["denominator"], noised)
+    metrics["dp/l2_clip_norm"] = clip_norm
+    metrics["dp/unclipped_fraction"] = unclipped / jnp.maximum(num_real, 1.0)
+    if spec.dp.adaptive:
+      clip_norm, frac = dp_lib.adapt_clip(
+        clip_norm,
+        unclipped,
+        count_key,
+        expected_clients=scalars["expected_clients"],
+        config=spec.dp,
+      )
+      metrics["dp/noisy_unclipped_fraction"] = frac
+  pseudo_grad = jax.tree.map(jnp.negative, mean_delta)
+  updates, opt_state = spec.server_optimizer.update(pseudo_grad, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  control = state.control
+  if spec.scaffold:
+    control = jax.tree.map(lambda c, s: c + s * scalars["control_scale"], control, control_sum)
+  metrics["fed/delta_norm"] = dp_lib.global_norm(mean_delta)
+  return ServerState(params, opt_state, state.round + 1, control, clip_norm), metrics
+
+
+def _default_scalars(packed):
+  scalars = dict(packed.get("scalars", {}))
+  scalars.setdefault("denominator", jnp.float32(1.0))
+  scalars.setdefault("expected_clients", jnp.float32(1.0))
+  scalars.setdefault("control_scale", jnp.float32(0.0))
+  return {k: jnp.asarray(v, jnp.float32) for k, v in scalars.items()}
+
+
+def build(
+  model: contract.Model,
+  spec: RoundSpec,
+  *,
+  mesh: jax.sharding.Mesh | None = None,
+  donate: bool = True,
+) -> FedAlgorithm:
+  """Builds ``(init, apply)`` for an algorithm described by ``spec``.
+
+  Args:
+    model: the Model contract.
+    spec: the round's static description.
+    mesh: a 1-D mesh with axis ``clients`` to shard clients over (``None``: one device, plain
+      ``vmap``). The packed client count must be a multiple of the mesh size.
+    donate: donate the server state buffers to the jitted round.
+
+  Returns:
+    The :class:`FedAlgorithm`.
+
+  Example:
+    >>> alg = build(model, RoundSpec("fedavg", optax.sgd(0.1), optax.sgd(1.0)))
+    >>> state = alg.init(params)
+    >>> state, diag = alg.apply(state, packed, jax.random.key(0))
+  """
+  if spec.dp is not None:
+    spec.dp.validate()
+  step_fn = _make_local_step(model, spec)
+
+  def init(params) -> ServerState:
+    clip0 = jnp.float32(spec.dp.l2_clip_norm if spec.dp is not None else 0.0)
+    control = _zeros_like(params) if spec.scaffold else ()
+    params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
+    return ServerState(params, spec.server_optimizer.init(params), jnp.int32(0), control, clip0)
+
+  def local_sums(state, clients, key, axis_name):
+    """Per-shard: vmapped local training and this shard's sums (psum'd over devices)."""
+    control_in = clients.get("control", ())
+    global_params, server_control = state.params, state.control
+    if axis_name is not None:
+      # Replicated inputs become device-varying carries of the local-training scan.
+      varying = lambda t: jax.tree.map(lambda x: jax.lax.pcast(x, (axis_name,), to="varying"), t)  # noqa: E731
+      global_params, server_control = varying(global_params), varying(server_control)
+
+    def one(batch, step_mask, cid, ctrl):
+      ckey = _client_key(key, cid)
+      return _client_update(
+        model, spec, step_fn, global_params, batch, step_mask, ckey, server_control, ctrl
+      )
+
+    ctrl_axis = 0 if spec.scaffold else None
+    deltas, new_control, losses = jax.vmap(one, in_axes=(0, 0, 0, ctrl_axis))(
+      clients["batch"], clients["step_mask"], clients["client_id"], control_in
+    )
+    w = clients["weight"]
+    contrib, norms, unclipped = jax.vmap(
+      lambda d, wi: _aggregate_client(spec, d, wi, state.l2_clip_norm)
+    )(deltas, w)
+    real = (w > 0).astype(jnp.float32)
+    wsum = jax.tree.map(lambda c: jnp.sum(c, axis=0), contrib)
+    if spec.scaffold:
+      dctrl = jax.tree.map(
+        lambda n, o: (n - o) * real.reshape((-1,) + (1,) * (n.ndim - 1)), new_control, control_in
+      )
+      control_sum = jax.tree.map(lambda x: jnp.sum(x, axis=0), dctrl)
+    else:
+      control_sum = ()
+    sums = (
+      wsum,
+      jnp.sum(w),
+      jnp.sum(unclipped),
+      control_sum,
+      jnp.sum(losses * real),
+      jnp.sum(real),
+    )
+    if axis_name is not None:
+      sums = jax.lax.psum(sums, axis_name)
+    per_client = {"loss": losses, "delta_norm": norms}
+    if spec.scaffold:
+      per_client["control"] = new_control
+    return sums, per_client
+
+  def round_fn(state, packed, key):
+    scalars = _default_scalars(packed)
+    clients = {k: v for k, v in packed.items() if k != "scalars"}
+    if mesh is None:
+      sums, per_client = local_sums(state, clients, key, None)
+    else:
+      sharded = jax.shard_map(
+        lambda s, c, k: local_sums(s, c, k, CLIENTS_AXIS),
+        mesh=mesh,
+        in_specs=(P(), P(CLIENTS_AXIS), P()),
+        out_specs=(P(), P(CLIENTS_AXIS)),
+      )
+      sums, per_client = sharded(state, clients, key)
+    new_state, metrics = _server_step(spec, state, sums, key, scalars)
+    return new_state, {"metrics": metrics, "clients": per_client}
+
+  apply = jax.jit(round_fn, donate_argnums=(0,) if donate else ())
+
+  jit_step = jax.jit(step_fn)
+  jit_server = jax.jit(
+    lambda state, sums, key, scalars: _server_step(spec, state, sums, key, scalars)
+  )
+  jit_aggregate = jax.jit(lambda d, w, c: _aggregate_client(spec, d, w, c))
+  jit_control = jax.jit(lambda d, s, c, ci: _scaffold_control(spec, d, s, c, ci))
+
+  def reference_apply(state, packed, key):
+    """Plain backend: Python loop over clients, Python loop over real steps (jitted step)."""
+    scalars = _default_scalars(packed)
+    num = packed["weight"].shape[0]
+    wsum = _zeros_like(state.params)
+    control_sum = _zeros_like(state.params) if spec.scaffold else ()
+    wtotal = unclipped_total = loss_sum = num_real = 0.0
+    losses_out, norms_out, controls_out = [], [], []
+    for c in range(num):
+      ckey = _client_key(key, packed["client_id"][c])
+      ctrl = jax.tree.map(lambda x, c=c: x[c], packed["control"]) if spec.scaffold else ()
+      correction = jax.tree.map(jnp.subtract, state.control, ctrl) if spec.scaffold else ()
+      params, opt_state = state.params, spec.client_optimizer.init(state.params)
+      losses = []
+      for s in range(packed["step_mask"].shape[1]):
+        if float(packed["step_mask"][c, s]) == 0.0:
+          continue
+        batch = {k: v[c, s] for k, v in packed["batch"].items()}
+        params, opt_state, loss = jit_step(
+          params, opt_state, state.params, batch, jax.random.fold_in(ckey, s), correction
+        )
+        losses.append(float(loss))
+      delta = jax.tree.map(jnp.subtract, params, state.params)
+      w = jnp.float32(packed["weight"][c])
+      contrib, norm, unc = jit_aggregate(delta, w, state.l2_clip_norm)
+      wsum = jax.tree.map(jnp.add, wsum, contrib)
+      real = float(w > 0)
+      loss = sum(losses) / max(len(losses), 1)
+      wtotal += float(w)
+      unclipped_total += float(unc)
+      loss_sum += loss * real
+      num_real += real
+      losses_out.append(loss)
+      norms_out.append(float(norm))
+      if spec.scaffold:
+        new_ctrl = jit_control(delta, jnp.float32(len(losses)), state.control, ctrl)
+        controls_out.append(new_ctrl)
+        control_sum = jax.tree.map(lambda t, n, o, r=real: t + (n - o) * r, control_sum, new_ctrl, ctrl)
+    sums = (
+      wsum,
+      jnp.float32(wtotal),
+      jnp.float32(unclipped_total),
+      control_sum,
+      jnp.float32(loss_sum),
+      jnp.float32(num_real),
+    )
+    new_state, metrics = jit_server(state, sums, key, scalars)
+    per_client = {"loss": jnp.asarray(losses_out), "delta_norm": jnp.asarray(norms_out)}
+    if spec.scaffold:
+      per_client["control"] = jax.tree.map(lambda *xs: jnp.stack(xs), *controls_out)
+    return new_state, {"metrics": metrics, "clients": per_client}
+
+  return FedAlgorithm(spec.name, init, apply, reference_apply, spec)
+
+
+__all__ = [
+  "CLIENTS_AXIS",
+  "FedAlgorithm",
+  "RoundSpec",
+  "ServerState",
+  "build",
+  "make_mesh",
+  "shard_packed",
+]
