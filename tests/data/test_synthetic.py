@@ -176,3 +176,14 @@ def test_lm_bias_rates_match_config():
 def test_invalid_config(field, value):
   with pytest.raises(ConfigError, match=f"data.{field}"):
     synthetic.generate(synthetic.SyntheticConfig(**{field: value}))
+
+
+def test_corpus_statistics_agree_with_columns(corpus):
+  st = synthetic.corpus_statistics(corpus)
+  assert st["num_train"] == len(corpus.splits["train"]["text"])
+  assert st["num_utterances"] == st["num_train"] + st["num_test"]
+  assert st["female_user_fraction"] == 0.5
+  assert (
+    abs(st["male_word_fraction"] + st["female_word_fraction"] - st["gendered_fraction"]) < 1e-12
+  )
+  assert st["lm_she_rate/female_stereotyped"] > 0.75 > 0.25 > st["lm_she_rate/male_stereotyped"]

@@ -542,6 +542,60 @@ def gendered_words(texts: Sequence[str]) -> np.ndarray:
   return out
 
 
+def corpus_statistics(ds: dataset.TextDataset) -> dict[str, float]:
+  """Measured statistics of a generated corpus (the figures quoted in docs/data.md).
+
+  Args:
+    ds: the output of :func:`generate`.
+
+  Returns:
+    Flat dict: sizes, activity tail (top-10% share, max/median, discrete power-law MLE of the
+    exponent, censored at the cap), user gender balance, gendered-utterance fraction and the
+    LM split's female-pronoun rate per profession class.
+  """
+  from scipy import optimize  # noqa: PLC0415
+
+  cfg = SyntheticConfig(**ds.metadata["config"])
+  tr, te = ds.splits["train"], ds.splits["test"]
+  uid = np.concatenate([tr["user_id"], te["user_id"]])
+  counts = np.bincount(uid, minlength=cfg.num_users).astype(float)
+  srt = np.sort(counts)[::-1]
+  m, cap = cfg.min_utterances_per_user, cfg.max_utterances_per_user
+
+  def nll(a):
+    p = np.where(counts >= cap, (counts / m) ** -a, (counts / m) ** -a - ((counts + 1) / m) ** -a)
+    return -np.log(p).sum()
+
+  user_gender = np.zeros(cfg.num_users)
+  user_gender[uid] = np.concatenate([tr["gender"], te["gender"]])
+  words = gendered_words(np.concatenate([tr["text"], te["text"]]))
+  lm = ds.splits["lm"]
+  stats = {
+    "num_users": cfg.num_users,
+    "num_utterances": int(counts.sum()),
+    "num_train": len(tr["text"]),
+    "num_test": len(te["text"]),
+    "top10_share": float(srt[: max(1, cfg.num_users // 10)].sum() / srt.sum()),
+    "max_count": float(srt[0]),
+    "median_count": float(np.median(counts)),
+    "activity_exponent_mle": float(
+      optimize.minimize_scalar(nll, bounds=(0.05, 10.0), method="bounded").x
+    ),
+    "female_user_fraction": float(user_gender.mean()),
+    "gendered_fraction": float((words >= 0).mean()),
+    "male_word_fraction": float((words == 0).mean()),
+    "female_word_fraction": float((words == 1).mean()),
+  }
+  for label, group in (
+    ("female_stereotyped", FEMALE_STEREOTYPED),
+    ("male_stereotyped", MALE_STEREOTYPED),
+    ("neutral", NEUTRAL_PROFESSIONS),
+  ):
+    sel = np.isin(lm["profession"], group)
+    stats[f"lm_she_rate/{label}"] = float(lm["gender"][sel].mean())
+  return stats
+
+
 __all__ = [
   "FEMALE_CONTACTS",
   "FEMALE_STEREOTYPED",
@@ -557,6 +611,7 @@ __all__ = [
   "SyntheticConfig",
   "TEMPLATES",
   "activity_counts",
+  "corpus_statistics",
   "gendered_words",
   "generate",
   "lm_sentences",
