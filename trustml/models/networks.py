@@ -115,7 +115,9 @@ class TransformerEncoder(nn.Module):
 
   def encode(self, emb: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
     t = emb.shape[1]
-    x = emb + self.pos_embed(jnp.arange(t))[None]
+    # Per-example position ids (not a broadcast [T, D] lookup) so ghost-norm DP rules see a
+    # batch axis on every parameterised call (trustml.privacy.ghost); numerically identical.
+    x = emb + self.pos_embed(jnp.broadcast_to(jnp.arange(t), emb.shape[:2]))
     x = self.dropout(x, deterministic=not train)
     for block in self.blocks:
       x = block(x, mask, train)
