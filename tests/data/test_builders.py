@@ -7,7 +7,10 @@ compared row by row with the direct reader, which the count tests use.
 """
 
 import collections
+import functools
+import http.server
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -66,6 +69,21 @@ def test_snips_small(shared_data_dir, tfds_dir):
   )
   assert len(ds.splits["train"]["text"]) == 2100
   assert (np.bincount(ds.splits["train"]["label"]) == 300).all()
+
+
+def test_public_names():
+  from trustml.data import builders
+
+  assert sorted(builders.__all__) == [
+    "Bold",
+    "Hatexplain",
+    "Snips",
+    "bold",
+    "common",
+    "hatexplain",
+    "snips",
+  ]
+  assert common.__all__ == ["CodePath", "FILE_FORMAT", "prepare", "read_split", "source_files"]
 
 
 def test_latin1_fallback(tmp_path):
@@ -184,3 +202,57 @@ def test_source_files_manual_first_then_public_urls(urls, subdir, shared_data_di
   assert dm.requested == dict(urls)
   assert all(u.startswith("https://raw.githubusercontent.com/") for u in urls.values())
   assert set(remote) == set(urls)
+
+
+@pytest.fixture
+def local_http(monkeypatch):
+  """Serves a folder over HTTP on 127.0.0.1 (stands in for raw.githubusercontent.com)."""
+  servers = []
+
+  def serve(folder):
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    servers.append(srv)
+    return f"http://127.0.0.1:{srv.server_address[1]}/"
+
+  monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+  monkeypatch.setenv("no_proxy", "127.0.0.1")
+  yield serve
+  for srv in servers:
+    srv.shutdown()
+    srv.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+  def log_message(self, *args):
+    pass
+
+
+@pytest.mark.parametrize(
+  "module,subdir", [(snips, "snips_nlu_2017"), (hatexplain, "hatexplain"), (bold, "bold_prompts")]
+)
+def test_download_path_without_manual_dir(
+  module, subdir, shared_data_dir, tmp_path, local_http, monkeypatch
+):
+  base = local_http(shared_data_dir / subdir)
+  if module is snips:
+    monkeypatch.setattr(snips, "BASE_URL", base)
+  else:
+    monkeypatch.setattr(module, "URLS", {rel: base + rel for rel in module.URLS})
+  cls = {snips: snips.Snips, hatexplain: hatexplain.Hatexplain, bold: bold.Bold}[module]
+  builder = common.prepare(
+    cls,
+    data_dir=tmp_path,
+    manual_dir=None,
+    config="small" if module is snips else None,
+    max_examples_per_split=20,
+  )
+  assert any((tmp_path / "downloads").rglob("*.json"))  # fetched by the TFDS download manager
+  direct = module.read_local(
+    shared_data_dir / subdir, **({"train_kind": "small"} if module is snips else {})
+  )
+  for split, examples in direct.items():
+    built = common.read_split(builder, split)
+    text_key = "prompt" if module is bold else "text"
+    assert [b[text_key] for b in built] == [e[text_key] for e in examples[:20]]

@@ -12,7 +12,7 @@ reading goes through ``builder.as_data_source`` (random-access ArrayRecord, no T
 import inspect
 import os
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -115,19 +115,4 @@ def read_split(builder: tfds.core.DatasetBuilder, split: str) -> list[dict]:
   return [{k: _to_python(v) for k, v in row.items()} for row in rows]
 
 
-def columns(examples: Sequence[Mapping], keys: Sequence[str]) -> dict[str, np.ndarray]:
-  """Turns a list of example dicts into object/int columns (helper for the loaders)."""
-  out = {}
-  for key in keys:
-    values = [ex[key] for ex in examples]
-    if values and isinstance(values[0], (int, np.integer)) and not isinstance(values[0], bool):
-      out[key] = np.asarray(values, dtype=np.int32)
-    else:
-      arr = np.empty(len(values), object)
-      for i, v in enumerate(values):
-        arr[i] = tuple(v.tolist()) if isinstance(v, np.ndarray) else v
-      out[key] = arr
-  return out
-
-
-__all__ = ["CodePath", "FILE_FORMAT", "columns", "prepare", "read_split", "source_files"]
+__all__ = ["CodePath", "FILE_FORMAT", "prepare", "read_split", "source_files"]
