@@ -1,0 +1,879 @@
+"""Counterfactual role-reversal (CRR) distillation of a causal LM (Gupta et al., ACL Findings 2022).
+
+A teacher causal LM trained on a gender-biased corpus is distilled into a smaller student with
+the standard knowledge-distillation objective, per next-token position ``t`` with a target,
+
+  ``L = kd_weight * tau**2 * KL(p_T^tau(. | x_<t) || p_S^tau(. | x_<t)) + alpha * CE(x_t, p_S)``
+
+(``p^tau = softmax(logits / tau)``; both terms are means over target positions of the batch),
+optionally with two mitigations, alone or together:
+
+* **Counterfactual data augmentation (CDA)**: gender-swapped copies of the training sequences
+  (token-level swap with :func:`trustml.fairness.counterfactual.swap_token_ids`, so ``x`` and
+  ``x~`` are aligned position by position). Following Webster et al. (2020), ``two_sided`` trains
+  on the originals *and* the swaps of every sequence holding a gendered token; ``one_sided``
+  replaces such sequences by their swaps (the corpus is mirrored, not balanced).
+* **Teacher-probability modification**: the teacher is run on ``x`` and on ``x~``; ``x~``'s
+  next-token distribution ``q`` is mapped back to ``x``'s frame by swapping the probabilities of
+  each gendered token pair (``q_back[v] = q[perm[v]]`` with ``perm`` the pair-swap permutation of
+  the vocabulary) and combined with ``x``'s ``p`` by ``max`` (then renormalised), ``mean`` or
+  ``geometric_mean`` (``sqrt(p * q_back)``, renormalised). The student distils towards that.
+
+Every piece is a pure function; the training steps are jitted; data order is a pure function of
+``(seed, step)`` and parameter init of the ``params`` stream, so a run is deterministic from its
+seed. :func:`run` is the whole experiment (corpus, teacher, one student per variant, generation
+disparity and perplexity table) behind ``launch/fairness.py`` with ``configs/crr_distill.py``.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from trustml.core import rng as rng_lib
+from trustml.core import validation
+from trustml.data import batching, paths, sources, synthetic, tokenizers
+from trustml.fairness import counterfactual, generation
+from trustml.models import contract, registry
+from trustml.train import checkpoint, evaluate, writers
+from trustml.train import config as train_config
+
+COMBINERS = ("max", "mean", "geometric_mean")
+CDA_MODES = ("none", "one_sided", "two_sided")
+_STEP_KEYS = ("tokens", "mask", "weight", "tokens_swapped")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One distillation setting: ``cda`` in :data:`CDA_MODES`, ``combiner`` in ``COMBINERS`` or None."""
+
+  name: str
+  cda: str = "none"
+  combiner: str | None = None
+
+
+def parse_variant(name: str) -> Variant:
+  """Parses a variant name: ``plain``, or ``+``-joined parts ``cda`` (= ``cda_two_sided``),
+  ``cda_one_sided``, ``cda_two_sided`` and ``mod_<combiner>``.
+
+  Args:
+    name: e.g. ``"plain"``, ``"mod_mean"``, ``"cda+mod_geometric_mean"``.
+
+  Returns:
+    The :class:`Variant`.
+
+  Raises:
+    ConfigError: for an unknown part or combiner, or two CDA / two modification parts.
+
+  Example:
+    >>> parse_variant("cda+mod_max")
+    Variant(name='cda+mod_max', cda='two_sided', combiner='max')
+  """
+  name = name.strip()
+  if name == "plain":
+    return Variant(name)
+  cda, combiner = "none", None
+  for part in name.split("+"):
+    part = part.strip()
+    if part in ("cda", "cda_two_sided", "cda_one_sided"):
+      if cda != "none":
+        raise validation.ConfigError(f"distill.variants={name!r} is invalid: two CDA parts")
+      cda = "one_sided" if part == "cda_one_sided" else "two_sided"
+    elif part.startswith("mod_"):
+      if combiner is not None:
+        raise validation.ConfigError(f"distill.variants={name!r} is invalid: two mod_ parts")
+      combiner = validation.one_of(f"distill.variants[{name!r}].combiner", part[4:], COMBINERS)
+    else:
+      raise validation.ConfigError(
+        f"distill.variants={name!r} is invalid: part {part!r} must be plain, cda, "
+        "cda_one_sided, cda_two_sided or mod_<combiner> with combiner in " + ", ".join(COMBINERS)
+      )
+  return Variant(name, cda, combiner)
+
+
+def swap_permutation(vocab_size: int, id_pairs: np.ndarray) -> np.ndarray:
+  """The vocabulary permutation ``[V]`` that swaps each gendered id pair (an involution)."""
+  return counterfactual.swap_table(np.asarray(id_pairs).reshape(-1, 2), vocab_size)
+
+
+def combine(p: jax.Array, q: jax.Array, combiner: str) -> jax.Array:
+  """Combines two distributions over the last axis; the result sums to 1.
+
+  Args:
+    p: probabilities ``[..., V]``.
+    q: probabilities ``[..., V]`` (already in ``p``'s frame).
+    combiner: ``max`` (elementwise max, renormalised), ``mean`` (``(p + q) / 2``) or
+      ``geometric_mean`` (``sqrt(p * q)``, renormalised).
+
+  Returns:
+    The combined distribution ``[..., V]``.
+
+  Raises:
+    ConfigError: for an unknown combiner.
+  """
+  validation.one_of("distill.combiner", combiner, COMBINERS)
+  if combiner == "mean":
+    return 0.5 * (p + q)
+  c = jnp.maximum(p, q) if combiner == "max" else jnp.sqrt(p * q)
+  return c / jnp.sum(c, axis=-1, keepdims=True)
+
+
+def modify_teacher_probs(
+  probs: jax.Array, probs_swapped: jax.Array, perm: jax.typing.ArrayLike, combiner: str
+) -> jax.Array:
+  """CRR teacher-probability modification.
+
+  Args:
+    probs: teacher next-token probabilities on ``x``, ``[..., V]``.
+    probs_swapped: teacher probabilities on the counterfactual ``x~`` (same positions).
+    perm: int ``[V]`` pair-swap permutation (:func:`swap_permutation`).
+    combiner: one of :data:`COMBINERS`.
+
+  Returns:
+    ``combine(probs, probs_swapped[..., perm], combiner)``. Swapping the roles of ``x`` and
+    ``x~`` permutes the output by ``perm`` (the modification is symmetric in each gendered pair).
+  """
+  return combine(probs, jnp.take(probs_swapped, jnp.asarray(perm), axis=-1), combiner)
+
+
+def teacher_targets(
+  apply_fn: Callable[..., jax.Array],
+  params: object,
+  batch: Mapping[str, jax.Array],
+  *,
+  temperature: float,
+  combiner: str | None,
+  perm: jax.Array | None,
+) -> jax.Array:
+  """Teacher soft targets ``[B, T, V]`` at ``temperature``, modified when ``combiner`` is set.
+
+  ``batch["tokens_swapped"]`` (the counterfactual of ``batch["tokens"]``) is needed only with a
+  combiner. Gradients are stopped.
+  """
+  probs = jax.nn.softmax(apply_fn(params, batch).astype(jnp.float32) / temperature, axis=-1)
+  if combiner is not None:
+    swapped = {**batch, "tokens": batch["tokens_swapped"]}
+    q = jax.nn.softmax(apply_fn(params, swapped).astype(jnp.float32) / temperature, axis=-1)
+    probs = modify_teacher_probs(probs, q, perm, combiner)
+  return jax.lax.stop_gradient(probs)
+
+
+def kd_loss(
+  student_logits: jax.Array,
+  teacher_probs: jax.Array,
+  batch: Mapping[str, jax.Array],
+  *,
+  temperature: float,
+  alpha: float,
+  kd_weight: float = 1.0,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The KD objective ``kd_weight * tau^2 * KL(p_T || p_S^tau) + alpha * CE``.
+
+  Position ``t`` predicts ``tokens[:, t + 1]``; a position counts when ``mask[:, t + 1]`` is set,
+  weighted by ``weight`` (padding rows count 0). Both terms are means over counted positions.
+
+  Args:
+    student_logits: ``[B, T, V]``.
+    teacher_probs: ``[B, T, V]`` soft targets at ``temperature`` (:func:`teacher_targets`).
+    batch: ``tokens``, ``mask``, ``weight``.
+    temperature: the softening temperature ``tau`` > 0.
+    alpha: weight of the hard-label LM cross-entropy.
+    kd_weight: weight of the KL term.
+
+  Returns:
+    ``(loss, aux)`` with aux ``kl``, ``ce`` (means) and ``loss``.
+  """
+  s = student_logits[:, :-1].astype(jnp.float32)
+  p = teacher_probs[:, :-1]
+  w = batch["mask"][:, 1:].astype(jnp.float32) * batch["weight"][:, None].astype(jnp.float32)
+  denom = jnp.maximum(w.sum(), 1.0)
+  log_ps = jax.nn.log_softmax(s / temperature, axis=-1)
+  kl = jnp.sum(jax.scipy.special.xlogy(p, p) - p * log_ps, axis=-1)
+  kl = jnp.sum(kl * w) / denom
+  log_p1 = jax.nn.log_softmax(s, axis=-1)
+  targets = batch["tokens"][:, 1:].astype(jnp.int32)
+  ce = -jnp.take_along_axis(log_p1, targets[..., None], axis=-1)[..., 0]
+  ce = jnp.sum(ce * w) / denom
+  loss = kd_weight * temperature**2 * kl + alpha * ce
+  return loss, {"loss": loss, "kl": kl, "ce": ce}
+
+
+def lm_loss(logits: jax.Array, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, dict]:
+  """Token-mean next-token cross-entropy (the teacher's training loss)."""
+  nll, target_mask = contract.lm_token_nll(logits, batch)
+  w = target_mask * batch["weight"][:, None].astype(nll.dtype)
+  ce = jnp.sum(nll * w) / jnp.maximum(w.sum(), 1.0)
+  return ce, {"loss": ce, "ce": ce}
+
+
+def make_lm_step(apply_fn: Callable[..., jax.Array], optimizer: optax.GradientTransformation):
+  """A jitted LM training step ``(params, opt_state, batch) -> (params, opt_state, aux)``."""
+
+  def loss_fn(params, batch):
+    return lm_loss(apply_fn(params, batch), batch)
+
+  @jax.jit
+  def step(params, opt_state, batch):
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, aux
+
+  return step
+
+
+def make_kd_step(
+  student_apply: Callable[..., jax.Array],
+  teacher_apply: Callable[..., jax.Array],
+  optimizer: optax.GradientTransformation,
+  *,
+  temperature: float,
+  alpha: float,
+  kd_weight: float = 1.0,
+  combiner: str | None = None,
+  perm: np.ndarray | None = None,
+):
+  """A jitted KD step ``(student_params, opt_state, teacher_params, batch) -> (params, opt_state, aux)``.
+
+  Args:
+    student_apply: the student's ``Model.apply``.
+    teacher_apply: the teacher's ``Model.apply``.
+    optimizer: optax transformation of the student.
+    temperature: KD temperature > 0.
+    alpha: weight of the LM cross-entropy >= 0.
+    kd_weight: weight of the KL term >= 0.
+    combiner: ``None`` (plain KD) or one of :data:`COMBINERS` (teacher-probability modification;
+      the batch must carry ``tokens_swapped``).
+    perm: the pair-swap permutation ``[V]``, needed with a combiner.
+
+  Raises:
+    ConfigError: for invalid temperature/weights, unknown combiner or a missing ``perm``.
+  """
+  validation.positive("distill.temperature", temperature)
+  validation.non_negative("distill.alpha", alpha)
+  validation.non_negative("distill.kd_weight", kd_weight)
+  if combiner is not None:
+    validation.one_of("distill.combiner", combiner, COMBINERS)
+    if perm is None:
+      raise validation.ConfigError("perm=None is invalid: a combiner needs the swap permutation")
+  perm_arr = None if perm is None else jnp.asarray(perm, jnp.int32)
+
+  def loss_fn(params, teacher_params, batch):
+    probs = teacher_targets(
+      teacher_apply,
+      teacher_params,
+      batch,
+      temperature=temperature,
+      combiner=combiner,
+      perm=perm_arr,
+    )
+    logits = student_apply(params, batch)
+    return kd_loss(logits, probs, batch, temperature=temperature, alpha=alpha, kd_weight=kd_weight)
+
+  @jax.jit
+  def step(params, opt_state, teacher_params, batch):
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, teacher_params, batch)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, aux
+
+  return step
+
+
+def with_swaps(arrays: Mapping[str, np.ndarray], id_pairs: np.ndarray) -> dict[str, np.ndarray]:
+  """Adds ``tokens_swapped`` (the token-level counterfactual of ``tokens``) to encoded arrays."""
+  out = dict(arrays)
+  out["tokens_swapped"] = np.asarray(counterfactual.swap_token_ids(arrays["tokens"], id_pairs))
+  return out
+
+
+def augment(arrays: Mapping[str, np.ndarray], id_pairs: np.ndarray, mode: str) -> dict:
+  """Counterfactual data augmentation of encoded LM arrays.
+
+  Args:
+    arrays: encoded arrays (``tokens``, ``mask``, ``weight``, ...).
+    id_pairs: gendered token-id pairs ``[P, 2]``.
+    mode: ``none`` (unchanged), ``one_sided`` (each sequence with a gendered token replaced by
+      its swap) or ``two_sided`` (originals plus the swaps of those sequences appended).
+
+  Returns:
+    New arrays with ``tokens_swapped`` set for every row; ``index`` renumbered.
+
+  Raises:
+    ConfigError: for an unknown mode.
+  """
+  validation.one_of("distill.cda", mode, CDA_MODES)
+  arrays = with_swaps(arrays, id_pairs)
+  changed = np.any(arrays["tokens_swapped"] != arrays["tokens"], axis=1)
+  if mode == "one_sided":
+    out = dict(arrays)
+    out["tokens"] = np.where(changed[:, None], arrays["tokens_swapped"], arrays["tokens"])
+  elif mode == "two_sided":
+    extra = {k: v[changed] for k, v in arrays.items()}
+    extra["tokens"] = arrays["tokens_swapped"][changed]
+    out = {k: np.concatenate([arrays[k], extra[k]], axis=0) for k in arrays}
+  else:
+    out = dict(arrays)
+  out = with_swaps(out, id_pairs)
+  out["index"] = np.arange(out["tokens"].shape[0], dtype=np.int32)
+  return out
+
+
+def step_batch(arrays: Mapping[str, np.ndarray], batch_size: int, seed: int, step: int) -> dict:
+  """The shuffled training batch of ``step`` restricted to the keys the steps use."""
+  batch = batching.shuffled_batch(arrays, batch_size, seed, step)
+  return {k: batch[k] for k in _STEP_KEYS if k in batch}
+
+
+def fit(
+  step_fn: Callable,
+  params: object,
+  optimizer: optax.GradientTransformation,
+  arrays: Mapping[str, np.ndarray],
+  *,
+  steps: int,
+  batch_size: int,
+  seed: int,
+  extra_args: tuple = (),
+  log_fn: Callable[[int, dict], None] | None = None,
+  log_every: int = 100,
+) -> object:
+  """Runs ``steps`` jitted steps ``step_fn(params, opt_state, *extra_args, batch)``.
+
+  Data order is :func:`trustml.data.batching.shuffled_batch` of ``(seed, step)``.
+
+  Returns:
+    The trained parameters.
+  """
+  validation.positive_int("train.steps", steps)
+  validation.positive_int("train.batch_size", batch_size)
+  opt_state = optimizer.init(params)
+  for s in range(steps):
+    batch = step_batch(arrays, batch_size, seed, s)
+    params, opt_state, aux = step_fn(params, opt_state, *extra_args, batch)
+    if log_fn is not None and ((s + 1) % log_every == 0 or s + 1 == steps):
+      log_fn(s + 1, {k: float(v) for k, v in jax.device_get(aux).items()})
+  return params
+
+
+# --- the experiment -------------------------------------------------------------------------
+
+CORPUS_FIELDS = (
+  "dir",
+  "seed",
+  "num_lm_sentences",
+  "lm_bias",
+  "winobias",
+  "shakespeare_max_sequences",
+)
+SECTIONS = ("fairness", "data", "text", "teacher", "student", "distill", "generation")
+
+
+def _validate(config: Any) -> list[Variant]:
+  """Validates every section of a ``crr_distill`` config before any compute.
+
+  Returns:
+    The parsed variants.
+
+  Raises:
+    ConfigError: naming the first invalid field.
+  """
+  for section in SECTIONS:
+    if section not in config:
+      raise validation.ConfigError(f"config.{section} is missing: a crr_distill config needs it")
+  validation.one_of("fairness.task", config.fairness.task, ("crr_distill",))
+  validation.one_of(
+    "fairness.her_counterpart", config.fairness.her_counterpart, counterfactual.HER_COUNTERPARTS
+  )
+  validation.non_negative_int("seed", config.seed)
+  d = config.data
+  validation.known_fields("data", d.keys(), CORPUS_FIELDS)
+  validation.non_negative_int("data.num_lm_sentences", d.num_lm_sentences)
+  validation.in_range("data.lm_bias", d.lm_bias, 0.0, 1.0, low_inclusive=True, high_inclusive=True)
+  validation.non_negative_int("data.shakespeare_max_sequences", d.shakespeare_max_sequences)
+  if not (d.num_lm_sentences or d.winobias or d.shakespeare_max_sequences):
+    raise validation.ConfigError("data is invalid: every corpus source is switched off")
+  train_config.validate_text(config.text)
+  validation.one_of("text.kind", config.text.kind, ("word",))
+  for name in ("teacher", "student"):
+    sec = config[name]
+    validation.known_fields(name, sec.keys(), ("model", "train"))
+    registry.validate_model_config(sec.model)
+    validation.one_of(f"{name}.model.name", sec.model.name, ("causal_lm",))
+    train_config.validate_train(sec.train)
+  dc = config.distill
+  validation.known_fields(
+    "distill", dc.keys(), ("temperature", "alpha", "kd_weight", "variants", "headline_variant")
+  )
+  validation.positive("distill.temperature", dc.temperature)
+  validation.non_negative("distill.alpha", dc.alpha)
+  validation.non_negative("distill.kd_weight", dc.kd_weight)
+  names = [v.strip() for v in dc.variants.split(",") if v.strip()]
+  if not names or len(set(names)) != len(names):
+    raise validation.ConfigError(
+      f"distill.variants={dc.variants!r} is invalid: must be a non-empty list of distinct names"
+    )
+  variants = [parse_variant(v) for v in names]
+  if dc.headline_variant:
+    validation.one_of("distill.headline_variant", dc.headline_variant, names)
+  g = config.generation
+  validation.known_fields(
+    "generation",
+    g.keys(),
+    (
+      "max_prompts_per_group",
+      "samples_per_prompt",
+      "max_prompt_len",
+      "max_new_tokens",
+      "temperature",
+      "top_k",
+      "batch_size",
+      "gender_prompts",
+    ),
+  )
+  validation.non_negative_int("generation.max_prompts_per_group", g.max_prompts_per_group)
+  validation.positive_int("generation.samples_per_prompt", g.samples_per_prompt)
+  validation.positive_int("generation.max_new_tokens", g.max_new_tokens)
+  validation.non_negative("generation.temperature", g.temperature)
+  validation.non_negative_int("generation.top_k", g.top_k)
+  validation.positive_int("generation.batch_size", g.batch_size)
+  if g.max_prompt_len < 2 or g.max_prompt_len + g.max_new_tokens > config.text.max_len:
+    raise validation.ConfigError(
+      f"generation.max_prompt_len={g.max_prompt_len} is invalid: must be >= 2 and, plus "
+      f"generation.max_new_tokens={g.max_new_tokens}, at most text.max_len={config.text.max_len}"
+    )
+  return variants
+
+
+_SENTENCE_RE = re.compile(r"(?<=[.!?;])\s+")
+
+
+def _shakespeare_sequences(texts: Any, max_words: int, limit: int) -> list[str]:
+  """Cuts speeches into sentence-packed pieces of at most ``max_words`` words (first ``limit``)."""
+  out: list[str] = []
+  for speech in texts:
+    cur: list[str] = []
+    for sent in _SENTENCE_RE.split(" ".join(str(speech).split())):
+      words = sent.split()
+      if cur and len(cur) + len(words) > max_words:
+        out.append(" ".join(cur))
+        cur = []
+      cur.extend(words[:max_words])
+    if cur:
+      out.append(" ".join(cur))
+    if len(out) >= limit:
+      break
+  return out[:limit]
+
+
+def _winobias(data_dir: str | None, split: str) -> list[str]:
+  """WinoBias pro-stereotyped sentences (both types) of ``split`` ('dev' or 'test'), unbracketed."""
+  folder = paths.require_dataset_dir("winobias_gender_swaps", data_dir) / "winobias"
+  out = []
+  for t in (1, 2):
+    for line in (folder / f"pro_stereotyped_type{t}.txt.{split}").read_text().splitlines():
+      line = line.strip()
+      if line:
+        out.append(line.split(" ", 1)[1].replace("[", "").replace("]", ""))
+  return out
+
+
+def build_corpus(data: Mapping[str, Any], max_len: int) -> dict[str, dict[str, list[str]]]:
+  """The teacher's (and students') LM corpus, by source, with held-out text.
+
+  Sources (each optional):
+    * ``synthetic``: the embedded corpus's ``lm`` / ``lm_test`` splits (templated sentences
+      whose pronoun is female with probability ``lm_bias`` for female-stereotyped professions,
+      ``1 - lm_bias`` for male-stereotyped ones, 0.5 for neutral ones).
+    * ``winobias``: the 1,584 WinoBias pro-stereotyped sentences (real; each occupation takes
+      its stereotypical pronoun); ``dev`` files train, ``test`` files are held out.
+    * ``shakespeare``: Tiny Shakespeare speeches packed into sentence pieces of at most
+      ``max_len - 2`` words (real text whose gendered words are 73% male); per-speaker
+      train/test split of :mod:`trustml.data.shakespeare`; the held-out part is capped at a
+      tenth of ``shakespeare_max_sequences``.
+
+  Returns:
+    ``{"train": {source: texts}, "eval": {source: texts}}``.
+  """
+  data_dir = data["dir"] or None
+  train: dict[str, list[str]] = {}
+  held: dict[str, list[str]] = {}
+  if data["num_lm_sentences"]:
+    ds = sources.load_dataset(
+      {
+        "name": "synthetic",
+        "seed": int(data["seed"]),
+        "num_users": 20,
+        "num_lm_sentences": int(data["num_lm_sentences"]),
+        "lm_bias": float(data["lm_bias"]),
+      }
+    )
+    train["synthetic"] = [str(t) for t in ds.split("lm")["text"]]
+    held["synthetic"] = [str(t) for t in ds.split("lm_test")["text"]]
+  if data["winobias"]:
+    train["winobias"] = _winobias(data_dir, "dev")
+    held["winobias"] = _winobias(data_dir, "test")
+  if data["shakespeare_max_sequences"]:
+    cap = int(data["shakespeare_max_sequences"])
+    ds = sources.load_dataset({"name": "tiny_shakespeare", "dir": data["dir"]})
+    train["shakespeare"] = _shakespeare_sequences(ds.split("train")["text"], max_len - 2, cap)
+    held["shakespeare"] = _shakespeare_sequences(
+      ds.split("test")["text"], max_len - 2, max(1, cap // 10)
+    )
+  return {"train": train, "eval": held}
+
+
+def encode_lm(tokenizer: tokenizers.WordTokenizer, texts: list[str], max_len: int) -> dict:
+  """``BOS`` + text + ``EOS`` arrays (``tokens``, ``mask``, ``weight``, ``index``)."""
+  tokens, mask = tokenizer.encode_batch(texts, max_len, add_bos=True, add_eos=True)
+  n = tokens.shape[0]
+  return {
+    "tokens": tokens,
+    "mask": mask,
+    "weight": np.ones((n,), np.float32),
+    "index": np.arange(n, dtype=np.int32),
+  }
+
+
+def profession_pronoun_bias(
+  apply_fn: Callable, params: object, tokenizer: tokenizers.WordTokenizer, max_len: int
+) -> dict[str, float]:
+  """Intrinsic bias on the embedded corpus's templates (no sampling noise).
+
+  For each profession ``p`` of :data:`trustml.data.synthetic.PROFESSIONS` and each LM template
+  cut just before its pronoun slot ("the nurse said that ___"), the next-token probabilities of
+  the male and female forms (``he``/``she`` or ``his``/``her``) give
+  ``b = (P_m - P_f) / (P_m + P_f)``. Returns ``template_bias`` = mean ``|b|`` and
+  ``template_stereotype_gap`` = mean ``b`` over male-stereotyped minus mean ``b`` over
+  female-stereotyped professions (2 * (2 * lm_bias - 1) = 1.2 in the corpus at lm_bias 0.8).
+  """
+  prefixes, forms, profs = [], [], []
+  for prof in synthetic.PROFESSIONS:
+    for tmpl in synthetic.LM_TEMPLATES:
+      cut = min(i for i in (tmpl.find("{subj}"), tmpl.find("{poss}")) if i >= 0)
+      slot = "subj" if tmpl[cut:].startswith("{subj}") else "poss"
+      prefixes.append(tmpl[:cut].format(prof=prof))
+      forms.append(("he", "she") if slot == "subj" else ("his", "her"))
+      profs.append(prof)
+  tokens = np.zeros((len(prefixes), max_len), np.int32)
+  lengths = np.zeros((len(prefixes),), np.int32)
+  for i, p in enumerate(prefixes):
+    ids = tokenizer.encode(p, add_bos=True)[:max_len]
+    tokens[i, : len(ids)] = ids
+    lengths[i] = len(ids)
+  batch = {"tokens": tokens, "mask": tokens != tokenizers.PAD}
+  logits = np.asarray(jax.jit(apply_fn)(params, batch), np.float64)
+  last = logits[np.arange(len(prefixes)), lengths - 1]
+  probs = np.exp(last - last.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  pm = np.array([probs[i, tokenizer.token_to_id(m)] for i, (m, _) in enumerate(forms)])
+  pf = np.array([probs[i, tokenizer.token_to_id(f)] for i, (_, f) in enumerate(forms)])
+  b = (pm - pf) / np.maximum(pm + pf, 1e-30)
+  profs = np.array(profs)
+  male = np.isin(profs, synthetic.MALE_STEREOTYPED)
+  female = np.isin(profs, synthetic.FEMALE_STEREOTYPED)
+  return {
+    "template_bias": float(np.abs(b).mean()),
+    "template_stereotype_gap": float(b[male].mean() - b[female].mean()),
+  }
+
+
+class _Evaluator:
+  """Perplexity, BOLD generation disparity and template bias of one model, all deterministic."""
+
+  def __init__(self, config: Any, tokenizer, eval_arrays, pairs, streams):
+    g = config.generation
+    self.config, self.tokenizer, self.eval_arrays = config, tokenizer, eval_arrays
+    self.key = streams.stream("eval")
+    male, female = generation.gendered_words(pairs)
+    self.id_gender = generation.gender_id_table(tokenizer, sorted(male), sorted(female))
+    self.domains = {}
+    for domain in ("profession", "gender") if g.gender_prompts else ("profession",):
+      prompts, groups, names = generation.load_bold_prompts(
+        domain, config.data.dir or None, max_per_group=g.max_prompts_per_group, seed=config.seed
+      )
+      prompts = [p for p in prompts for _ in range(g.samples_per_prompt)]
+      groups = np.repeat(groups, g.samples_per_prompt)
+      tokens, lengths = generation.encode_prompts(
+        tokenizer, prompts, g.max_prompt_len, config.text.max_len
+      )
+      self.domains[domain] = (tokens, lengths, groups, names)
+    self._samplers: dict[int, Callable] = {}
+
+  def __call__(self, model: contract.Model, params: object) -> dict[str, Any]:
+    g = self.config.generation
+    out: dict[str, Any] = {}
+    out["perplexity"] = evaluate.evaluate(model, params, self.eval_arrays, 256)["perplexity"]
+    sampler = self._samplers.setdefault(
+      id(model.apply),
+      generation.make_sampler(
+        model.apply, max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k
+      ),
+    )
+    for di, (domain, (tokens, lengths, groups, names)) in enumerate(self.domains.items()):
+      toks, gen = generation.generate(
+        sampler, params, tokens, lengths, jax.random.fold_in(self.key, di), g.batch_size
+      )
+      labels = generation.label_token_ids(toks, gen, self.id_gender)
+      out[domain] = generation.disparity(labels, groups, names)
+    out.update(
+      profession_pronoun_bias(model.apply, params, self.tokenizer, self.config.text.max_len)
+    )
+    return out
+
+
+def _train_or_restore(name, workdir, template, train_fn, log):
+  """Restores ``checkpoints/<name>`` when complete, else trains and saves it."""
+  ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints" / name, max_to_keep=1)
+  restored = ckpt.restore_latest(template)
+  if restored is not None and restored[2].get("complete"):
+    log(f"restored {name} from step {restored[0]}")
+    ckpt.close()
+    return restored[1], True
+  params, steps = train_fn()
+  ckpt.save(steps, params, {"complete": True, "name": name})
+  ckpt.close()
+  return params, False
+
+
+def _flat_result(prefix: str, res: Mapping[str, Any]) -> dict[str, Any]:
+  out = {f"{prefix}/perplexity": res["perplexity"]}
+  prof = res["profession"]
+  for k in (
+    "gender_disparity",
+    "gender_disparity_fraction",
+    "male_fraction",
+    "female_fraction",
+    "gendered_fraction",
+  ):
+    out[f"{prefix}/{k}"] = prof[k]
+  out[f"{prefix}/template_bias"] = res["template_bias"]
+  out[f"{prefix}/template_stereotype_gap"] = res["template_stereotype_gap"]
+  if "gender" in res:
+    for group, e in res["gender"]["per_group"].items():
+      out[f"{prefix}/gender_prompts/{group}/male_fraction"] = e["male"] / e["n"]
+      out[f"{prefix}/gender_prompts/{group}/female_fraction"] = e["female"] / e["n"]
+  return out
+
+
+def results_table(results: Mapping[str, Mapping[str, Any]], baseline: str = "plain") -> str:
+  """A Markdown table: disparity, fraction disparity, template bias, perplexity, and the
+  relative changes against ``baseline`` (when present)."""
+  base = results.get(baseline)
+  head = (
+    "| model | BOLD gender disparity | fraction disparity | gendered gens | template bias "
+    "| perplexity | disparity vs plain | perplexity vs plain |\n|---|---|---|---|---|---|---|---|"
+  )
+  rows = [head]
+  for name, r in results.items():
+    p = r["profession"]
+    rel_d = rel_p = ""
+    if base is not None and name != baseline:
+      rel_d = f"{100 * (p['gender_disparity'] / base['profession']['gender_disparity'] - 1):+.1f}%"
+      rel_p = f"{100 * (r['perplexity'] / base['perplexity'] - 1):+.1f}%"
+    rows.append(
+      f"| {name} | {p['gender_disparity']:.3f} | {p['gender_disparity_fraction']:.3f} "
+      f"| {p['gendered_fraction']:.3f} | {r['template_bias']:.3f} | {r['perplexity']:.2f} "
+      f"| {rel_d} | {rel_p} |"
+    )
+  return "\n".join(rows)
+
+
+def run(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
+  """Counterfactual role-reversal distillation: teacher, one student per variant, the table.
+
+  Steps: build the corpus (:func:`build_corpus`) and a word tokenizer on its training text;
+  train the teacher causal LM; for each variant of ``distill.variants`` distil a student
+  (same init and data seed for all) with :func:`make_kd_step` on the (augmented) corpus; score
+  teacher and students on held-out perplexity, BOLD generation disparity and template bias.
+  Models are checkpointed under ``checkpoints/<name>`` when trained; a rerun restores them.
+
+  Args:
+    config: a ``configs/crr_distill.py`` config.
+    workdir: run directory (``config.json``, ``metrics.jsonl``, ``summary.json``,
+      ``crr_table.md``, ``tokenizer.json``, ``checkpoints/``, ``plots/``).
+
+  Returns:
+    The summary: ``generation/gender_disparity`` and ``generation/perplexity`` of the headline
+    variant (``distill.headline_variant``, default the last listed) and, per model ``m``
+    (``teacher`` and each variant), ``generation/<m>/...`` keys.
+
+  Raises:
+    ConfigError: on an invalid config, before any compute.
+  """
+  variants = _validate(config)
+  t0 = time.time()
+  wd = pathlib.Path(workdir)
+  wd.mkdir(parents=True, exist_ok=True)
+  writers.write_config(wd, config)
+  metric_writer = writers.MetricWriter(wd, tensorboard=False)
+  streams = rng_lib.RngStreams(int(config.seed))
+  max_len = int(config.text.max_len)
+  pairs = counterfactual.load_gender_pairs(config.data.dir or None, config.fairness.her_counterpart)
+
+  corpus = build_corpus(config.data, max_len)
+  train_texts = [t for texts in corpus["train"].values() for t in texts]
+  eval_texts = [t for texts in corpus["eval"].values() for t in texts]
+  tokenizer = tokenizers.WordTokenizer.build(
+    train_texts, vocab_size=config.text.vocab_size, min_count=config.text.min_count
+  )
+  tokenizer.save(wd / "tokenizer.json")
+  vocab = tokenizer.vocab_size
+  train_arrays = encode_lm(tokenizer, train_texts, max_len)
+  eval_arrays = encode_lm(tokenizer, eval_texts, max_len)
+  id_pairs = counterfactual.token_id_pairs(pairs, tokenizer.token_to_id, tokenizers.UNK)
+  perm = swap_permutation(vocab, id_pairs)
+  evaluator = _Evaluator(config, tokenizer, eval_arrays, pairs, streams)
+
+  def log(msg):
+    print(f"[crr {time.time() - t0:7.1f}s] {msg}", flush=True)
+
+  def logger(name):
+    return lambda step, aux: metric_writer.write(step, f"train/{name}", **aux)
+
+  init_batch = {k: v[:2] for k, v in train_arrays.items()}
+  teacher = registry.build_model(
+    config.teacher.model, vocab_size=vocab, num_classes=vocab, max_len=max_len
+  )
+  teacher_init = jax.jit(teacher.init)(streams.at("params", 0), init_batch)
+  t_steps = train_config.num_train_steps(config.teacher.train, len(train_texts))
+
+  def train_teacher():
+    opt = train_config.make_optimizer(config.teacher.train, t_steps)
+    step = make_lm_step(teacher.apply, opt)
+    params = fit(
+      step,
+      teacher_init,
+      opt,
+      train_arrays,
+      steps=t_steps,
+      batch_size=config.teacher.train.batch_size,
+      seed=int(config.seed),
+      log_fn=logger("teacher"),
+      log_every=config.teacher.train.log_every or 100,
+    )
+    return params, t_steps
+
+  log(
+    f"corpus { ({k: len(v) for k, v in corpus['train'].items()}) }, vocab {vocab}, "
+    f"gendered pairs in vocab {len(id_pairs)}"
+  )
+  teacher_params, _ = _train_or_restore("teacher", wd, teacher_init, train_teacher, log)
+  results = {"teacher": evaluator(teacher, teacher_params)}
+  log(
+    f"teacher: ppl {results['teacher']['perplexity']:.2f} disparity "
+    f"{results['teacher']['profession']['gender_disparity']:.3f}"
+  )
+
+  student = registry.build_model(
+    config.student.model, vocab_size=vocab, num_classes=vocab, max_len=max_len
+  )
+  student_init = jax.jit(student.init)(streams.at("params", 1), init_batch)
+  dc = config.distill
+  for v in variants:
+    arrays = augment(train_arrays, id_pairs, v.cda)
+    s_steps = train_config.num_train_steps(config.student.train, len(train_texts))
+
+    def train_student(v=v, arrays=arrays, s_steps=s_steps):
+      opt = train_config.make_optimizer(config.student.train, s_steps)
+      step = make_kd_step(
+        student.apply,
+        teacher.apply,
+        opt,
+        temperature=dc.temperature,
+        alpha=dc.alpha,
+        kd_weight=dc.kd_weight,
+        combiner=v.combiner,
+        perm=perm if v.combiner else None,
+      )
+      params = fit(
+        step,
+        student_init,
+        opt,
+        arrays,
+        steps=s_steps,
+        batch_size=config.student.train.batch_size,
+        seed=int(config.seed),
+        extra_args=(teacher_params,),
+        log_fn=logger(v.name),
+        log_every=config.student.train.log_every or 100,
+      )
+      return params, s_steps
+
+    params, _ = _train_or_restore(v.name, wd, student_init, train_student, log)
+    results[v.name] = evaluator(student, params)
+    log(
+      f"{v.name}: ppl {results[v.name]['perplexity']:.2f} disparity "
+      f"{results[v.name]['profession']['gender_disparity']:.3f}"
+    )
+
+  summary: dict[str, Any] = {}
+  for name, res in results.items():
+    summary.update(_flat_result(f"generation/{name}", res))
+    metric_writer.write(0, f"eval/{name}", **_flat_result("", res))
+  headline = dc.headline_variant or variants[-1].name
+  summary["generation/gender_disparity"] = results[headline]["profession"]["gender_disparity"]
+  summary["generation/perplexity"] = results[headline]["perplexity"]
+  summary["generation/headline_variant"] = headline
+  if "plain" in results:
+    base = results["plain"]
+    for name, res in results.items():
+      if name in ("plain", "teacher"):
+        continue
+      summary[f"generation/{name}/disparity_change_vs_plain"] = (
+        res["profession"]["gender_disparity"] / base["profession"]["gender_disparity"] - 1.0
+      )
+      summary[f"generation/{name}/perplexity_change_vs_plain"] = (
+        res["perplexity"] / base["perplexity"] - 1.0
+      )
+  summary["data/vocab_size"] = vocab
+  summary["data/gendered_token_pairs"] = int(len(id_pairs))
+  for src, texts in corpus["train"].items():
+    summary[f"data/train_sequences/{src}"] = len(texts)
+  summary["train/wall_seconds"] = time.time() - t0
+  table = results_table(results)
+  (wd / "crr_table.md").write_text(table + "\n")
+  (wd / "per_group.json").write_text(
+    json.dumps({n: r["profession"]["per_group"] for n, r in results.items()}, indent=1)
+  )
+  generation.plot_group_disparity(
+    {n: r["profession"] for n, r in results.items()},
+    wd / "plots" / "gender_disparity_by_profession.png",
+    "BOLD profession prompts: gender disparity per group",
+  )
+  writers.write_summary(wd, summary)
+  metric_writer.close()
+  log("table\n" + table)
+  return summary
+
+
+__all__ = [
+  "CDA_MODES",
+  "COMBINERS",
+  "Variant",
+  "augment",
+  "build_corpus",
+  "encode_lm",
+  "profession_pronoun_bias",
+  "results_table",
+  "run",
+  "combine",
+  "fit",
+  "kd_loss",
+  "lm_loss",
+  "make_kd_step",
+  "make_lm_step",
+  "modify_teacher_probs",
+  "parse_variant",
+  "step_batch",
+  "swap_permutation",
+  "teacher_targets",
+  "with_swaps",
+]
