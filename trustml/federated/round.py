@@ -373,7 +373,9 @@ def build(
       if spec.scaffold:
         new_ctrl = jit_control(delta, jnp.float32(len(losses)), state.control, ctrl)
         controls_out.append(new_ctrl)
-        control_sum = jax.tree.map(lambda t, n, o, r=real: t + (n - o) * r, control_sum, new_ctrl, ctrl)
+        control_sum = jax.tree.map(
+          lambda t, n, o, r=real: t + (n - o) * r, control_sum, new_ctrl, ctrl
+        )
     sums = (
       wsum,
       jnp.float32(wtotal),

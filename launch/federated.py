@@ -1,0 +1,52 @@
+"""Runs a federated experiment (static or continual FL, optional user-level DP) from a config.
+
+  python -m launch.federated --config=configs/fed_nlu.py:data=snips,alpha=0.1 --workdir=/tmp/fed
+  python -m launch.federated --config=configs/fed_selection.py:sampler=activity,setting=continual \
+      --workdir=/tmp/sel
+  python -m launch.federated --config=configs/fed_lm_shakespeare.py --workdir=/tmp/shakes
+
+Re-running the same command on the same workdir resumes from the last checkpoint.
+Writes config.json, metrics.jsonl, summary.json, checkpoints/ and plots/ to --workdir.
+"""
+
+import json
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from trustml.core.validation import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path.py:arg).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  from trustml.federated import experiment  # pylint: disable=g-import-not-at-top
+
+  try:
+    summary = experiment.run(_CONFIG.value, _WORKDIR.value)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  logging.info("summary: %s", summary)
+  print(
+    json.dumps(
+      {k: v for k, v in summary.items() if "/" in k and k != "fed/eval_curve"},
+      indent=1,
+      default=str,
+    )
+  )
+
+
+def _entry() -> None:
+  try:
+    app.run(main)
+  except ConfigError as e:  # Raised while the config file itself is loaded.
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  _entry()
