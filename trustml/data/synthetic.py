@@ -374,7 +374,14 @@ _INTENT_TEMPLATE_IDS = tuple(
 
 
 def template_has_mention(template_id: int) -> bool:
-  """Whether a global template id mentions a third person (contact or pronoun)."""
+  """Whether a template mentions a third person (a ``{contact}`` or pronoun field).
+
+  Args:
+    template_id: global template id (the ``template`` column), in ``[0, 60)``.
+
+  Returns:
+    True when the template's utterances can carry gendered words.
+  """
   return bool(MENTION_FIELDS.intersection(_TEMPLATE_TABLE[template_id][2]))
 
 
@@ -383,7 +390,18 @@ def _rng(seed: int, stream: str) -> np.random.Generator:
 
 
 def activity_counts(cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
-  """Utterances per user: ``min(floor(m * U ** (-1 / a)), cap)`` with ``U ~ Uniform(0, 1]``."""
+  """Draws utterances per user: ``min(floor(m * U ** (-1 / a)), cap)``, ``U ~ Uniform(0, 1]``.
+
+  So ``P(n >= k) = (k / m) ** -a`` for integers ``m <= k <= cap`` (a discrete power law).
+
+  Args:
+    cfg: the generation config (``num_users``, ``activity_exponent`` = a,
+      ``min_utterances_per_user`` = m, ``max_utterances_per_user`` = cap).
+    rng: NumPy generator to draw from.
+
+  Returns:
+    int64 counts, shape ``[num_users]``.
+  """
   u = 1.0 - rng.random(cfg.num_users)  # in (0, 1]
   x = cfg.min_utterances_per_user * u ** (-1.0 / cfg.activity_exponent)
   return np.minimum(np.floor(x), cfg.max_utterances_per_user).astype(np.int64)
@@ -454,7 +472,18 @@ def _utterance_splits(cfg: SyntheticConfig) -> tuple[dict, dict, np.ndarray]:
 
 
 def she_probability(profession: str, lm_bias: float) -> float:
-  """P(female pronoun | profession) in the LM split."""
+  """P(female pronoun | profession) in the LM split.
+
+  Args:
+    profession: one of :data:`PROFESSIONS`.
+    lm_bias: the configured bias.
+
+  Returns:
+    ``lm_bias`` (female-stereotyped), ``1 - lm_bias`` (male-stereotyped) or 0.5 (neutral).
+
+  Raises:
+    KeyError: for an unknown profession.
+  """
   if profession in FEMALE_STEREOTYPED:
     return lm_bias
   if profession in MALE_STEREOTYPED:
@@ -531,7 +560,14 @@ def generate(cfg: SyntheticConfig | None = None) -> dataset.TextDataset:
 
 
 def gendered_words(texts: Sequence[str]) -> np.ndarray:
-  """Per text: 0 if it has only male words of :data:`GENDER_PAIRS`, 1 only female, 2 both, -1 none."""
+  """Classifies texts by the gendered words of :data:`GENDER_PAIRS` they contain.
+
+  Args:
+    texts: utterances (whitespace-tokenised; a possessive ``'s`` is stripped).
+
+  Returns:
+    int32 per text: 0 only male words, 1 only female words, 2 both, -1 none.
+  """
   male = {m for m, _ in GENDER_PAIRS}
   female = {f for _, f in GENDER_PAIRS}
   out = np.full(len(texts), -1, np.int32)

@@ -94,7 +94,15 @@ def _text(value) -> str:
 
 
 def read_examples(source: Sequence, max_examples: int = 0) -> list[dict]:
-  """Reads the first ``max_examples`` (0 = all) records of a data source."""
+  """Reads records of a data source in index order.
+
+  Args:
+    source: a ``tfds.data_source`` split (random access).
+    max_examples: keep the first this many (0 = all).
+
+  Returns:
+    The records (dicts of feature -> value).
+  """
   n = len(source) if max_examples <= 0 else min(len(source), max_examples)
   if n == 0:
     return []

@@ -30,7 +30,14 @@ URLS = {
 
 
 def parse_files(files: Mapping[str, pathlib.Path]) -> list[dict]:
-  """Parses the 5 prompt files into ``{domain, group, entity, prompt}`` examples."""
+  """Parses the 5 prompt files.
+
+  Args:
+    files: relative name (``<domain>_prompt.json``) -> local path.
+
+  Returns:
+    ``{domain, group, entity, prompt}`` dicts in file order (domain, group, entity, prompt).
+  """
   examples = []
   for domain in DOMAINS:
     data = json.loads(pathlib.Path(files[f"{domain}_prompt.json"]).read_text("utf-8"))
@@ -42,7 +49,14 @@ def parse_files(files: Mapping[str, pathlib.Path]) -> list[dict]:
 
 
 def read_local(folder: str | os.PathLike) -> dict[str, list[dict]]:
-  """Direct reader (no TFDS): ``{"test": [...]}`` from a local copy."""
+  """Direct reader (no TFDS) of a local copy.
+
+  Args:
+    folder: the folder holding the 5 ``<domain>_prompt.json`` files.
+
+  Returns:
+    ``{"test": examples}`` as :func:`parse_files` gives them.
+  """
   folder = pathlib.Path(folder)
   return {"test": parse_files({rel: folder / rel for rel in URLS})}
 

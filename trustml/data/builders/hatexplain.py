@@ -54,12 +54,26 @@ URLS = {
 
 
 def normalise_text(tokens: list[str]) -> str:
-  """Joins post tokens as the train export does (spaces, with " ." and " ," squashed)."""
+  """Joins post tokens as the train export does.
+
+  Args:
+    tokens: the post's tokens.
+
+  Returns:
+    Tokens joined by spaces, with ``" ."`` and ``" ,"`` squashed to ``"."`` and ``","``.
+  """
   return " ".join(tokens).replace(" .", ".").replace(" ,", ",")
 
 
 def majority(labels: list[int]) -> int | None:
-  """The label named by at least 2 annotators, or ``None`` when all disagree."""
+  """Majority vote of the annotators.
+
+  Args:
+    labels: one label per annotator.
+
+  Returns:
+    The label named by at least 2 annotators, or ``None`` when all disagree.
+  """
   label, count = collections.Counter(labels).most_common(1)[0]
   return label if count >= 2 else None
 
@@ -109,7 +123,14 @@ def parse_jsonl(path: str | os.PathLike, expected_ids: list[str] | None = None) 
 
 
 def parse_train_csv(path: str | os.PathLike) -> list[dict]:
-  """Parses the reduced train export ``train_flat.csv`` (union targets, no ids)."""
+  """Parses the reduced train export ``train_flat.csv``.
+
+  Args:
+    path: the CSV file (columns ``text,majority_label,severity,labels,annotator_ids,targets``).
+
+  Returns:
+    Examples with ``id = "train_<row>"``, union ``targets`` and empty per-annotator targets.
+  """
   examples = []
   with open(path, encoding="utf-8", newline="") as f:
     for row, rec in enumerate(csv.DictReader(f)):
@@ -131,7 +152,17 @@ def parse_train_csv(path: str | os.PathLike) -> list[dict]:
 
 
 def parse_files(files: Mapping[str, pathlib.Path]) -> dict[str, list[dict]]:
-  """Parses all three splits from the four source files (relative name -> local path)."""
+  """Parses all three splits.
+
+  Args:
+    files: relative name (keys of :data:`URLS`) -> local path.
+
+  Returns:
+    ``{"train", "validation", "test"}`` -> examples.
+
+  Raises:
+    ValueError: if the splits disagree with ``post_id_divisions.json``.
+  """
   divisions = json.loads(pathlib.Path(files["post_id_divisions.json"]).read_text("utf-8"))
   train = parse_train_csv(files["train_flat.csv"])
   if len(train) != len(divisions["train"]):
@@ -144,7 +175,14 @@ def parse_files(files: Mapping[str, pathlib.Path]) -> dict[str, list[dict]]:
 
 
 def read_local(folder: str | os.PathLike) -> dict[str, list[dict]]:
-  """Direct reader (no TFDS) from a local copy."""
+  """Direct reader (no TFDS) of a local copy.
+
+  Args:
+    folder: the folder holding the four files of :data:`URLS`.
+
+  Returns:
+    As :func:`parse_files`.
+  """
   folder = pathlib.Path(folder)
   return parse_files({rel: folder / rel for rel in URLS})
 

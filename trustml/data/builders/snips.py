@@ -45,7 +45,18 @@ TRAIN_KINDS = ("full", "small")
 
 
 def file_name(intent: str, kind: str) -> str:
-  """Relative path of one source file; ``kind`` in {"full", "small", "validate"}."""
+  """Relative path of one source file.
+
+  Args:
+    intent: one of :data:`INTENTS`.
+    kind: ``"full"``, ``"small"`` or ``"validate"``.
+
+  Returns:
+    ``<Intent>/<file>.json``.
+
+  Raises:
+    ValueError: for an unknown kind.
+  """
   if kind == "full":
     return f"{intent}/train_{intent}_full.json"
   if kind == "small":
@@ -56,13 +67,27 @@ def file_name(intent: str, kind: str) -> str:
 
 
 def urls(train_kind: str) -> dict[str, str]:
-  """Relative path -> public URL for the files of one config."""
+  """Source files of one config.
+
+  Args:
+    train_kind: ``"full"`` or ``"small"``.
+
+  Returns:
+    Relative path -> public URL (train files of that kind plus the validate files).
+  """
   rels = [file_name(i, k) for i in INTENTS for k in (train_kind, "validate")]
   return {rel: BASE_URL + rel for rel in rels}
 
 
 def read_json(path: str | os.PathLike) -> dict:
-  """Reads a SNIPS JSON file: UTF-8 first, then Latin-1."""
+  """Reads a SNIPS JSON file, decoding UTF-8 first, then Latin-1.
+
+  Args:
+    path: the file.
+
+  Returns:
+    The parsed JSON object.
+  """
   raw = pathlib.Path(path).read_bytes()
   try:
     text = raw.decode("utf-8")
@@ -98,7 +123,15 @@ def parse_files(files: Mapping[str, pathlib.Path], kind: str) -> list[dict]:
 
 
 def read_local(folder: str | os.PathLike, train_kind: str = "full") -> dict[str, list[dict]]:
-  """Direct reader (no TFDS): ``{"train": [...], "validation": [...]}`` from a local copy."""
+  """Direct reader (no TFDS) of a local copy.
+
+  Args:
+    folder: the folder holding the 7 intent folders.
+    train_kind: ``"full"`` or ``"small"``.
+
+  Returns:
+    ``{"train": examples, "validation": examples}`` as :func:`parse_files` gives them.
+  """
   folder = pathlib.Path(folder)
   files = {rel: folder / rel for rel in urls(train_kind)}
   return {"train": parse_files(files, train_kind), "validation": parse_files(files, "validate")}
