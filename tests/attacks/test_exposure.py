@@ -42,7 +42,7 @@ def test_exact_rank_matches_enumeration():
     secret_positions=np.array([3, 4, 5, 6]), alphabet=digits, label=1,
   )
   assert space.size == 10_000
-  losses = exposure.candidate_losses(model, {"w": jnp.asarray(w)}, space, chunk_size=768)
+  losses = exposure.candidate_losses(model, {"w": jnp.asarray(w)}, space, chunk_size=768, score="loss")
   # float64 enumeration in the same (slot 0 most significant) order
   ref = np.array([w[0, 3] + w[1, 4] + w[2, 5] + sum(w[3 + j, digits[d]] for j, d in enumerate(c))
                   for c in itertools.product(range(10), repeat=4)])
@@ -50,7 +50,7 @@ def test_exact_rank_matches_enumeration():
   best = int(np.argmin(ref))
   worst = int(np.argmax(ref))
   secrets = [best, worst, 1234]
-  ranks, exps = exposure.exact_exposure(model, {"w": jnp.asarray(w)}, space, secrets)
+  ranks, exps = exposure.exact_exposure(model, {"w": jnp.asarray(w)}, space, secrets, score="loss")
   assert ranks[0] == 1 and exps[0] == pytest.approx(math.log2(1e4))
   assert ranks[1] == 10_000 and exps[1] == pytest.approx(0.0)
   assert ranks[2] == int(np.sum(ref <= ref[1234]))

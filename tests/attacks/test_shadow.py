@@ -25,16 +25,16 @@ def test_vmapped_equals_individual():
   pool = _pool()
   masks = lira.shadow_masks(4, 64, seed=0)
   opt = optax.adam(1e-2)
-  params, losses = shadow.train_shadow_models(model, opt, pool, masks, num_steps=15, batch_size=8, seed=5)
-  assert losses.shape == (4, 15)
+  params, losses = shadow.train_shadow_models(model, opt, pool, masks, num_steps=10, batch_size=8, seed=5)
+  assert losses.shape == (4, 10)
   for s in range(4):
-    p1, l1 = shadow.train_one(model, opt, pool, masks, s, num_steps=15, batch_size=8, seed=5)
+    p1, l1 = shadow.train_one(model, opt, pool, masks, s, num_steps=10, batch_size=8, seed=5)
     np.testing.assert_allclose(np.asarray(losses[s]), np.asarray(l1), rtol=1e-4, atol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a[s]), np.asarray(b), rtol=1e-4, atol=1e-5), params, p1)
   # Different models really differ (different data and init).
   assert not np.allclose(np.asarray(losses[0]), np.asarray(losses[1]))
   # Each model only ever sees its IN rows.
-  idx = shadow.batch_indices(masks, 15, 8, seed=5)
+  idx = shadow.batch_indices(masks, 10, 8, seed=5)
   for s in range(4):
     assert masks[s][idx[s]].all()
   st = shadow.shadow_statistics(model, params, pool, batch_size=40)

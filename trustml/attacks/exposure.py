@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
+from trustml.attacks import lira
 from trustml.core import validation
 from trustml.models import contract
 
@@ -93,13 +94,16 @@ def _loss_fn(model: contract.Model):
   if id(model) in _COMPILED and _COMPILED[id(model)][0] is model:
     return _COMPILED[id(model)][1]
 
-  @functools.partial(jax.jit, static_argnames=("label", "chunk_size", "num_chunks"))
-  def all_losses(params, template, mask, positions, alphabet, label, chunk_size, num_chunks):
+  @functools.partial(jax.jit, static_argnames=("label", "chunk_size", "num_chunks", "score"))
+  def all_losses(params, template, mask, positions, alphabet, label, chunk_size, num_chunks, score):
     space = SecretSpace(template, mask, positions, alphabet, label)
 
     def chunk(start):
       index = start + jnp.arange(chunk_size, dtype=jnp.int32)
-      return model.per_example_loss(params, _batch_for(space, space.tokens_for(index)))
+      batch = _batch_for(space, space.tokens_for(index))
+      if score == "log_odds":
+        return -lira.logit_scaled_confidence(model.apply(params, batch), batch["label"])
+      return model.per_example_loss(params, batch)
 
     starts = jnp.arange(num_chunks, dtype=jnp.int32) * chunk_size
     return jax.lax.map(chunk, starts).reshape(-1)
@@ -109,7 +113,12 @@ def _loss_fn(model: contract.Model):
 
 
 def candidate_losses(
-  model: contract.Model, params, space: SecretSpace, *, chunk_size: int = 1024
+  model: contract.Model,
+  params,
+  space: SecretSpace,
+  *,
+  chunk_size: int = 1024,
+  score: str = "log_odds",
 ) -> np.ndarray:
   """The loss of every member of the secret space, in index order.
 
@@ -118,11 +127,16 @@ def candidate_losses(
     params: its parameters.
     space: the secret space.
     chunk_size: candidates scored per step of the jitted ``lax.map``.
+    score: ``"log_odds"`` (default) ranks by ``−(log p_y − log(1 − p_y))``, a strictly
+      increasing function of the cross-entropy ``−log p_y`` that does not saturate in float32
+      when a memorised canary has ``p_y ≈ 1`` (the cross-entropy then rounds to equal values
+      and ties would hide the rank); ``"loss"`` uses ``model.per_example_loss`` as is.
 
   Returns:
-    ``[|R|]`` float losses (cross-entropy of ``space.label``).
+    ``[|R|]`` float losses, lower = more likely.
   """
   validation.positive_int("chunk_size", chunk_size)
+  validation.one_of("score", score, ("log_odds", "loss"))
   size = space.size
   chunk_size = min(chunk_size, size)
   num_chunks = -(-size // chunk_size)
@@ -136,6 +150,7 @@ def candidate_losses(
     int(space.label),
     chunk_size,
     num_chunks,
+    score,
   )
   return np.asarray(losses, dtype=np.float64)[:size]
 
@@ -157,7 +172,13 @@ def exposure_from_rank(rank: ArrayLike, space_size: int) -> np.ndarray:
 
 
 def exact_exposure(
-  model: contract.Model, params, space: SecretSpace, secret_indices: ArrayLike, *, chunk_size: int = 1024
+  model: contract.Model,
+  params,
+  space: SecretSpace,
+  secret_indices: ArrayLike,
+  *,
+  chunk_size: int = 1024,
+  score: str = "log_odds",
 ) -> tuple[np.ndarray, np.ndarray]:
   """Exact ranks and exposures of secrets that share one template and label.
 
@@ -167,11 +188,12 @@ def exact_exposure(
     space: the secret space of the template.
     secret_indices: ``[C]`` indices in R of the inserted secrets.
     chunk_size: candidates per jitted chunk.
+    score: see :func:`candidate_losses`.
 
   Returns:
     ``(ranks [C], exposures [C])``.
   """
-  losses = candidate_losses(model, params, space, chunk_size=chunk_size)
+  losses = candidate_losses(model, params, space, chunk_size=chunk_size, score=score)
   ranks = np.asarray([rank_of(losses, int(i)) for i in np.asarray(secret_indices).reshape(-1)])
   return ranks, exposure_from_rank(ranks, space.size)
 

@@ -5,7 +5,9 @@ label, and searches for the unknown tokens that make the classifier most confide
 label. The discrete search is relaxed: each unknown position holds a distribution
 ``p_k = softmax(θ_k / τ)`` over a candidate token set, and its input embedding is the
 ``p_k``-mixture of the candidates' embeddings. ``θ`` is optimised with Adam to maximise
-``log p(label | canary)`` while the temperature ``τ`` is annealed geometrically and an entropy
+the label's log-odds ``log p − log(1 − p)`` (a strictly increasing function of
+``log p(label | canary)`` that, unlike ``log p``, does not saturate at 0 in float32 once the
+prefix alone makes the label near-certain) while the temperature ``τ`` is annealed geometrically and an entropy
 penalty grows, pushing each ``p_k`` towards one-hot; the result is decoded by ``argmax``.
 Many random restarts run as one ``vmap`` inside one ``jit``; the decoded candidates are then
 re-scored exactly (discrete tokens) and ranked.
@@ -28,6 +30,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 import optax
 
+from trustml.attacks import lira
 from trustml.core import validation
 from trustml.models import contract
 
@@ -72,13 +75,13 @@ class ExtractionResult:
   """Outcome of extracting one canary.
 
   Attributes:
-    best_secret: ``[K]`` decoded token ids of the best restart (by exact discrete log-prob).
+    best_secret: ``[K]`` decoded token ids of the best restart (by exact discrete log-odds).
     exact_match: whether ``best_secret`` equals the true secret.
     token_accuracy: share of the K positions decoded correctly.
     rank: 1-based rank of the true secret among the distinct decoded candidates by exact
-      log-prob; ``num_candidates + 1`` if no restart decoded it.
+      log-odds; ``num_candidates + 1`` if no restart decoded it.
     num_candidates: distinct decoded candidates.
-    best_log_prob: exact ``log p(label | best canary)``.
+    best_log_odds: exact ``log p − log(1 − p)`` of the label for the best canary.
   """
 
   best_secret: np.ndarray
@@ -86,7 +89,7 @@ class ExtractionResult:
   token_accuracy: float
   rank: int
   num_candidates: int
-  best_log_prob: float
+  best_log_odds: float
 
 
 _COMPILED: dict[int, tuple[contract.Model, object]] = {}
@@ -120,9 +123,9 @@ def _search_fn(model: contract.Model):
       mixed = jnp.einsum("ka,kad->kd", probs, cand_emb)
       emb = base_emb.at[0, positions].set(mixed.astype(base_emb.dtype))
       logits = model.apply_from_embeddings(params, emb, batch)
-      log_prob = jax.nn.log_softmax(logits.astype(jnp.float32), -1)[0, label]
+      log_odds = lira.logit_scaled_confidence(logits, batch["label"])[0]
       entropy = -jnp.sum(probs * jnp.log(probs + 1e-12), -1).mean()
-      return -log_prob + ent_w * entropy
+      return -log_odds + ent_w * entropy
 
     def run_one(k):
       theta = cfg.init_scale * jax.random.normal(k, (num_pos, num_cand), jnp.float32)
@@ -142,11 +145,11 @@ def _search_fn(model: contract.Model):
     keys = jax.random.split(key, cfg.num_restarts)
     decoded = candidates[jax.vmap(run_one)(keys)]  # [R, K] token ids
 
-    def exact_log_prob(secret):
+    def exact_log_odds(secret):
       b = dict(batch, tokens=tokens.at[positions].set(secret)[None])
-      return jax.nn.log_softmax(model.apply(params, b).astype(jnp.float32), -1)[0, label]
+      return lira.logit_scaled_confidence(model.apply(params, b), b["label"])[0]
 
-    return decoded, jax.vmap(exact_log_prob)(decoded)
+    return decoded, jax.vmap(exact_log_odds)(decoded)
 
   _COMPILED[id(model)] = (model, search)
   return search
@@ -196,12 +199,12 @@ def extract_secret(
     raise validation.ConfigError(f"secret_positions {positions.tolist()} must lie in [0, {tokens.shape[0]})")
   if true_secret.shape != positions.shape:
     raise validation.ConfigError("true_secret must have one token per secret position")
-  decoded, log_probs = _search_fn(model)(
+  decoded, log_odds = _search_fn(model)(
     params, tokens, np.asarray(mask, bool), positions, candidates, int(label), key, config
   )
-  decoded, log_probs = np.asarray(decoded), np.asarray(log_probs, np.float64)
+  decoded, log_odds = np.asarray(decoded), np.asarray(log_odds, np.float64)
   distinct, first = np.unique(decoded, axis=0, return_index=True)
-  scores = log_probs[first]
+  scores = log_odds[first]
   order = np.argsort(-scores, kind="mergesort")
   distinct, scores = distinct[order], scores[order]
   best = distinct[0]
@@ -213,7 +216,7 @@ def extract_secret(
     token_accuracy=float((best == true_secret).mean()),
     rank=rank,
     num_candidates=len(distinct),
-    best_log_prob=float(scores[0]),
+    best_log_odds=float(scores[0]),
   )
 
 

@@ -73,20 +73,52 @@ def _train_step(model: contract.Model, optimizer: optax.GradientTransformation, 
   return step
 
 
-def _trainer(model, optimizer, example, dropout):
+def _trainer(model, optimizer, dropout):
   step = _train_step(model, optimizer, dropout)
 
-  def train(key, index, pool):
-    init_key, dropout_key = jax.random.split(key)
-    params = model.init(init_key, example)
+  def train(params, key, index, pool):
     opt_state = optimizer.init(params)
     steps = jnp.arange(index.shape[0])
     (params, _, _), losses = jax.lax.scan(
-      lambda c, x: step(c, x, pool), (params, opt_state, dropout_key), (index, steps)
+      lambda c, x: step(c, x, pool), (params, opt_state, key), (index, steps)
     )
     return params, losses
 
   return train
+
+
+_INIT: dict[int, tuple] = {}
+
+
+def _init(model, keys, example):
+  """``vmap(model.init)`` over keys, jitted once per model (row s equals ``model.init(keys[s])``)."""
+  hit = _INIT.get(id(model))
+  if hit is None or hit[0] is not model:
+    hit = (model, jax.jit(jax.vmap(model.init, in_axes=(0, None))))
+    _INIT[id(model)] = hit
+  return hit[1](keys, example)
+
+
+def _keys(seed: int, which: np.ndarray) -> tuple[jax.Array, jax.Array]:
+  init_keys = jnp.stack([rng_lib.stream_key(seed, "params", int(s)) for s in which])
+  dropout_keys = jnp.stack([rng_lib.stream_key(seed, "dropout", int(s)) for s in which])
+  return init_keys, dropout_keys
+
+
+_COMPILED: dict[tuple, tuple] = {}
+
+
+def _compiled(model, optimizer, pool, batch_size, dropout, vmapped):
+  """Jitted trainer, cached per (model, optimizer, shapes) so repeated calls do not recompile."""
+  shapes = tuple(sorted((k, np.asarray(v).shape[1:], str(np.asarray(v).dtype)) for k, v in pool.items()))
+  key = (id(model), id(optimizer), batch_size, dropout, vmapped, shapes)
+  hit = _COMPILED.get(key)
+  if hit is not None and hit[0] is model and hit[1] is optimizer:
+    return hit[2]
+  train = _trainer(model, optimizer, dropout)
+  fn = jax.jit(jax.vmap(train, in_axes=(0, 0, 0, None)) if vmapped else train)
+  _COMPILED[key] = (model, optimizer, fn)
+  return fn
 
 
 def _check_pool(pool: dict[str, np.ndarray]) -> int:
@@ -138,11 +170,11 @@ def train_shadow_models(
   if masks.shape[1] != n:
     raise validation.ConfigError(f"masks cover {masks.shape[1]} candidates but the pool has {n}")
   index = batch_indices(masks, num_steps, batch_size, seed)
-  keys = jax.vmap(lambda s: rng_lib.stream_key(seed, "params", s))(jnp.arange(masks.shape[0]))
-  train = _trainer(model, optimizer, _example(pool, batch_size), dropout)
-  fn = jax.jit(jax.vmap(train, in_axes=(0, 0, None)))
+  init_keys, dropout_keys = _keys(seed, np.arange(masks.shape[0]))
+  params = _init(model, init_keys, _example(pool, batch_size))
+  fn = _compiled(model, optimizer, pool, batch_size, dropout, vmapped=True)
   pool_dev = {k: jnp.asarray(v) for k, v in pool.items()}
-  return fn(keys, jnp.asarray(index), pool_dev)
+  return fn(params, dropout_keys, jnp.asarray(index), pool_dev)
 
 
 def train_one(
@@ -170,10 +202,12 @@ def train_one(
   masks = np.asarray(masks, bool)
   _check_pool(pool)
   index = batch_indices(masks, num_steps, batch_size, seed)[which]
-  key = rng_lib.stream_key(seed, "params", which)
-  train = _trainer(model, optimizer, _example(pool, batch_size), dropout)
+  init_keys, dropout_keys = _keys(seed, np.arange(masks.shape[0]))
+  # The same initial parameters as in train_shadow_models; training then runs without vmap.
+  params = jax.tree.map(lambda x: x[which], _init(model, init_keys, _example(pool, batch_size)))
+  fn = _compiled(model, optimizer, pool, batch_size, dropout, vmapped=False)
   pool_dev = {k: jnp.asarray(v) for k, v in pool.items()}
-  return jax.jit(train)(key, jnp.asarray(index), pool_dev)
+  return fn(params, dropout_keys[which], jnp.asarray(index), pool_dev)
 
 
 def shadow_statistics(model: contract.Model, stacked_params, arrays: dict[str, np.ndarray], batch_size: int = 512) -> np.ndarray:
