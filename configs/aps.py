@@ -51,8 +51,15 @@ def fairness_section(a: ml_collections.ConfigDict, task: str) -> ml_collections.
   fc.communities = ()  # HateXplain subgroups (() = top_k most frequent majority targets).
   fc.top_k = 10  # Number of communities when computed.
   fc.threshold = 0.5  # Toxic-score threshold for parity/odds gaps and accuracy.
-  fc.seat_tests = ("sent-weat6", "sent-weat6b", "sent-weat7", "sent-weat8")  # SEAT tests.
-  fc.ceat_test = "weat6"  # Word-level test for CEAT ('' = skip CEAT).
+  # SEAT tests (seat_sent_bias/tests/<name>.jsonl); the first one gives association/effect_size.
+  # Chosen for vocabulary coverage on small corpora (terms rather than first names).
+  fc.seat_tests = (
+    "sent-weat6b",
+    "sent-weat8",
+    "sent-weat3b",
+    "sent-angry_black_woman_stereotype_b",
+  )
+  fc.ceat_test = "weat6b"  # Word-level test for CEAT: male/female terms x career/family.
   fc.ceat_samples = 200  # CEAT samples N.
   fc.ceat_contexts = 20  # Corpus contexts per word (at most).
   fc.study_models = ()  # Study only: 'arch-width-sSEED' entries.

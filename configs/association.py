@@ -28,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.fairness = aps.fairness_section(a, "association")
   config.fairness.task = "association"
   if a.smoke:
-    config.fairness.seat_tests = ("sent-weat6",)  # One SEAT test.
+    config.fairness.seat_tests = ("sent-weat6b",)  # One SEAT test.
     config.fairness.ceat_samples = 10
     config.fairness.ceat_contexts = 3
   return config

@@ -155,3 +155,30 @@ def test_ceat_sampling_with_many_contexts():
   assert r.effect_sizes.shape == (40,) and r.effect_size > 1.0 and r.p_value < 1e-3
   r2 = association.ceat(contexts, num_samples=40, seed=1)
   assert r2.effect_size == r.effect_size  # deterministic in the seed
+
+
+def test_seat_with_a_model_equals_weat_on_mean_pooled_embeddings():
+  from tests.fairness import linear_models
+  from trustml.data import tokenizers
+
+  test = {
+    "X": ["this is he .", "he is here .", "that is him ."],
+    "Y": ["this is she .", "she is here .", "that is her ."],
+    "A": ["a career .", "an office job ."],
+    "B": ["a family .", "a home life .", "the kids ."],
+  }
+  tok = tokenizers.WordTokenizer.build([s for v in test.values() for s in v], vocab_size=100)
+  model = linear_models.linear_model(2)
+  params = linear_models.linear_params(0, tok.vocab_size, 6, 2)
+  table = np.asarray(params["embed"]["embedding"], np.float64)
+
+  def mean_pool(sentences):
+    return np.stack([table[tok.encode(s)].mean(0) for s in sentences])
+
+  r = association.seat(model, params, tok, test, max_len=8, batch_size=2)
+  ref = association.weat(*(mean_pool(test[k]) for k in "XYAB"))
+  assert r.effect_size == pytest.approx(ref.effect_size, rel=1e-5)
+  assert r.p_value == pytest.approx(ref.p_value)
+  bad = dict(test, Y=test["Y"][:2])
+  with pytest.raises(ConfigError, match="equal"):
+    association.seat(model, params, tok, bad)

@@ -1,5 +1,54 @@
-"""Fairness: prediction sensitivity (APS), counterfactuals, group and association metrics."""
+"""Fairness: prediction sensitivity (APS), counterfactuals, group and association metrics,
+counterfactual role-reversal distillation and generation disparity.
 
-from trustml.fairness import counterfactual
+Modules:
+  sensitivity: prediction sensitivity and accumulated prediction sensitivity (APS).
+  counterfactual: involutive gender swapping (text and token ids), counterfactual gap.
+  group_metrics: subgroup / BPSN / BNSP AUCs, generalized mean, parity gaps, bootstrap CIs.
+  association: WEAT, SEAT and CEAT (DerSimonian–Laird random effects).
+  experiment: the library functions behind ``launch/fairness.py``.
+  distill: counterfactual role-reversal knowledge distillation.
+  generation: BOLD prompt generation and gender disparity.
+"""
 
-__all__ = ["counterfactual"]
+from trustml.fairness import (
+  association,
+  counterfactual,
+  distill,
+  experiment,
+  generation,
+  group_metrics,
+  sensitivity,
+)
+from trustml.fairness.association import ceat, random_effects, seat, weat
+from trustml.fairness.counterfactual import (
+  counterfactual_gap,
+  load_gender_pairs,
+  swap_text,
+  swap_token_ids,
+)
+from trustml.fairness.group_metrics import bias_aucs, bootstrap_ci, generalized_mean
+from trustml.fairness.sensitivity import ApsOptions, accumulated_prediction_sensitivity
+
+__all__ = [
+  "ApsOptions",
+  "accumulated_prediction_sensitivity",
+  "association",
+  "bias_aucs",
+  "bootstrap_ci",
+  "ceat",
+  "counterfactual",
+  "counterfactual_gap",
+  "distill",
+  "experiment",
+  "generalized_mean",
+  "generation",
+  "group_metrics",
+  "load_gender_pairs",
+  "random_effects",
+  "seat",
+  "sensitivity",
+  "swap_text",
+  "swap_token_ids",
+  "weat",
+]

@@ -356,6 +356,9 @@ def hatexplain_eval(config, prepared, params) -> tuple[dict[str, Any], dict[str,
     summary[f"bias_auc/gmb_{m}_ci_high"] = float(hi[i])
   pred = (scores >= fc.threshold).astype(int)
   single = np.where(member.sum(1) == 1, member.argmax(1), -1)
+  for g in np.unique(single[single >= 0]):  # Parity gaps: groups with both classes only.
+    if len(np.unique(labels[single == g])) < 2:
+      single[single == g] = -1
   summary["bias_auc/overall_auc"] = group_metrics.roc_auc(labels, scores)
   summary["bias_auc/dp_difference"] = group_metrics.demographic_parity_difference(pred, single)
   summary["bias_auc/eo_difference"] = group_metrics.equalized_odds_difference(labels, pred, single)
@@ -511,6 +514,8 @@ def run_study(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   pairs = counterfactual.load_gender_pairs(config.data.dir or None, config.fairness.her_counterpart)
   test_texts = [str(t) for t in prepared.dataset.split("test")["text"]]
   rows = []
+  rows_path = wd / "study_rows.jsonl"
+  rows_path.write_text("")
   for m in specs:
     cfg = copy.deepcopy(config)
     cfg.seed = m.seed
@@ -540,7 +545,8 @@ def run_study(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
     row["fairness/aps"] = aps
     row["fairness/counterfactual_gap"] = float(gap.mean())
     rows.append(row)
-    (wd / "study_rows.jsonl").open("a").write(json.dumps(row, default=float) + "\n")
+    with rows_path.open("a") as f:
+      f.write(json.dumps(row, default=float) + "\n")
   summary: dict[str, Any] = {"study/num_models": len(rows)}
   table = ["| intrinsic | extrinsic | Pearson r | Spearman ρ |", "|---|---|---|---|"]
   for i in INTRINSIC:

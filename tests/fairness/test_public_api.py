@@ -1,0 +1,44 @@
+"""The curated public names of trustml.fairness."""
+
+import trustml.fairness as fairness
+
+EXPECTED = {
+  "ApsOptions",
+  "accumulated_prediction_sensitivity",
+  "association",
+  "bias_aucs",
+  "bootstrap_ci",
+  "ceat",
+  "counterfactual",
+  "counterfactual_gap",
+  "distill",
+  "experiment",
+  "generalized_mean",
+  "generation",
+  "group_metrics",
+  "load_gender_pairs",
+  "random_effects",
+  "seat",
+  "sensitivity",
+  "swap_text",
+  "swap_token_ids",
+  "weat",
+}
+
+
+def test_public_names():
+  assert set(fairness.__all__) == EXPECTED
+  for name in fairness.__all__:
+    assert getattr(fairness, name) is not None
+
+
+def test_module_all_lists_resolve():
+  for mod in (
+    fairness.association,
+    fairness.counterfactual,
+    fairness.group_metrics,
+    fairness.sensitivity,
+    fairness.experiment,
+  ):
+    for name in mod.__all__:
+      assert hasattr(mod, name), (mod.__name__, name)
