@@ -34,6 +34,7 @@ class PrivacyLedger:
     clip_update_fn: optional ``fn(clip_norm, aux) -> clip_norm`` applied in :meth:`record`
       (adaptive clipping); the clip norm lives in the ledger so it is checkpointed.
     initial_clip_norm: C at step 0.
+    extra_summary: static ``privacy/...`` facts added to :meth:`summary`.
 
   Formal guarantees:
     After ``n`` recorded steps, ``epsilon()`` bounds the (ε, δ)-DP of the ``n`` steps under the
@@ -58,6 +59,7 @@ class PrivacyLedger:
     truncation_prob: float = 0.0,
     clip_update_fn: Callable[[float, Mapping[str, Any]], float] | None = None,
     initial_clip_norm: float = 1.0,
+    extra_summary: Mapping[str, Any] | None = None,
   ):
     accounting.validate_step_args(sampling, sampling_rate, 0.0, dataset_size)
     validation.in_range("privacy.delta", delta, 0.0, 1.0)
@@ -83,6 +85,7 @@ class PrivacyLedger:
     self.counters: dict[str, float] = {}
     self.stopped_reason = ""
     self._limit: int | None = None
+    self.extra_summary = dict(extra_summary or {})
 
   # ----------------------------------------------------------------------------------------
   def _schedule_segments(self, num_steps: int) -> list[tuple[float, int]]:
@@ -205,6 +208,7 @@ class PrivacyLedger:
     }
     if self.target_epsilon is not None:
       out["privacy/target_epsilon"] = self.target_epsilon
+    out.update(self.extra_summary)
     for key, value in self.counters.items():
       out["privacy/" + key.split("/", 1)[1]] = value
     return out

@@ -1,0 +1,288 @@
+"""The ``privacy`` config section: defaults, validation before compute, and resolution.
+
+Fields (``configs/dp_nlu.py`` sets them; ``configs/nlu.py`` only has ``mechanism='none'``):
+
+* ``mechanism``: ``none`` | ``dp_sgd`` (naive vmap per-example gradients) | ``edp_sgd``
+  (book-keeping ghost clipping; same guarantee, near non-private cost).
+* ``l2_clip_norm``: C > 0, or ``'auto'`` for adaptive quantile clipping.
+* ``noise_multiplier``: σ ≥ 0, or None to calibrate it from ``target_epsilon``.
+* ``target_epsilon``: ε > 0 budget, or None. With σ given too, the run stops before exceeding it.
+* ``delta``: δ in (0, 1).
+* ``sampling``: ``poisson`` | ``shuffle`` (see :mod:`trustml.privacy.sampling`).
+* ``accountant``: ``rdp`` | ``pld``; ``rdp_conversion``: ``improved`` | ``classic``.
+* ``virtual_batch_size``: logical (expected) batch size; a multiple of ``train.batch_size``
+  (the physical micro-batch); 0 means equal to it.
+* ``clipping``: ``flat`` | ``per_layer`` (equal budget split C/sqrt(L) per parameter leaf).
+* ``initial_l2_clip_norm``, ``target_quantile``, ``clip_learning_rate``,
+  ``count_noise_multiplier`` (0 = expected batch / 20): adaptive clipping.
+* ``noise_schedule``: ``constant`` | ``exp_decay`` (σ_t = σ·noise_decay^epoch).
+* ``truncation_budget``: the Poisson cap keeps run-wide P(truncation) ≤ this fraction of δ.
+"""
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+from trustml.core import validation
+from trustml.privacy import accounting, adaptive, clipping, mechanism
+from trustml.privacy import sampling as sampling_lib
+
+DEFAULTS: dict[str, Any] = dict(
+  mechanism="none",
+  l2_clip_norm=1.0,
+  noise_multiplier=None,
+  target_epsilon=None,
+  delta=1e-5,
+  sampling="poisson",
+  accountant="rdp",
+  rdp_conversion="improved",
+  virtual_batch_size=0,
+  clipping="flat",
+  initial_l2_clip_norm=1.0,
+  target_quantile=0.5,
+  clip_learning_rate=0.2,
+  count_noise_multiplier=0.0,
+  noise_schedule="constant",
+  noise_decay=1.0,
+  truncation_budget=1e-3,
+)
+NOISE_SCHEDULES = ("constant", "exp_decay")
+
+
+def default_privacy_config(**overrides: Any) -> ml_collections.ConfigDict:
+  """The ``privacy`` section with defaults (see module docstring)."""
+  cfg = ml_collections.ConfigDict(dict(DEFAULTS))
+  cfg.update(overrides)
+  return cfg
+
+
+def _get(cfg, key):
+  return cfg[key] if key in cfg else DEFAULTS[key]
+
+
+def validate(privacy: Any, physical_batch_size: int) -> None:
+  """Validates the ``privacy`` section before any compute.
+
+  Args:
+    privacy: the section (missing fields take :data:`DEFAULTS`).
+    physical_batch_size: ``train.batch_size``.
+
+  Raises:
+    ConfigError: naming the first invalid field and its allowed range.
+  """
+  validation.known_fields("privacy", privacy.keys(), DEFAULTS)
+  mech = validation.one_of("privacy.mechanism", _get(privacy, "mechanism"), mechanism.MECHANISMS)
+  if mech == "none":
+    return
+  clip = _get(privacy, "l2_clip_norm")
+  if clip != "auto":
+    if isinstance(clip, str):
+      raise validation.ConfigError(f"privacy.l2_clip_norm={clip!r} is invalid: a number or 'auto'")
+    validation.positive("privacy.l2_clip_norm", clip)
+  sigma, eps = _get(privacy, "noise_multiplier"), _get(privacy, "target_epsilon")
+  if sigma is None and eps is None:
+    raise validation.ConfigError(
+      "privacy.noise_multiplier=None is invalid: set noise_multiplier or target_epsilon"
+    )
+  if sigma is not None:
+    validation.non_negative("privacy.noise_multiplier", sigma)
+  if eps is not None:
+    validation.positive("privacy.target_epsilon", eps)
+  validation.in_range("privacy.delta", _get(privacy, "delta"), 0.0, 1.0)
+  sampling = validation.one_of("privacy.sampling", _get(privacy, "sampling"), accounting.SAMPLINGS)
+  acc = validation.one_of("privacy.accountant", _get(privacy, "accountant"), accounting.ACCOUNTANTS)
+  accounting.make_accountant(acc, sampling)
+  validation.one_of(
+    "privacy.rdp_conversion", _get(privacy, "rdp_conversion"), accounting.CONVERSIONS
+  )
+  vb = validation.non_negative_int(
+    "privacy.virtual_batch_size", _get(privacy, "virtual_batch_size")
+  )
+  validation.positive_int("train.batch_size", physical_batch_size)
+  if vb and vb % physical_batch_size:
+    raise validation.ConfigError(
+      f"privacy.virtual_batch_size={vb} is invalid: must be a multiple of the physical "
+      f"train.batch_size={physical_batch_size}"
+    )
+  validation.one_of("privacy.clipping", _get(privacy, "clipping"), clipping.CLIPPINGS)
+  validation.positive("privacy.initial_l2_clip_norm", _get(privacy, "initial_l2_clip_norm"))
+  validation.in_range("privacy.target_quantile", _get(privacy, "target_quantile"), 0.0, 1.0)
+  validation.positive("privacy.clip_learning_rate", _get(privacy, "clip_learning_rate"))
+  validation.non_negative("privacy.count_noise_multiplier", _get(privacy, "count_noise_multiplier"))
+  sched = _get(privacy, "noise_schedule")
+  validation.one_of("privacy.noise_schedule", sched, NOISE_SCHEDULES)
+  validation.in_range(
+    "privacy.noise_decay", _get(privacy, "noise_decay"), 0.0, 1.0, high_inclusive=True
+  )
+  validation.in_range("privacy.truncation_budget", _get(privacy, "truncation_budget"), 0.0, 1.0)
+  if clip == "auto" and sigma is not None and sigma == 0:
+    raise validation.ConfigError(
+      "privacy.noise_multiplier=0 is invalid with l2_clip_norm='auto': the count query needs noise"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+  """The numbers a DP run uses, resolved from the config and the dataset size.
+
+  Attributes:
+    mechanism, clipping, sampling, accountant, conversion: names.
+    dataset_size: N.
+    physical_batch_size: micro-batch size.
+    logical_batch_size: expected (Poisson) or fixed (shuffle) logical batch size.
+    sampling_rate: q = logical / N.
+    batch_rows: static rows of a step's batch (Poisson cap or the fixed batch size).
+    num_steps: steps planned.
+    noise_multiplier: base accounted σ (effective, including the count query).
+    count_noise_multiplier: σ_b (0 without adaptive clipping).
+    adaptive: adaptive clipping on.
+    l2_clip_norm: C at step 0.
+    delta, target_epsilon: budget.
+    truncation_prob: P(truncation) per step.
+    relative_sigma: ``fn(step) -> σ_t / σ`` (the schedule).
+  """
+
+  mechanism: str
+  clipping: str
+  sampling: str
+  accountant: str
+  conversion: str
+  dataset_size: int
+  physical_batch_size: int
+  logical_batch_size: int
+  sampling_rate: float
+  batch_rows: int
+  num_steps: int
+  noise_multiplier: float
+  count_noise_multiplier: float
+  adaptive: bool
+  l2_clip_norm: float
+  delta: float
+  target_epsilon: float | None
+  truncation_prob: float
+  relative_sigma: Callable[[int], float]
+
+  def accounted_sigma(self, step: int) -> float:
+    """The accounted (effective) σ of step ``step``."""
+    return self.noise_multiplier * self.relative_sigma(step)
+
+  def grad_sigma(self, step: int) -> float:
+    """σ applied to the gradient sum at ``step`` (less than accounted under adaptive clipping)."""
+    sigma = self.accounted_sigma(step)
+    if not self.adaptive or sigma == 0:
+      return sigma
+    return accounting.grad_noise_multiplier(sigma, self.count_noise_multiplier)
+
+
+def resolve(privacy: Any, train: Any, dataset_size: int, planned_steps_fn) -> Resolved:
+  """Resolves sampling rate, steps, cap and σ (calibrated if needed).
+
+  Args:
+    privacy: the validated ``privacy`` section.
+    train: the ``train`` section (``batch_size`` = physical micro-batch).
+    dataset_size: N training examples.
+    planned_steps_fn: ``fn(logical_batch_size) -> steps`` from the train section.
+
+  Returns:
+    The :class:`Resolved` numbers.
+
+  Raises:
+    ConfigError: if q = logical / N is not in (0, 1] or calibration is impossible.
+  """
+  physical = int(train.batch_size)
+  validate(privacy, physical)
+  logical = int(_get(privacy, "virtual_batch_size")) or physical
+  q = logical / dataset_size
+  validation.in_range("privacy.sampling_rate", q, 0.0, 1.0, high_inclusive=True)
+  steps = int(planned_steps_fn(logical))
+  sampling = _get(privacy, "sampling")
+  delta = float(_get(privacy, "delta"))
+  eps_target = _get(privacy, "target_epsilon")
+  if sampling == "poisson":
+    budget = float(_get(privacy, "truncation_budget")) * delta
+    if eps_target is not None:
+      budget /= 1.0 + math.exp(min(float(eps_target), 700.0))
+    rows = sampling_lib.poisson_cap(dataset_size, q, physical, steps, budget)
+    trunc = sampling_lib.truncation_probability(dataset_size, q, rows)
+  else:
+    rows, trunc = logical, 0.0
+  decay = float(_get(privacy, "noise_decay"))
+  steps_per_epoch = max(1, int(round(1.0 / q)))
+  if _get(privacy, "noise_schedule") == "exp_decay":
+
+    def relative(step: int) -> float:
+      return decay ** (step // steps_per_epoch)
+  else:
+
+    def relative(step: int) -> float:
+      del step
+      return 1.0
+
+  adaptive_on = _get(privacy, "l2_clip_norm") == "auto"
+  count_sigma = float(_get(privacy, "count_noise_multiplier"))
+  if adaptive_on and count_sigma == 0:
+    count_sigma = adaptive.default_count_noise_multiplier(logical)
+  sigma = _get(privacy, "noise_multiplier")
+  acc = _get(privacy, "accountant")
+  if sigma is None:
+    schedule = _segments(relative, steps)
+    sigma = accounting.calibrate_noise_multiplier(
+      float(eps_target),
+      delta,
+      schedule=schedule,
+      sampling=sampling,
+      sampling_rate=q,
+      accountant=acc,
+      dataset_size=dataset_size,
+    )
+  sigma = float(sigma)
+  if adaptive_on and sigma > 0 and 2.0 * count_sigma <= sigma:
+    count_sigma = sigma  # Keeps the gradient's share positive (2σ_b > σ_t, as σ_t ≤ σ).
+  clip = float(
+    _get(privacy, "initial_l2_clip_norm") if adaptive_on else _get(privacy, "l2_clip_norm")
+  )
+  return Resolved(
+    mechanism=_get(privacy, "mechanism"),
+    clipping=_get(privacy, "clipping"),
+    sampling=sampling,
+    accountant=acc,
+    conversion=_get(privacy, "rdp_conversion"),
+    dataset_size=int(dataset_size),
+    physical_batch_size=physical,
+    logical_batch_size=logical,
+    sampling_rate=q,
+    batch_rows=rows,
+    num_steps=steps,
+    noise_multiplier=sigma,
+    count_noise_multiplier=count_sigma if adaptive_on else 0.0,
+    adaptive=adaptive_on,
+    l2_clip_norm=clip,
+    delta=delta,
+    target_epsilon=None if eps_target is None else float(eps_target),
+    truncation_prob=trunc,
+    relative_sigma=relative,
+  )
+
+
+def _segments(relative: Callable[[int], float], steps: int) -> list[tuple[float, int]]:
+  segs: list[list[float]] = []
+  for s in range(steps):
+    r = relative(s)
+    if segs and segs[-1][0] == r:
+      segs[-1][1] += 1
+    else:
+      segs.append([r, 1])
+  return [(r, int(n)) for r, n in segs]
+
+
+__all__ = [
+  "DEFAULTS",
+  "NOISE_SCHEDULES",
+  "Resolved",
+  "default_privacy_config",
+  "resolve",
+  "validate",
+]
