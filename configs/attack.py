@@ -1,0 +1,92 @@
+"""Train-then-attack config: an NLU run with canaries, then MIA, audit, exposure, extraction.
+
+Launch:
+  python -m launch.attack --config=configs/attack.py --workdir=/tmp/attack
+  python -m launch.attack --config=configs/attack.py:data=snips,model=transformer,eps=1 \
+      --workdir=/tmp/attack_eps1
+  python -m launch.attack --config=configs/attack.py:smoke --workdir=/tmp/attack_smoke
+  python -m launch.attack --workdir=/tmp/attack   # attack an already trained workdir
+
+Args (comma-separated after ``:``):
+  data: synthetic | snips | ... (default synthetic).
+  model: bag | cnn | transformer (default transformer).
+  eps: target ε; ``inf`` (default) trains non-privately (configs/nlu.py), a number trains with
+    eDP-SGD calibrated to it (configs/dp_nlu.py).
+  repeats: copies of each secret canary in training (default 10).
+  secrets: number of secret canaries (default 4, at most 8 templates).
+  shadows: LiRA shadow models (0 = log-odds loss-threshold attack; >= 2 = LiRA).
+  dropout: model dropout rate (-1 keeps the model's default); a non-DP defense.
+  epochs: training epochs (-1 keeps the default); few epochs = early stopping, a non-DP defense.
+  small: SNIPS 'small' training pool (2,100) and a narrower model, for CPU-sized studies.
+  smoke: shrink everything for a seconds-long run.
+  seed: root seed.
+"""
+
+import math
+
+import ml_collections
+
+from configs import dp_nlu, nlu
+from trustml.core import config_args
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the attack config for ``arg`` (see module docstring)."""
+  a = config_args.parse_arg(
+    arg, data="synthetic", model="transformer", eps=float("inf"), repeats=10, secrets=4,
+    shadows=0, dropout=-1.0, epochs=-1.0, small=False, smoke=False, seed=0,
+  )
+  base = f"data={a.data},model={a.model},seed={a.seed}" + (",smoke" if a.smoke else "")
+  if math.isinf(a.eps):
+    config = nlu.get_config(base)
+  else:
+    config = dp_nlu.get_config(f"{base},eps={a.eps}")
+  if a.small and a.data == "snips":
+    config.data.snips_train = "small"  # 2,100 training queries instead of 13,784.
+  if a.small:
+    for key, width in (("embed_dim", 64), ("hidden_dim", 64), ("mlp_dim", 128)):
+      if key in config.model:
+        config.model[key] = width
+    if "num_layers" in config.model:
+      config.model.num_layers = 1
+  if a.dropout >= 0 and "dropout_rate" in config.model:
+    config.model.dropout_rate = a.dropout  # Non-DP defense: dropout.
+  if a.epochs >= 0:
+    config.train.num_epochs = a.epochs  # Non-DP defense: early stopping (fewer epochs).
+  config.canaries = ml_collections.ConfigDict(
+    dict(
+      num_secret=a.secrets,  # Secret canaries, one template each ("my pin code is 4 7 1 9").
+      secret_length=4,  # Digits per secret: |R| = 10^4.
+      repeats=a.repeats,  # Copies of each secret canary in the training split.
+      label=-1,  # Canary intent label; -1 draws one per canary.
+      num_audit=256,  # Audit canaries (random words, random label), each IN with prob 1/2.
+      audit_length=6,  # Words per audit canary.
+      seed=a.seed,  # Seed of canary secrets, labels, audit coins and the shuffle.
+    )
+  )
+  config.attack = ml_collections.ConfigDict(
+    dict(
+      fprs=(0.001, 0.01),  # FPRs at which TPR is reported (each in (0, 1)).
+      num_shadow_models=a.shadows,  # 0: log-odds attack; >= 2: LiRA (vmapped shadows).
+      lira_variant="online",  # online | offline | online_fixed_variance | offline_fixed_variance.
+      shadow_num_steps=0,  # Shadow training steps (0: as many as the target).
+      audit_confidence=0.95,  # One-run audit: P[ε_LB <= ε] >= this.
+      audit_guess_fraction=0.1,  # One-run audit: k+ = k- = this share of the audit canaries.
+      extraction_candidates="digits",  # digits (attacker knows the format) | vocab.
+      extraction_restarts=64,  # Random restarts of the relaxed search (vmapped).
+      extraction_steps=200,  # Adam steps per restart.
+      extraction_learning_rate=0.1,  # Adam learning rate on the relaxation logits.
+      exposure_chunk_size=1024,  # Secret candidates scored per jitted chunk.
+      num_real_examples=1000,  # Real train vs held-out examples for the loss-threshold MIA.
+    )
+  )
+  if a.smoke:
+    config.canaries.num_audit = 32
+    config.canaries.repeats = min(a.repeats, 4)
+    config.canaries.num_secret = min(a.secrets, 2)
+    config.attack.extraction_restarts = 4
+    config.attack.extraction_steps = 10
+    config.attack.exposure_chunk_size = 2048
+    config.attack.num_real_examples = 64
+    config.text.vocab_size = 2000  # Keep the digit words in the vocabulary.
+  return config

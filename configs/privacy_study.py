@@ -1,0 +1,49 @@
+"""The privacy study: ε ∈ {∞, 8, 4, 2, 1, 0.5} plus non-DP defenses, SNIPS with canaries.
+
+Each run trains (non-privately or with eDP-SGD at the target ε), then attacks and audits it
+(``launch/attack.py``); the sweep launcher collects the summaries and ``--summarize`` adds the
+Spearman correlations and ``plots/privacy_utility_leakage.png``.
+
+Launch:
+  python -m launch.sweep --config=configs/privacy_study.py:data=snips,small \
+      --launcher=launch.attack --workdir=/tmp/privacy_study
+  python -m launch.attack --summarize=/tmp/privacy_study
+  python -m launch.attack --config=configs/privacy_study.py:smoke --workdir=/tmp/ps_smoke
+
+Args: as configs/attack.py (data, model, eps, repeats, secrets, shadows, dropout, epochs, small,
+smoke, seed); the study defaults are data=snips, model=transformer, repeats=10.
+"""
+
+import ml_collections
+
+from configs import attack
+from trustml.core import config_args
+
+EPSILONS = (float("inf"), 8.0, 4.0, 2.0, 1.0, 0.5)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The study's base config: configs/attack.py with SNIPS and a transformer by default."""
+  given = dict(p.split("=", 1) if "=" in p else (p, "") for p in (arg or "").split(",") if p)
+  if "data" not in given and "smoke" not in given:
+    arg = ",".join(filter(None, [arg, "data=snips"]))
+  return attack.get_config(arg)
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+  """ε sweep plus dropout and early-stopping defenses (names ``eps_*`` and ``defense_*``).
+
+  Args:
+    arg: ``seed=N`` (default 0).
+
+  Returns:
+    Override dicts for launch/sweep.py.
+  """
+  a = config_args.parse_arg(arg, seed=0)
+  runs = [
+    {"name": f"eps_{'inf' if e == float('inf') else f'{e:g}'}", "arg": f"eps={e},seed={a.seed}"}
+    for e in EPSILONS
+  ]
+  runs.append({"name": "defense_dropout0.3", "arg": f"dropout=0.3,seed={a.seed}"})
+  runs.append({"name": "defense_early_stop1ep", "arg": f"epochs=1,seed={a.seed}"})
+  return runs

@@ -1,0 +1,142 @@
+"""The privacy study table: ε beside accuracy and measured leakage, correlations and a plot.
+
+Each row is one run's ``summary.json`` (``launch/attack.py`` via ``launch/sweep.py``). The
+study reports, per run: ε (``inf`` for non-private runs), accuracy, canary MIA AUC, TPR at
+0.1 % FPR, the audit's ε lower bound, mean exposure and extraction exact-match; and over the
+ε-sweep rows (not the non-DP defense rows) the Spearman rank correlation between ε and each
+leakage measure (``inf`` ranks above every finite ε).
+"""
+
+from collections.abc import Mapping, Sequence
+import json
+import math
+import pathlib
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+COLUMNS = (
+  ("privacy/epsilon", "ε"),
+  ("eval/accuracy", "accuracy"),
+  ("mia/auc", "MIA AUC"),
+  ("mia/tpr_at_0.001_fpr", "TPR@0.1%FPR"),
+  ("audit/epsilon_lower_bound", "audit ε_LB"),
+  ("canary/exposure_mean", "mean exposure (bits)"),
+  ("canary/extraction_exact_match", "extraction exact-match"),
+)
+LEAKAGE = COLUMNS[2:]
+
+
+def _num(v: Any) -> float:
+  try:
+    return float(v)
+  except (TypeError, ValueError):
+    return float("nan")
+
+
+def summarize(table: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """Spearman correlations between ε and each leakage measure over the ε-sweep rows.
+
+  Args:
+    table: rows with the summary keys of :data:`COLUMNS` and a ``name``; rows whose name starts
+      with ``defense_`` are non-DP defenses and are left out of the correlation.
+
+  Returns:
+    ``{"spearman/<key>": rho, "spearman_p/<key>": p, "num_rows": n}``.
+  """
+  rows = [r for r in table if not str(r.get("name", "")).startswith("defense_")]
+  eps = np.array([_num(r.get("privacy/epsilon")) for r in rows])
+  out: dict[str, Any] = {"num_rows": len(rows)}
+  for key, _ in LEAKAGE:
+    vals = np.array([_num(r.get(key)) for r in rows])
+    ok = ~np.isnan(eps) & ~np.isnan(vals)
+    if ok.sum() >= 3 and np.ptp(vals[ok]) > 0:
+      rho, p = stats.spearmanr(eps[ok], vals[ok])
+      out[f"spearman/{key}"], out[f"spearman_p/{key}"] = float(rho), float(p)
+    else:
+      out[f"spearman/{key}"], out[f"spearman_p/{key}"] = float("nan"), float("nan")
+  return out
+
+
+def to_markdown(table: Sequence[Mapping[str, Any]]) -> str:
+  """The study table in markdown (one row per run)."""
+  head = "| run | " + " | ".join(label for _, label in COLUMNS) + " |"
+  lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+  for r in table:
+    cells = []
+    for key, _ in COLUMNS:
+      v = _num(r.get(key))
+      cells.append("∞" if math.isinf(v) else ("" if math.isnan(v) else f"{v:.3g}"))
+    lines.append(f"| {r.get('name', '')} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def plot(table: Sequence[Mapping[str, Any]], path: str) -> None:
+  """Saves ``privacy_utility_leakage.png``: accuracy and each leakage measure against ε."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  rows = [r for r in table if not str(r.get("name", "")).startswith("defense_")]
+  defenses = [r for r in table if str(r.get("name", "")).startswith("defense_")]
+  eps = np.array([_num(r.get("privacy/epsilon")) for r in rows])
+  finite = eps[np.isfinite(eps)]
+  inf_x = (finite.max() * 4) if finite.size else 1.0
+  x = np.where(np.isinf(eps), inf_x, eps)
+  order = np.argsort(x)
+  fig, axes = plt.subplots(2, 3, figsize=(12, 7))
+  for ax, (key, label) in zip(axes.flat, COLUMNS[1:], strict=True):
+    y = np.array([_num(r.get(key)) for r in rows])
+    ax.plot(x[order], y[order], "o-", label="DP-SGD / non-private")
+    for d in defenses:
+      ax.axhline(_num(d.get(key)), ls=":", lw=1, color="gray")
+      ax.annotate(str(d.get("name", ""))[8:], (x.min() if x.size else 1, _num(d.get(key))), fontsize=6)
+    if key == "audit/epsilon_lower_bound" and finite.size:
+      grid = np.sort(finite)
+      ax.plot(grid, grid, "--", color="black", label="ε_LB = ε")
+      ax.legend(fontsize=7)
+    ax.set_xscale("log")
+    ticks = list(np.sort(np.unique(finite))) + [inf_x]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}" for t in ticks[:-1]] + ["∞"], fontsize=7)
+    ax.set_xlabel("ε")
+    ax.set_title(label)
+  fig.suptitle("Privacy, utility and measured leakage (dotted: non-DP defenses)")
+  fig.tight_layout()
+  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def summarize_dir(sweep_dir: str) -> dict[str, Any]:
+  """Reads every ``<sweep_dir>/<run>/summary.json``, writes the study table, correlations and plot.
+
+  Writes ``study.md``, ``study.json`` and ``plots/privacy_utility_leakage.png`` in ``sweep_dir``.
+
+  Args:
+    sweep_dir: the ``launch/sweep.py`` workdir.
+
+  Returns:
+    The correlations (as :func:`summarize`).
+  """
+  root = pathlib.Path(sweep_dir)
+  table = []
+  for path in sorted(root.glob("*/summary.json")):
+    row = json.loads(path.read_text())
+    row["name"] = path.parent.name
+    table.append(row)
+  corr = summarize(table)
+  md = to_markdown(table) + "\n\nSpearman ρ(ε, measure) over the ε-sweep rows:\n\n"
+  md += "\n".join(
+    f"- {label}: ρ = {corr[f'spearman/{key}']:.3g} (p = {corr[f'spearman_p/{key}']:.3g})"
+    for key, label in LEAKAGE
+  )
+  (root / "study.md").write_text(md + "\n")
+  (root / "study.json").write_text(json.dumps({"rows": table, "correlations": corr}, indent=1, default=str))
+  plot(table, str(root / "plots" / "privacy_utility_leakage.png"))
+  return corr
+
+
+__all__ = ["COLUMNS", "plot", "summarize", "summarize_dir", "to_markdown"]
