@@ -73,8 +73,12 @@ def test_generalized_mean_hand_tables():
   # p = -5 pulls towards the minimum: between min and arithmetic mean.
   v = [0.6, 0.7, 0.9, 0.95]
   assert min(v) < group_metrics.generalized_mean(v) < np.mean(v)
+  assert group_metrics.generalized_mean([0.0, 0.5]) == 0.0  # the p < 0 limit
+  assert group_metrics.generalized_mean([1e-9, 0.5]) < 1e-8
   with pytest.raises(ConfigError):
-    group_metrics.generalized_mean([0.0, 0.5])
+    group_metrics.generalized_mean([-0.1, 0.5])
+  with pytest.raises(ConfigError):
+    group_metrics.generalized_mean([0.0, 0.5], p=0)
   with pytest.raises(ConfigError):
     group_metrics.generalized_mean([])
 

@@ -159,8 +159,11 @@ def generalized_mean(values: Sequence[float] | np.ndarray, p: float = -5.0) -> f
   Returns:
     The generalized mean.
 
+    For ``p < 0`` a zero entry gives 0 (the limit of the power mean as that entry -> 0).
+
   Raises:
-    ConfigError: if ``values`` is empty, or has non-positive entries with ``p <= 0``.
+    ConfigError: if ``values`` is empty, or has negative entries with ``p <= 0`` (or a zero
+      entry with ``p == 0``).
 
   Example:
     >>> round(generalized_mean([0.5, 1.0], p=-1), 4)  # harmonic mean
@@ -169,8 +172,10 @@ def generalized_mean(values: Sequence[float] | np.ndarray, p: float = -5.0) -> f
   v = np.asarray(values, dtype=np.float64)
   if v.size == 0:
     raise validation.ConfigError("values is invalid: must be non-empty")
-  if p <= 0 and (v <= 0).any():
+  if p <= 0 and ((v < 0).any() or (p == 0 and (v == 0).any())):
     raise validation.ConfigError(f"values are invalid: must be > 0 for p={p}")
+  if p < 0 and (v == 0).any():
+    return 0.0
   if p == 0:
     return float(np.exp(np.log(v).mean()))
   return float(np.mean(v**p) ** (1.0 / p))
