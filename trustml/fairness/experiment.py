@@ -532,7 +532,7 @@ def run_study(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
     row = {"model": m.name, "eval/accuracy": tsum.get("eval/accuracy")}
     row.update(association_scores(cfg, mprep, params))
     row.update(hatexplain_eval(cfg, mprep, params)[0])
-    aps, _, gap, _ = aps_and_gap(
+    aps, per_ex, gap, _ = aps_and_gap(
       cfg,
       mprep,
       params,
@@ -544,6 +544,7 @@ def run_study(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
     )
     row["fairness/aps"] = aps
     row["fairness/counterfactual_gap"] = float(gap.mean())
+    row["fairness/aps_gap_spearman"] = _correlations(per_ex, gap)["spearman"]  # Per example.
     rows.append(row)
     with rows_path.open("a") as f:
       f.write(json.dumps(row, default=float) + "\n")
@@ -557,7 +558,13 @@ def run_study(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
       summary[f"study/pearson/{i}~{e}"] = c["pearson"]
       summary[f"study/spearman/{i}~{e}"] = c["spearman"]
       table.append(f"| {i} | {e} | {c['pearson']:.3f} | {c['spearman']:.3f} |")
-  cols = ("model", "eval/accuracy", *INTRINSIC, *EXTRINSIC)
+  # Per model: does the sensitivity score track the counterfactual gap across models?
+  for a, b in (("fairness/aps", "fairness/counterfactual_gap"),):
+    c = _correlations([r[a] for r in rows], [r[b] for r in rows])
+    summary[f"study/pearson/{a}~{b}"] = c["pearson"]
+    summary[f"study/spearman/{a}~{b}"] = c["spearman"]
+    table.append(f"| {a} (per model) | {b} | {c['pearson']:.3f} | {c['spearman']:.3f} |")
+  cols = ("model", "eval/accuracy", *INTRINSIC, *EXTRINSIC, "fairness/aps_gap_spearman")
   per_model = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   for r in rows:
     cells = [r["model"]] + [f"{float(r.get(c, np.nan)):.4f}" for c in cols[1:]]
