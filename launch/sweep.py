@@ -12,9 +12,9 @@ re-run. Writes ``<workdir>/results.csv`` and ``results.md``.
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from trustml.core.validation import ConfigError
+from launch import cli
 from trustml.train import sweep
 
 _CONFIG = flags.DEFINE_string("config", None, "Config spec path.py[:arg].", required=True)
@@ -26,21 +26,17 @@ _LAUNCHER = flags.DEFINE_string("launcher", "launch.train", "Module run for each
 
 def main(argv: list[str]) -> None:
   del argv
-  try:
-    table = sweep.run_sweep(
-      _CONFIG.value,
-      sweep_arg=_SWEEP_ARG.value,
-      workdir=_WORKDIR.value,
-      workers=_WORKERS.value,
-      launcher=_LAUNCHER.value,
-    )
-  except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  table = sweep.run_sweep(
+    _CONFIG.value,
+    sweep_arg=_SWEEP_ARG.value,
+    workdir=_WORKDIR.value,
+    workers=_WORKERS.value,
+    launcher=_LAUNCHER.value,
+  )
   print(sweep.to_markdown(table))
   if any(row.get("status") != "ok" for row in table):
     sys.exit(2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
