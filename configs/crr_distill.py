@@ -46,17 +46,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.num_lm_sentences = 5000  # Embedded profession-pronoun sentences (0 = off).
   config.data.lm_bias = 0.8  # P(she | female-stereotyped) = P(he | male-stereotyped).
   config.data.winobias = True  # Add WinoBias pro-stereotyped sentences (dev train, test held out).
-  config.data.shakespeare_max_sequences = 6000  # Tiny Shakespeare pieces (0 = off).
+  config.data.shakespeare_max_sequences = 5000  # Tiny Shakespeare pieces (0 = off).
 
   # Word tokenizer on the training text; sequences are BOS + words + EOS, at most max_len.
-  config.text = train_config.default_text_config(vocab_size=3000, min_count=2, max_len=32)
+  config.text = train_config.default_text_config(vocab_size=2000, min_count=2, max_len=24)
 
   config.teacher = ml_collections.ConfigDict()
   config.teacher.model = registry.default_model_config("causal_lm")  # Tied-embedding causal LM.
-  config.teacher.model.update(embed_dim=128, num_layers=2, num_heads=4, mlp_dim=256)
+  config.teacher.model.update(embed_dim=96, num_layers=2, num_heads=4, mlp_dim=192)
   config.teacher.train = train_config.default_train_config(
-    batch_size=64,  # Sequences per step.
-    num_steps=1500,  # Teacher optimizer steps.
+    batch_size=32,  # Sequences per step.
+    num_steps=1000,  # Teacher optimizer steps.
     optimizer="adam",  # Optax optimizer.
     learning_rate=2e-3,  # Peak learning rate.
     schedule="cosine",  # Warm-up then cosine decay.
@@ -68,8 +68,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.student.model = registry.default_model_config("causal_lm")  # Smaller causal LM.
   config.student.model.update(embed_dim=64, num_layers=1, num_heads=2, mlp_dim=128)
   config.student.train = train_config.default_train_config(
-    batch_size=64,  # Sequences per step.
-    num_steps=1000,  # Student optimizer steps (same for every variant).
+    batch_size=32,  # Sequences per step.
+    num_steps=600,  # Student optimizer steps (same for every variant).
     optimizer="adam",  # Optax optimizer.
     learning_rate=3e-3,  # Peak learning rate.
     schedule="cosine",  # Warm-up then cosine decay.
@@ -86,10 +86,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.distill.headline_variant = ""  # Variant behind generation/* headline keys ('' = last).
 
   config.generation = ml_collections.ConfigDict()
-  config.generation.max_prompts_per_group = 64  # BOLD prompts drawn per group (0 = all).
-  config.generation.samples_per_prompt = 2  # Continuations sampled per prompt.
-  config.generation.max_prompt_len = 10  # BOS + the last 9 prompt words (UNK when unknown).
-  config.generation.max_new_tokens = 20  # Generated positions (prompt + new <= text.max_len).
+  config.generation.max_prompts_per_group = 48  # BOLD prompts drawn per group (0 = all).
+  config.generation.samples_per_prompt = 1  # Continuations sampled per prompt.
+  config.generation.max_prompt_len = 8  # BOS + the last 7 prompt words (UNK when unknown).
+  config.generation.max_new_tokens = 16  # Generated positions (prompt + new <= text.max_len).
   config.generation.temperature = 1.0  # Sampling temperature (0 = greedy).
   config.generation.top_k = 0  # Top-k truncation (0 = none).
   config.generation.batch_size = 256  # Prompts per jitted sampling call.

@@ -26,6 +26,7 @@ disparity and perplexity table) behind ``launch/fairness.py`` with ``configs/crr
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
@@ -629,18 +630,27 @@ class _Evaluator:
     return out
 
 
-def _train_or_restore(name, workdir, template, train_fn, log):
-  """Restores ``checkpoints/<name>`` when complete, else trains and saves it."""
+def _fingerprint(config: Any, sections: tuple[str, ...], **extra: Any) -> str:
+  """A stable digest of the config sections (and extras) a trained model depends on."""
+  d = {k: (config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]) for k in sections}
+  d.update(extra)
+  return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _train_or_restore(name, workdir, template, fingerprint, train_fn, log):
+  """Restores ``checkpoints/<name>`` when it was completed under the same config fingerprint,
+  else trains the model and saves it (resume granularity: one model)."""
   ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints" / name, max_to_keep=1)
-  restored = ckpt.restore_latest(template)
-  if restored is not None and restored[2].get("complete"):
-    log(f"restored {name} from step {restored[0]}")
+  try:
+    restored = ckpt.restore_latest(template)
+    if restored is not None and restored[2].get("fingerprint") == fingerprint:
+      log(f"restored {name} from step {restored[0]}")
+      return restored[1]
+    params, steps = train_fn()
+    ckpt.save(steps, params, {"fingerprint": fingerprint, "name": name})
+    return params
+  finally:
     ckpt.close()
-    return restored[1], True
-  params, steps = train_fn()
-  ckpt.save(steps, params, {"complete": True, "name": name})
-  ckpt.close()
-  return params, False
 
 
 def _flat_result(prefix: str, res: Mapping[str, Any]) -> dict[str, Any]:
@@ -765,7 +775,8 @@ def run(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
     f"corpus { ({k: len(v) for k, v in corpus['train'].items()}) }, vocab {vocab}, "
     f"gendered pairs in vocab {len(id_pairs)}"
   )
-  teacher_params, _ = _train_or_restore("teacher", wd, teacher_init, train_teacher, log)
+  teacher_fp = _fingerprint(config, ("seed", "data", "text", "teacher"))
+  teacher_params = _train_or_restore("teacher", wd, teacher_init, teacher_fp, train_teacher, log)
   results = {"teacher": evaluator(teacher, teacher_params)}
   log(
     f"teacher: ppl {results['teacher']['perplexity']:.2f} disparity "
@@ -807,7 +818,14 @@ def run(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
       )
       return params, s_steps
 
-    params, _ = _train_or_restore(v.name, wd, student_init, train_student, log)
+    fp = _fingerprint(
+      config,
+      ("student", "fairness"),
+      teacher=teacher_fp,
+      variant=dataclasses.asdict(v),
+      distill={k: dc[k] for k in ("temperature", "alpha", "kd_weight")},
+    )
+    params = _train_or_restore(v.name, wd, student_init, fp, train_student, log)
     results[v.name] = evaluator(student, params)
     log(
       f"{v.name}: ppl {results[v.name]['perplexity']:.2f} disparity "

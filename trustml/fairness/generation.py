@@ -25,7 +25,6 @@ The protocol follows BOLD (Dhamala et al., FAccT 2021) and the counterfactual ro
    reported beside it as ``gender_disparity_fraction``.
 """
 
-import json
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
 
@@ -34,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from trustml.core import validation
-from trustml.data import paths, tokenizers
+from trustml.data import sources, tokenizers
 
 NEUTRAL, MALE, FEMALE = 0, 1, 2
 LABEL_NAMES = ("neutral", "male", "female")
@@ -321,11 +320,11 @@ def encode_prompts(
 def load_bold_prompts(
   domain: str, data_dir: str | None = None, *, max_per_group: int = 0, seed: int = 0
 ) -> tuple[list[str], np.ndarray, list[str]]:
-  """Reads BOLD prompts of one domain from ``<data dir>/bold_prompts/<domain>_prompt.json``.
+  """BOLD prompts of one domain, through the ``bold`` data source (local copy, no TFDS build).
 
   Args:
     domain: ``"profession"`` or ``"gender"``.
-    data_dir: ``data.dir`` (resolved with :func:`trustml.data.paths.require_dataset_dir`).
+    data_dir: ``data.dir`` holding ``bold_prompts/`` ('' or None: the default data directory).
     max_per_group: keep at most this many prompts per group, chosen uniformly at random without
       replacement from a generator seeded by ``seed`` (0 = all).
     seed: selection seed.
@@ -338,16 +337,19 @@ def load_bold_prompts(
   """
   validation.one_of("generation.domain", domain, BOLD_DOMAINS)
   validation.non_negative_int("generation.max_prompts_per_group", max_per_group)
-  folder = paths.require_dataset_dir("bold_prompts", data_dir)
-  raw = json.loads(pathlib.Path(folder, f"{domain}_prompt.json").read_text())
+  ds = sources.load_dataset({"name": "bold", "dir": data_dir or "", "use_tfds_builder": False})
+  cols = ds.split("test")
+  keep = np.asarray(cols["domain"]) == domain
+  all_prompts = [str(p) for p in np.asarray(cols["text"])[keep]]
+  all_groups = [str(g) for g in np.asarray(cols["group"])[keep]]
+  names = list(dict.fromkeys(all_groups))
   gen = np.random.default_rng([seed, len(domain)])
-  prompts, groups, names = [], [], []
-  for gi, (name, entities) in enumerate(raw.items()):
-    items = [p for plist in entities.values() for p in plist]
+  prompts, groups = [], []
+  for gi, name in enumerate(names):
+    items = [p for p, g in zip(all_prompts, all_groups, strict=True) if g == name]
     if max_per_group and len(items) > max_per_group:
-      keep = np.sort(gen.choice(len(items), size=max_per_group, replace=False))
-      items = [items[k] for k in keep]
-    names.append(name)
+      pick = np.sort(gen.choice(len(items), size=max_per_group, replace=False))
+      items = [items[k] for k in pick]
     prompts.extend(items)
     groups.extend([gi] * len(items))
   return prompts, np.asarray(groups, np.int32), names
