@@ -33,8 +33,18 @@ from trustml.core import config_args
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the attack config for ``arg`` (see module docstring)."""
   a = config_args.parse_arg(
-    arg, data="synthetic", model="transformer", eps=float("inf"), repeats=10, secrets=4,
-    shadows=0, dropout=-1.0, epochs=-1.0, small=False, smoke=False, seed=0,
+    arg,
+    data="synthetic",
+    model="transformer",
+    eps=float("inf"),
+    repeats=10,
+    secrets=4,
+    shadows=0,
+    dropout=-1.0,
+    epochs=-1.0,
+    small=False,
+    smoke=False,
+    seed=0,
   )
   base = f"data={a.data},model={a.model},seed={a.seed}" + (",smoke" if a.smoke else "")
   if math.isinf(a.eps):

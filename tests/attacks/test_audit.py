@@ -69,8 +69,14 @@ def test_one_run_audit_randomized_response_is_sound():
     included = rng.random(2000) < 0.5
     keep = rng.random(2000) < math.exp(eps_true) / (1 + math.exp(eps_true))
     reported = np.where(keep, included, ~included).astype(float) + 1e-3 * rng.random(2000)
-    res = audit.one_run_audit(reported, included, delta=0.0, num_positive_guesses=500,
-                              num_negative_guesses=500, confidence=0.95)
+    res = audit.one_run_audit(
+      reported,
+      included,
+      delta=0.0,
+      num_positive_guesses=500,
+      num_negative_guesses=500,
+      confidence=0.95,
+    )
     assert res.epsilon_lower_bound <= eps_true
     assert res.epsilon_lower_bound > 1.0
 

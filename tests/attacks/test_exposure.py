@@ -25,9 +25,17 @@ def _table_model() -> contract.Model:
     raise AssertionError("not used")
 
   return contract.Model(
-    name="table", kind="classifier", num_classes=2, init=unused, apply=unused,
-    per_example_loss=per_example_loss, embed=unused, apply_from_embeddings=unused,
-    pooled=unused, eval_metrics=unused, embedding_path=("w",),
+    name="table",
+    kind="classifier",
+    num_classes=2,
+    init=unused,
+    apply=unused,
+    per_example_loss=per_example_loss,
+    embed=unused,
+    apply_from_embeddings=unused,
+    pooled=unused,
+    eval_metrics=unused,
+    embedding_path=("w",),
   )
 
 
@@ -38,14 +46,23 @@ def test_exact_rank_matches_enumeration():
   model = _table_model()
   digits = np.arange(10, 20, dtype=np.int32)
   space = exposure.SecretSpace(
-    template=np.array([3, 4, 5, 0, 0, 0, 0], np.int32), mask=np.ones(length, bool),
-    secret_positions=np.array([3, 4, 5, 6]), alphabet=digits, label=1,
+    template=np.array([3, 4, 5, 0, 0, 0, 0], np.int32),
+    mask=np.ones(length, bool),
+    secret_positions=np.array([3, 4, 5, 6]),
+    alphabet=digits,
+    label=1,
   )
   assert space.size == 10_000
-  losses = exposure.candidate_losses(model, {"w": jnp.asarray(w)}, space, chunk_size=768, score="loss")
+  losses = exposure.candidate_losses(
+    model, {"w": jnp.asarray(w)}, space, chunk_size=768, score="loss"
+  )
   # float64 enumeration in the same (slot 0 most significant) order
-  ref = np.array([w[0, 3] + w[1, 4] + w[2, 5] + sum(w[3 + j, digits[d]] for j, d in enumerate(c))
-                  for c in itertools.product(range(10), repeat=4)])
+  ref = np.array(
+    [
+      w[0, 3] + w[1, 4] + w[2, 5] + sum(w[3 + j, digits[d]] for j, d in enumerate(c))
+      for c in itertools.product(range(10), repeat=4)
+    ]
+  )
   np.testing.assert_allclose(losses, ref, rtol=1e-5, atol=1e-5)
   best = int(np.argmin(ref))
   worst = int(np.argmax(ref))
@@ -55,7 +72,9 @@ def test_exact_rank_matches_enumeration():
   assert ranks[1] == 10_000 and exps[1] == pytest.approx(0.0)
   assert ranks[2] == int(np.sum(ref <= ref[1234]))
   assert space.index_of(digits[[1, 2, 3, 4]]) == 1234
-  np.testing.assert_array_equal(np.asarray(space.tokens_for(np.array([1234])))[0, 3:], digits[[1, 2, 3, 4]])
+  np.testing.assert_array_equal(
+    np.asarray(space.tokens_for(np.array([1234])))[0, 3:], digits[[1, 2, 3, 4]]
+  )
   with pytest.raises(ConfigError):
     space.index_of([1, 2, 3, 4])
 

@@ -1,11 +1,11 @@
 """Canary extraction recovers a memorised secret and fails on a model that never saw it."""
 
+import attacks_tiny_model
 import jax
 import numpy as np
 import optax
 import pytest
 
-import attacks_tiny_model
 from trustml.attacks import exposure, extraction
 from trustml.core.validation import ConfigError
 
@@ -26,8 +26,12 @@ def _data(with_canary: bool, seed: int = 0):
     canary = np.r_[PREFIX, SECRET, 20].astype(np.int32)
     tokens = np.concatenate([tokens, np.tile(canary, (16, 1))])
     labels = np.r_[labels, np.zeros(16, np.int32)]
-  return {"tokens": tokens, "mask": np.ones_like(tokens, bool), "label": labels,
-          "weight": np.ones(len(labels), np.float32)}
+  return {
+    "tokens": tokens,
+    "mask": np.ones_like(tokens, bool),
+    "label": labels,
+    "weight": np.ones(len(labels), np.float32),
+  }
 
 
 def _train(data):
@@ -59,8 +63,16 @@ CFG = extraction.ExtractionConfig(num_restarts=16, num_steps=100, learning_rate=
 def _extract(model, params, candidates):
   tokens = np.r_[PREFIX, np.zeros(4, np.int32), 20].astype(np.int32)
   return extraction.extract_secret(
-    model, params, tokens, np.ones(8, bool), POSITIONS, 0, SECRET,
-    candidates=candidates, key=jax.random.key(1), config=CFG,
+    model,
+    params,
+    tokens,
+    np.ones(8, bool),
+    POSITIONS,
+    0,
+    SECRET,
+    candidates=candidates,
+    key=jax.random.key(1),
+    config=CFG,
   )
 
 
@@ -86,7 +98,17 @@ def test_extraction_fails_without_the_canary(trained):
 def test_extraction_bad_input(trained):
   (model, params), _ = trained
   with pytest.raises(ConfigError):
-    extraction.extract_secret(model, params, np.zeros(8, np.int32), np.ones(8, bool), [9], 0, [4],
-                              candidates=DIGITS, key=jax.random.key(0), config=CFG)
+    extraction.extract_secret(
+      model,
+      params,
+      np.zeros(8, np.int32),
+      np.ones(8, bool),
+      [9],
+      0,
+      [4],
+      candidates=DIGITS,
+      key=jax.random.key(0),
+      config=CFG,
+    )
   with pytest.raises(ConfigError):
     extraction.ExtractionConfig(num_restarts=0).validate()

@@ -57,3 +57,8 @@ def test_lira_rejects_bad_shapes():
     lira.lira_scores(np.zeros(3), np.zeros((4, 2)), np.zeros((4, 2), bool))
   with pytest.raises(ConfigError):
     lira.lira_scores(np.zeros(3), np.zeros((4, 3)), np.zeros((4, 3), bool), variant="bogus")
+
+
+def test_pool_smaller_than_target_set_is_rejected():
+  with pytest.raises(ConfigError, match="pool_size"):
+    lira.shadow_masks(4, 10, seed=0, num_targets=11)

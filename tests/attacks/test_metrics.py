@@ -14,7 +14,9 @@ def test_auroc_and_roc_match_sklearn(seed):
   labels = rng.integers(0, 2, 500)
   scores = rng.normal(size=500) + 0.7 * labels
   scores[:50] = np.round(scores[:50], 1)  # some ties
-  assert metrics.auroc(scores, labels) == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-12)
+  assert metrics.auroc(scores, labels) == pytest.approx(
+    skm.roc_auc_score(labels, scores), abs=1e-12
+  )
   fpr, tpr, _ = skm.roc_curve(labels, scores, drop_intermediate=False)
   curve = metrics.roc_curve(scores, labels)
   np.testing.assert_allclose(curve.fpr, fpr)
@@ -76,8 +78,13 @@ def test_plot_roc_writes_png(tmp_path):
   y = rng.integers(0, 2, 200)
   curve = metrics.roc_curve(rng.normal(size=200) + y, y)
   path = tmp_path / "plots" / "roc.png"
-  metrics.plot_roc({"loss": curve}, str(path), epsilon=2.0, delta=1e-5,
-                   tradeoff_fn=lambda f: metrics.dp_tradeoff_bound(f, 1.5, 1e-5))
+  metrics.plot_roc(
+    {"loss": curve},
+    str(path),
+    epsilon=2.0,
+    delta=1e-5,
+    tradeoff_fn=lambda f: metrics.dp_tradeoff_bound(f, 1.5, 1e-5),
+  )
   assert path.stat().st_size > 1000
 
 

@@ -1,11 +1,11 @@
 """Vmapped shadow training equals training each shadow model alone."""
 
+import attacks_tiny_model
 import jax
 import numpy as np
 import optax
 import pytest
 
-import attacks_tiny_model
 from trustml.attacks import lira, shadow
 from trustml.core.validation import ConfigError
 
@@ -25,12 +25,20 @@ def test_vmapped_equals_individual():
   pool = _pool()
   masks = lira.shadow_masks(4, 64, seed=0)
   opt = optax.adam(1e-2)
-  params, losses = shadow.train_shadow_models(model, opt, pool, masks, num_steps=10, batch_size=8, seed=5)
+  params, losses = shadow.train_shadow_models(
+    model, opt, pool, masks, num_steps=10, batch_size=8, seed=5
+  )
   assert losses.shape == (4, 10)
   for s in range(4):
     p1, l1 = shadow.train_one(model, opt, pool, masks, s, num_steps=10, batch_size=8, seed=5)
     np.testing.assert_allclose(np.asarray(losses[s]), np.asarray(l1), rtol=1e-4, atol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a[s]), np.asarray(b), rtol=1e-4, atol=1e-5), params, p1)
+    jax.tree.map(
+      lambda a, b, s=s: np.testing.assert_allclose(
+        np.asarray(a[s]), np.asarray(b), rtol=1e-4, atol=1e-5
+      ),
+      params,
+      p1,
+    )
   # Different models really differ (different data and init).
   assert not np.allclose(np.asarray(losses[0]), np.asarray(losses[1]))
   # Each model only ever sees its IN rows.
@@ -45,6 +53,10 @@ def test_bad_shadow_inputs():
   model = attacks_tiny_model.tiny_model()
   pool = _pool()
   with pytest.raises(ConfigError, match="num_shadow_models"):
-    shadow.train_shadow_models(model, optax.sgd(0.1), pool, np.ones((1, 64), bool), num_steps=1, batch_size=2, seed=0)
+    shadow.train_shadow_models(
+      model, optax.sgd(0.1), pool, np.ones((1, 64), bool), num_steps=1, batch_size=2, seed=0
+    )
   with pytest.raises(ConfigError, match="pool"):
-    shadow.train_shadow_models(model, optax.sgd(0.1), pool, np.ones((2, 10), bool), num_steps=1, batch_size=2, seed=0)
+    shadow.train_shadow_models(
+      model, optax.sgd(0.1), pool, np.ones((2, 10), bool), num_steps=1, batch_size=2, seed=0
+    )

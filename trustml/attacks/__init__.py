@@ -5,11 +5,9 @@ as one vmapped program); NumPy/SciPy turns them into ROC curves, TPR at low FPR,
 and one-run ε lower bounds, and exposures.
 """
 
-from trustml.attacks import audit
-from trustml.attacks import exposure
-from trustml.attacks import extraction
-from trustml.attacks import lira
-from trustml.attacks import metrics
-from trustml.attacks import shadow
+from trustml.attacks import audit, exposure, extraction, lira, metrics, shadow, study
 
-__all__ = ["audit", "exposure", "extraction", "lira", "metrics", "shadow"]
+# ``trustml.attacks.experiment`` (train-then-attack) is imported on demand: it pulls in the
+# training loop and data sources.
+
+__all__ = ["audit", "exposure", "extraction", "lira", "metrics", "shadow", "study"]

@@ -16,10 +16,10 @@ A run (``config`` with the spine sections, ``privacy``, ``canaries`` and ``attac
    ``plots/roc.png``.
 """
 
-from collections.abc import Mapping
 import json
 import os
 import pathlib
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -75,10 +75,15 @@ def validate_attack(cfg: Mapping[str, Any], num_audit: int) -> None:
   validation.one_of("attack.lira_variant", cfg["lira_variant"], lira.VARIANTS)
   validation.non_negative_int("attack.shadow_num_steps", cfg["shadow_num_steps"])
   validation.in_range("attack.audit_confidence", cfg["audit_confidence"], 0.0, 1.0)
-  validation.in_range("attack.audit_guess_fraction", cfg["audit_guess_fraction"], 0.0, 0.5, high_inclusive=True)
-  validation.one_of("attack.extraction_candidates", cfg["extraction_candidates"], ("digits", "vocab"))
+  validation.in_range(
+    "attack.audit_guess_fraction", cfg["audit_guess_fraction"], 0.0, 0.5, high_inclusive=True
+  )
+  validation.one_of(
+    "attack.extraction_candidates", cfg["extraction_candidates"], ("digits", "vocab")
+  )
   extraction.ExtractionConfig(
-    num_restarts=cfg["extraction_restarts"], num_steps=cfg["extraction_steps"],
+    num_restarts=cfg["extraction_restarts"],
+    num_steps=cfg["extraction_steps"],
     learning_rate=cfg["extraction_learning_rate"],
   ).validate()
   validation.positive_int("attack.exposure_chunk_size", cfg["exposure_chunk_size"])
@@ -117,16 +122,21 @@ def prepare(
     tok = tokenizers.load(path)
   else:
     cls = tokenizers.WordTokenizer if config.text.kind == "word" else tokenizers.CharTokenizer
-    tok = cls.build([str(t) for t in ds.train["text"]], vocab_size=config.text.vocab_size,
-                    min_count=config.text.min_count, lowercase=config.text.lowercase)
+    tok = cls.build(
+      [str(t) for t in ds.train["text"]],
+      vocab_size=config.text.vocab_size,
+      min_count=config.text.min_count,
+      lowercase=config.text.lowercase,
+    )
   canaries.check_in_vocab(cset.secrets + cset.audits, tok)
   path.parent.mkdir(parents=True, exist_ok=True)
   tok.save(path)
   max_len = int(config.text.max_len)
   train = batching.encode_split(ds.train, tok, max_len)
   evals = batching.encode_split(ds.eval, tok, max_len)
-  model = registry.build_model(config.model, vocab_size=tok.vocab_size,
-                               num_classes=max(ds.num_classes, 1), max_len=max_len)
+  model = registry.build_model(
+    config.model, vocab_size=tok.vocab_size, num_classes=max(ds.num_classes, 1), max_len=max_len
+  )
   prepared = experiment.Prepared(dataset=ds, tokenizer=tok, train=train, eval=evals, model=model)
   return prepared, cset, np.asarray(ds.train["canary_id"], np.int32)
 
@@ -142,16 +152,27 @@ def _fit(config: Any, workdir, prepared) -> tuple[dict[str, Any], Any]:
   with cfg.unlocked():
     cfg.train.num_epochs = 0.0
     cfg.train.num_steps = res.num_steps
-  out = loop.fit(cfg, workdir, prepared=prepared, grad_fn=grad_fn, batch_fn=batch_fn,
-                 ledger=led, extra_sections=("canaries", "attack"))
+  out = loop.fit(
+    cfg,
+    workdir,
+    prepared=prepared,
+    grad_fn=grad_fn,
+    batch_fn=batch_fn,
+    ledger=led,
+    extra_sections=("canaries", "attack"),
+  )
   return out.summary, out.state.params
 
 
 def _encode(tok, texts, labels, max_len):
   tokens, mask = tok.encode_batch(list(texts), max_len)
   n = len(texts)
-  return {"tokens": tokens, "mask": mask, "label": np.asarray(labels, np.int32),
-          "weight": np.ones(n, np.float32)}
+  return {
+    "tokens": tokens,
+    "mask": mask,
+    "label": np.asarray(labels, np.int32),
+    "weight": np.ones(n, np.float32),
+  }
 
 
 def _log_odds(model, params, arrays, batch_size=256) -> np.ndarray:
@@ -166,8 +187,15 @@ def _log_odds(model, params, arrays, batch_size=256) -> np.ndarray:
   return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
-def attack(config: Any, workdir, prepared: experiment.Prepared, cset: canaries.CanarySet,
-           canary_id: np.ndarray, params, train_summary: Mapping[str, Any]) -> dict[str, Any]:
+def attack(
+  config: Any,
+  workdir,
+  prepared: experiment.Prepared,
+  cset: canaries.CanarySet,
+  canary_id: np.ndarray,
+  params,
+  train_summary: Mapping[str, Any],
+) -> dict[str, Any]:
   """Runs every attack against trained ``params`` and returns the attack summary keys.
 
   Args:
@@ -206,11 +234,23 @@ def attack(config: Any, workdir, prepared: experiment.Prepared, cset: canaries.C
       out[f"mia/tpr_at_{f:g}_fpr"] = metrics.tpr_at_fpr(curve, float(f))
     k = max(1, int(a.audit_guess_fraction * m))
     delta = float(train_summary.get("privacy/delta", config.privacy.get("delta", 1e-5) or 1e-5))
-    res = audit.one_run_audit(scores, cset.audit_included, delta=delta, num_positive_guesses=k,
-                              num_negative_guesses=k, confidence=float(a.audit_confidence))
-    out.update({"audit/epsilon_lower_bound": res.epsilon_lower_bound,
-                "audit/num_guesses": res.num_guesses, "audit/num_correct": res.num_correct,
-                "audit/delta": delta, "audit/confidence": res.confidence})
+    res = audit.one_run_audit(
+      scores,
+      cset.audit_included,
+      delta=delta,
+      num_positive_guesses=k,
+      num_negative_guesses=k,
+      confidence=float(a.audit_confidence),
+    )
+    out.update(
+      {
+        "audit/epsilon_lower_bound": res.epsilon_lower_bound,
+        "audit/num_guesses": res.num_guesses,
+        "audit/num_correct": res.num_correct,
+        "audit/delta": delta,
+        "audit/confidence": res.confidence,
+      }
+    )
   # --- Loss-threshold MIA on real examples: training rows (non-canary) vs held-out rows.
   n_real = int(a.num_real_examples)
   if n_real:
@@ -229,10 +269,16 @@ def attack(config: Any, workdir, prepared: experiment.Prepared, cset: canaries.C
   # --- Exposure and extraction of each secret canary.
   if cset.secrets:
     digits = np.asarray([tok.token_to_id(d) for d in canaries.DIGIT_WORDS], np.int32)
-    cand = digits if a.extraction_candidates == "digits" else np.arange(4, tok.vocab_size, dtype=np.int32)
-    ecfg = extraction.ExtractionConfig(num_restarts=int(a.extraction_restarts),
-                                       num_steps=int(a.extraction_steps),
-                                       learning_rate=float(a.extraction_learning_rate))
+    cand = (
+      digits
+      if a.extraction_candidates == "digits"
+      else np.arange(4, tok.vocab_size, dtype=np.int32)
+    )
+    ecfg = extraction.ExtractionConfig(
+      num_restarts=int(a.extraction_restarts),
+      num_steps=int(a.extraction_steps),
+      learning_rate=float(a.extraction_learning_rate),
+    )
     exps, exact, tok_acc, ranks = [], [], [], []
     for i, c in enumerate(cset.secrets):
       tokens, mask = tok.encode_batch([c.text], max_len)
@@ -242,28 +288,45 @@ def attack(config: Any, workdir, prepared: experiment.Prepared, cset: canaries.C
         raise validation.ConfigError(f"canary {c.text!r} does not fit in text.max_len={max_len}")
       secret_ids = tokens[0, pos]
       space = exposure.SecretSpace(tokens[0], mask[0], pos, digits, c.label)
-      _, e = exposure.exact_exposure(model, params, space, [space.index_of(secret_ids)],
-                                     chunk_size=int(a.exposure_chunk_size))
+      _, e = exposure.exact_exposure(
+        model, params, space, [space.index_of(secret_ids)], chunk_size=int(a.exposure_chunk_size)
+      )
       exps.append(float(e[0]))
-      r = extraction.extract_secret(model, params, tokens[0], mask[0], pos, c.label, secret_ids,
-                                    candidates=cand, key=rng_lib.stream_key(seed, "attack", i),
-                                    config=ecfg)
+      r = extraction.extract_secret(
+        model,
+        params,
+        tokens[0],
+        mask[0],
+        pos,
+        c.label,
+        secret_ids,
+        candidates=cand,
+        key=rng_lib.stream_key(seed, "attack", i),
+        config=ecfg,
+      )
       exact.append(float(r.exact_match))
       tok_acc.append(r.token_accuracy)
       ranks.append(r.rank)
-    out.update({
-      "canary/exposure_mean": float(np.mean(exps)), "canary/exposure_max": float(np.max(exps)),
-      "canary/secret_space_bits": float(np.log2(space.size)),
-      "canary/extraction_exact_match": float(np.mean(exact)),
-      "canary/extraction_token_accuracy": float(np.mean(tok_acc)),
-      "canary/extraction_rank_mean": float(np.mean(ranks)),
-      "canary/num_secrets": len(cset.secrets), "canary/repeats": int(config.canaries.repeats),
-    })
+    out.update(
+      {
+        "canary/exposure_mean": float(np.mean(exps)),
+        "canary/exposure_max": float(np.max(exps)),
+        "canary/secret_space_bits": float(np.log2(space.size)),
+        "canary/extraction_exact_match": float(np.mean(exact)),
+        "canary/extraction_token_accuracy": float(np.mean(tok_acc)),
+        "canary/extraction_rank_mean": float(np.mean(ranks)),
+        "canary/num_secrets": len(cset.secrets),
+        "canary/repeats": int(config.canaries.repeats),
+      }
+    )
   if curves:
     eps = train_summary.get("privacy/epsilon")
-    metrics.plot_roc(curves, str(plots / "roc.png"),
-                     epsilon=float(eps) if eps is not None else None,
-                     delta=out.get("audit/delta"))
+    metrics.plot_roc(
+      curves,
+      str(plots / "roc.png"),
+      epsilon=float(eps) if eps is not None else None,
+      delta=out.get("audit/delta"),
+    )
   return out
 
 
@@ -275,14 +338,22 @@ def _lira(config, prepared, always_in, arr, target) -> np.ndarray:
   real = {k: np.asarray(prepared.train[k])[always_in] for k in keys}
   pool = {k: np.concatenate([real[k], arr[k]]) for k in keys}
   n_real, m = real["tokens"].shape[0], arr["tokens"].shape[0]
-  masks = np.concatenate([np.ones((s, n_real), bool),
-                          lira.shadow_masks(s, m, int(config.seed) + 1)], axis=1)
+  masks = np.concatenate(
+    [np.ones((s, n_real), bool), lira.shadow_masks(s, m, int(config.seed) + 1, num_targets=m)],
+    axis=1,
+  )
   n = batching.num_examples(prepared.train)
   steps = int(a.shadow_num_steps) or train_config.num_train_steps(config.train, n)
   optimizer = train_config.make_optimizer(config.train, steps)
-  params, _ = shadow.train_shadow_models(prepared.model, optimizer, pool, masks, num_steps=steps,
-                                         batch_size=int(config.train.batch_size),
-                                         seed=int(config.seed) + 1)
+  params, _ = shadow.train_shadow_models(
+    prepared.model,
+    optimizer,
+    pool,
+    masks,
+    num_steps=steps,
+    batch_size=int(config.train.batch_size),
+    seed=int(config.seed) + 1,
+  )
   stats = shadow.shadow_statistics(prepared.model, params, arr)
   return lira.lira_scores(target, stats, masks[:, n_real:], variant=a.lira_variant)
 
@@ -313,8 +384,11 @@ def _attack_and_write(config, workdir, prepared, cset, canary_id, params, train_
   summary["privacy/epsilon"] = train_summary.get("privacy/epsilon", float("inf"))
   writers.write_summary(workdir, summary)
   w = writers.MetricWriter(workdir)
-  w.write(int(train_summary.get("train/steps", 0)), "attack",
-          **{k: v for k, v in out.items() if isinstance(v, (int, float))})
+  w.write(
+    int(train_summary.get("train/steps", 0)),
+    "attack",
+    **{k: v for k, v in out.items() if isinstance(v, (int, float))},
+  )
   w.close()
   return summary
 
@@ -332,7 +406,9 @@ def attack_workdir(workdir: str | os.PathLike) -> dict[str, Any]:
   validate(config)
   prepared, cset, canary_id = prepare(config, workdir)
   n = batching.num_examples(prepared.train)
-  optimizer = train_config.make_optimizer(config.train, train_config.num_train_steps(config.train, n))
+  optimizer = train_config.make_optimizer(
+    config.train, train_config.num_train_steps(config.train, n)
+  )
   example = batching.take_padded(prepared.train, np.arange(1), int(config.train.batch_size))
   template = loop.init_state(prepared.model, optimizer, example, int(config.seed))
   restored = checkpoint.Checkpointer(path).restore_latest(template)
@@ -344,4 +420,12 @@ def attack_workdir(workdir: str | os.PathLike) -> dict[str, Any]:
   )
 
 
-__all__ = ["ATTACK_FIELDS", "CANARY_FIELDS", "attack", "attack_workdir", "prepare", "run", "validate"]
+__all__ = [
+  "ATTACK_FIELDS",
+  "CANARY_FIELDS",
+  "attack",
+  "attack_workdir",
+  "prepare",
+  "run",
+  "validate",
+]

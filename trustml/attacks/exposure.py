@@ -72,7 +72,9 @@ class SecretSpace:
   def tokens_for(self, index: jax.typing.ArrayLike) -> jax.Array:
     """``[B, T]`` canary tokens for secret numbers ``index`` ``[B]``."""
     secret = jnp.asarray(self.alphabet, jnp.int32)[self.digits_of(index)]  # [B, K]
-    base = jnp.broadcast_to(jnp.asarray(self.template, jnp.int32), secret.shape[:-1] + (len(self.template),))
+    base = jnp.broadcast_to(
+      jnp.asarray(self.template, jnp.int32), secret.shape[:-1] + (len(self.template),)
+    )
     return base.at[..., jnp.asarray(self.secret_positions)].set(secret)
 
 

@@ -27,8 +27,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from numpy.typing import ArrayLike
 import optax
+from numpy.typing import ArrayLike
 
 from trustml.attacks import lira
 from trustml.core import validation
@@ -109,6 +109,7 @@ def _search_fn(model: contract.Model):
       "weight": jnp.ones((1,), jnp.float32),
     }
     base_emb = model.embed(params, batch)  # [1, T, D]
+
     # Embedding of every candidate at every unknown position: [K, A, D].
     def emb_of(tok):
       filled = tokens.at[positions].set(tok)
@@ -196,7 +197,9 @@ def extract_secret(
   if candidates.size == 0:
     raise validation.ConfigError("extraction candidates must be non-empty")
   if positions.size == 0 or positions.min() < 0 or positions.max() >= tokens.shape[0]:
-    raise validation.ConfigError(f"secret_positions {positions.tolist()} must lie in [0, {tokens.shape[0]})")
+    raise validation.ConfigError(
+      f"secret_positions {positions.tolist()} must lie in [0, {tokens.shape[0]})"
+    )
   if true_secret.shape != positions.shape:
     raise validation.ConfigError("true_secret must have one token per secret position")
   decoded, log_odds = _search_fn(model)(

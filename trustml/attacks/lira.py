@@ -23,7 +23,9 @@ from trustml.core import validation
 VARIANTS = ("online", "offline", "online_fixed_variance", "offline_fixed_variance")
 
 
-def logit_scaled_confidence(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike) -> jax.Array:
+def logit_scaled_confidence(
+  logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike
+) -> jax.Array:
   """``log p_y − log(1 − p_y)`` from logits, stably.
 
   Args:
@@ -51,25 +53,34 @@ def loss_scores(per_example_loss: ArrayLike) -> np.ndarray:
   return -np.asarray(per_example_loss, dtype=np.float64)
 
 
-def shadow_masks(num_models: int, pool_size: int, seed: int) -> np.ndarray:
+def shadow_masks(
+  num_models: int, pool_size: int, seed: int, *, num_targets: int | None = None
+) -> np.ndarray:
   """Deterministic IN/OUT masks: each candidate is IN for exactly half of the shadow models.
 
   Args:
     num_models: S >= 2 shadow models (even S balances IN/OUT exactly).
     pool_size: N candidates.
     seed: seed of the masks.
+    num_targets: size of the target set the scores are wanted for (must fit in the pool).
 
   Returns:
     ``[S, N]`` bool; row s marks the candidates shadow model s trains on (about N/2).
 
   Raises:
-    ConfigError: if ``num_models < 2`` or ``pool_size < 1``.
+    ConfigError: if ``num_models < 2``, ``pool_size < 1`` or the pool is smaller than the
+      target set.
   """
   if isinstance(num_models, bool) or not isinstance(num_models, int) or num_models < 2:
     raise validation.ConfigError(
       f"num_shadow_models={num_models!r} is invalid: must be an integer >= 2"
     )
   validation.positive_int("pool_size", pool_size)
+  if num_targets is not None and num_targets > pool_size:
+    raise validation.ConfigError(
+      f"pool_size={pool_size} is invalid: the candidate pool must hold the target set of "
+      f"{num_targets} examples"
+    )
   rng = np.random.default_rng(seed)
   ranks = np.argsort(rng.random((num_models, pool_size)), axis=0)
   return ranks < num_models // 2

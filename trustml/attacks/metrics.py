@@ -9,9 +9,9 @@ The ROC is the full step curve over every distinct threshold, starting at ``(0, 
 along the ROC polyline, which is the TPR a randomised threshold achieves at exactly that FPR.
 """
 
-from collections.abc import Callable
 import dataclasses
 import math
+from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -152,9 +152,7 @@ def dp_tradeoff_bound(fpr: ArrayLike, epsilon: float, delta: float) -> np.ndarra
   return np.clip(np.minimum(a, b), 0.0, 1.0)
 
 
-def profile_tradeoff_bound(
-  fpr: ArrayLike, epsilons: ArrayLike, deltas: ArrayLike
-) -> np.ndarray:
+def profile_tradeoff_bound(fpr: ArrayLike, epsilons: ArrayLike, deltas: ArrayLike) -> np.ndarray:
   """The tighter trade-off curve from a whole privacy profile ``δ(ε)``.
 
   A mechanism that is (ε_i, δ_i)-DP for every i satisfies every per-(ε_i, δ_i) bound, so the
@@ -208,10 +206,17 @@ def plot_roc(
   ax.plot(grid, grid, ":", color="gray", label="chance")
   for name, curve in curves.items():
     auc = float(np.trapezoid(curve.tpr, curve.fpr))
-    ax.plot(np.maximum(curve.fpr, 1e-5), np.maximum(curve.tpr, 1e-5), label=f"{name} (AUC {auc:.3f})")
+    ax.plot(
+      np.maximum(curve.fpr, 1e-5), np.maximum(curve.tpr, 1e-5), label=f"{name} (AUC {auc:.3f})"
+    )
   if epsilon is not None and delta is not None and not math.isinf(epsilon):
-    ax.plot(grid, dp_tradeoff_bound(grid, epsilon, delta), "--", color="black",
-            label=f"(ε={epsilon:.3g}, δ={delta:.1e}) bound")
+    ax.plot(
+      grid,
+      dp_tradeoff_bound(grid, epsilon, delta),
+      "--",
+      color="black",
+      label=f"(ε={epsilon:.3g}, δ={delta:.1e}) bound",
+    )
   if tradeoff_fn is not None:
     ax.plot(grid, tradeoff_fn(grid), "-.", color="red", label="accountant trade-off")
   ax.set_xscale("log")

@@ -110,7 +110,9 @@ _COMPILED: dict[tuple, tuple] = {}
 
 def _compiled(model, optimizer, pool, batch_size, dropout, vmapped):
   """Jitted trainer, cached per (model, optimizer, shapes) so repeated calls do not recompile."""
-  shapes = tuple(sorted((k, np.asarray(v).shape[1:], str(np.asarray(v).dtype)) for k, v in pool.items()))
+  shapes = tuple(
+    sorted((k, np.asarray(v).shape[1:], str(np.asarray(v).dtype)) for k, v in pool.items())
+  )
   key = (id(model), id(optimizer), batch_size, dropout, vmapped, shapes)
   hit = _COMPILED.get(key)
   if hit is not None and hit[0] is model and hit[1] is optimizer:
@@ -210,7 +212,9 @@ def train_one(
   return fn(params, dropout_keys[which], jnp.asarray(index), pool_dev)
 
 
-def shadow_statistics(model: contract.Model, stacked_params, arrays: dict[str, np.ndarray], batch_size: int = 512) -> np.ndarray:
+def shadow_statistics(
+  model: contract.Model, stacked_params, arrays: dict[str, np.ndarray], batch_size: int = 512
+) -> np.ndarray:
   """Logit-scaled confidences ``[S, N]`` of every shadow model on every candidate.
 
   Args:
@@ -222,6 +226,7 @@ def shadow_statistics(model: contract.Model, stacked_params, arrays: dict[str, n
   Returns:
     ``[S, N]`` float64.
   """
+
   @jax.jit
   def stats(params, batch):
     logits = jax.vmap(lambda p: model.apply(p, batch))(params)
@@ -232,7 +237,11 @@ def shadow_statistics(model: contract.Model, stacked_params, arrays: dict[str, n
   for start in range(0, n, batch_size):
     idx = np.arange(start, min(start + batch_size, n))
     pad = np.r_[idx, np.full(batch_size - len(idx), idx[-1])]
-    batch = {k: jnp.asarray(np.asarray(v)[pad]) for k, v in arrays.items() if k in ("tokens", "mask", "label", "weight")}
+    batch = {
+      k: jnp.asarray(np.asarray(v)[pad])
+      for k, v in arrays.items()
+      if k in ("tokens", "mask", "label", "weight")
+    }
     out.append(np.asarray(stats(stacked_params, batch))[:, : len(idx)])
   return np.concatenate(out, axis=1).astype(np.float64)
 

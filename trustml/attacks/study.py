@@ -7,10 +7,10 @@ study reports, per run: ε (``inf`` for non-private runs), accuracy, canary MIA 
 leakage measure (``inf`` ranks above every finite ε).
 """
 
-from collections.abc import Mapping, Sequence
 import json
 import math
 import pathlib
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -92,7 +92,9 @@ def plot(table: Sequence[Mapping[str, Any]], path: str) -> None:
     ax.plot(x[order], y[order], "o-", label="DP-SGD / non-private")
     for d in defenses:
       ax.axhline(_num(d.get(key)), ls=":", lw=1, color="gray")
-      ax.annotate(str(d.get("name", ""))[8:], (x.min() if x.size else 1, _num(d.get(key))), fontsize=6)
+      ax.annotate(
+        str(d.get("name", ""))[8:], (x.min() if x.size else 1, _num(d.get(key))), fontsize=6
+      )
     if key == "audit/epsilon_lower_bound" and finite.size:
       grid = np.sort(finite)
       ax.plot(grid, grid, "--", color="black", label="ε_LB = ε")
@@ -134,7 +136,9 @@ def summarize_dir(sweep_dir: str) -> dict[str, Any]:
     for key, label in LEAKAGE
   )
   (root / "study.md").write_text(md + "\n")
-  (root / "study.json").write_text(json.dumps({"rows": table, "correlations": corr}, indent=1, default=str))
+  (root / "study.json").write_text(
+    json.dumps({"rows": table, "correlations": corr}, indent=1, default=str)
+  )
   plot(table, str(root / "plots" / "privacy_utility_leakage.png"))
   return corr
 

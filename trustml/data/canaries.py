@@ -15,9 +15,9 @@ an int32 ``canary_id`` column (−1 for original rows; ``i`` for secret canary i
 ``num_secret + j`` for audit canary j). Other splits are unchanged.
 """
 
+import dataclasses
 from collections import Counter
 from collections.abc import Mapping, Sequence
-import dataclasses
 
 import numpy as np
 
@@ -84,7 +84,8 @@ def validate_config(cfg: Mapping) -> None:
     ConfigError: naming the first invalid field.
   """
   validation.known_fields(
-    "canaries", cfg.keys(),
+    "canaries",
+    cfg.keys(),
     ("num_secret", "secret_length", "repeats", "label", "num_audit", "audit_length", "seed"),
   )
   n = validation.non_negative_int("canaries.num_secret", cfg["num_secret"])
@@ -191,7 +192,10 @@ def insert(ds: dataset.TextDataset, canaries: CanarySet, seed: int) -> dataset.T
   splits = dict(ds.splits)
   splits[ds.train_split] = new
   meta = dict(ds.metadata)
-  meta["canaries"] = {"num_secret": len(canaries.secrets), "num_audit_inserted": int(canaries.audit_included.sum())}
+  meta["canaries"] = {
+    "num_secret": len(canaries.secrets),
+    "num_audit_inserted": int(canaries.audit_included.sum()),
+  }
   return dataclasses.replace(ds, splits=splits, metadata=meta)
 
 
@@ -216,4 +220,13 @@ def check_in_vocab(canaries: Sequence[Canary], tokenizer) -> None:
       )
 
 
-__all__ = ["DIGIT_WORDS", "TEMPLATES", "Canary", "CanarySet", "check_in_vocab", "insert", "make", "validate_config"]
+__all__ = [
+  "DIGIT_WORDS",
+  "TEMPLATES",
+  "Canary",
+  "CanarySet",
+  "check_in_vocab",
+  "insert",
+  "make",
+  "validate_config",
+]
