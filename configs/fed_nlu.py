@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     partition="",
     alpha=1.0,
     clients=100,
-    per_round=10,
+    per_round=20,
     rounds=60,
     dp=False,
     centralized=False,
@@ -79,7 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.algorithm = ml_collections.ConfigDict(
     {
       "name": a.algorithm,
-      "client_learning_rate": 0.5,  # Local SGD step size.
+      "client_learning_rate": 1.0,  # Local SGD step size.
       "server_learning_rate": 0.01 if a.algorithm in ("fedadam", "fedyogi", "fedadagrad") else 1.0,
       "proximal_mu": 0.01,  # FedProx mu (used by fedprox only).
       "server_optimizer": "sgd",  # fedopt: sgd | momentum | adam | yogi | adagrad.
@@ -91,7 +91,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     {
       "rounds": a.rounds,  # Federated rounds.
       "batch_size": 16,  # Local batch size.
-      "local_epochs": 1.0,  # Passes over a client's data per round.
+      "local_epochs": 2.0,  # Passes over a client's data per round.
       "max_local_steps": 16,  # Cap on local steps (bounds padding and compute per round).
       "eval_every": max(a.rounds // 10, 1),  # Rounds between evaluations (the eval curve).
       "checkpoint_every": max(a.rounds // 4, 1),  # Rounds between orbax checkpoints.
@@ -127,9 +127,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   # Centralized baseline budget: the spine loop reads config.train (same model and data).
   config.train.num_epochs = 0.0
-  config.train.num_steps = a.rounds * 8
+  # About the FL budget in example-gradients for ~21-row clients: per_round * 42 rows / 16 per round.
+  config.train.num_steps = a.rounds * a.per_round * 2
   config.train.batch_size = 16
-  config.train.eval_every = max(a.rounds * 8 // 10, 1)
+  config.train.eval_every = max(a.rounds * a.per_round * 2 // 10, 1)
   if a.smoke:
     config.partition.num_clients = min(a.clients, 12)
     config.selection.num_clients_per_round = min(a.per_round, 4)
@@ -154,7 +155,7 @@ def get_sweep(arg: str | None = None) -> list[dict]:
   Returns:
     Override dicts ``{"name", "arg"}``.
   """
-  a = config_args.parse_arg(arg, data="snips", seeds=1, rounds=60, smoke=False)
+  a = config_args.parse_arg(arg, data="snips", seeds=1, rounds=40, smoke=False)
   extra = f",rounds={a.rounds}" + (",smoke" if a.smoke else "")
   runs = []
   for s in range(a.seeds):

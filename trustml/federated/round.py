@@ -357,19 +357,19 @@ def build(
         params, opt_state, loss = jit_step(
           params, opt_state, state.params, batch, jax.random.fold_in(ckey, s), correction
         )
-        losses.append(float(loss))
+        losses.append(loss)  # Kept on device: no host sync inside the loop.
       delta = jax.tree.map(jnp.subtract, params, state.params)
       w = jnp.float32(packed["weight"][c])
       contrib, norm, unc = jit_aggregate(delta, w, state.l2_clip_norm)
       wsum = jax.tree.map(jnp.add, wsum, contrib)
       real = float(w > 0)
-      loss = sum(losses) / max(len(losses), 1)
-      wtotal += float(w)
-      unclipped_total += float(unc)
+      loss = jnp.sum(jnp.stack(losses)) / len(losses) if losses else jnp.float32(0.0)
+      wtotal += w
+      unclipped_total += unc
       loss_sum += loss * real
       num_real += real
       losses_out.append(loss)
-      norms_out.append(float(norm))
+      norms_out.append(norm)
       if spec.scaffold:
         new_ctrl = jit_control(delta, jnp.float32(len(losses)), state.control, ctrl)
         controls_out.append(new_ctrl)
