@@ -32,7 +32,7 @@ _TEXT = {
 _TRAIN = {
   "bag": (64, 6.0, 2e-3),
   "cnn": (64, 5.0, 1e-3),
-  "transformer": (64, 5.0, 5e-4),
+  "transformer": (64, 3.0, 5e-4),
 }
 
 

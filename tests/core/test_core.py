@@ -1,0 +1,49 @@
+"""RNG streams, config argument parsing, validation errors, public API."""
+
+import jax
+import numpy as np
+import pytest
+
+import trustml.core as core
+from trustml.core import config_args, rng, validation
+
+
+def test_streams_are_deterministic_and_distinct():
+  s = rng.RngStreams(3)
+  a = jax.random.normal(s.at("dp_noise", 5), (4,))
+  b = jax.random.normal(rng.RngStreams(3).at("dp_noise", 5), (4,))
+  np.testing.assert_array_equal(a, b)
+  c = jax.random.normal(s.at("dp_noise", 6), (4,))
+  d = jax.random.normal(s.at("dropout", 5), (4,))
+  assert not np.allclose(a, c) and not np.allclose(a, d)
+  assert s.numpy("data", 1).integers(1 << 30) == rng.numpy_rng(3, "data", 1).integers(1 << 30)
+
+
+def test_parse_arg_types_and_errors():
+  a = config_args.parse_arg("data=snips,smoke,eps=inf,steps=5", data="x", smoke=False, eps=1.0, steps=1)
+  assert a.data == "snips" and a.smoke is True and a.eps == float("inf") and a.steps == 5
+  with pytest.raises(validation.ConfigError, match="not a known field"):
+    config_args.parse_arg("foo=1", data="x")
+  with pytest.raises(validation.ConfigError, match="integer"):
+    config_args.parse_arg("steps=a", steps=1)
+
+
+@pytest.mark.parametrize(
+  "fn,args,match",
+  [
+    (validation.positive_int, ("a.b", 0), r"a\.b=0 is invalid: must be a positive integer"),
+    (validation.in_range, ("privacy.delta", 1.5, 0.0, 1.0), r"must be in \(0.0, 1.0\)"),
+    (validation.one_of, ("x.y", "z", ("a", "b")), "must be one of 'a', 'b'"),
+    (validation.positive, ("lr", float("nan")), "NaN"),
+  ],
+)
+def test_validation_messages_name_field_and_range(fn, args, match):
+  with pytest.raises(ValueError, match=match):
+    fn(*args)
+
+
+def test_public_api():
+  assert set(core.__all__) == {
+    "Batch", "ConfigError", "PRNGKey", "Params", "RngStreams", "rng", "types", "validation"
+  }
+  assert issubclass(core.ConfigError, ValueError)
