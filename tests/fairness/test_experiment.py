@@ -108,3 +108,13 @@ def test_bias_auc_and_association_smoke(tmp_path, shared_data_dir):
     assert 0.0 < summary[f"bias_auc/gmb_{m}"] < 1.0
     assert summary[f"bias_auc/gmb_{m}"] <= summary[f"bias_auc/{m}"] + 1e-12  # p=-5 <= mean
     assert (tmp_path / "bias" / "plots" / f"bias_auc_{m}.png").is_file()
+
+
+def test_crr_distill_is_dispatched_to_part_b(monkeypatch, tmp_path):
+  from configs import crr_distill
+  from trustml.fairness import distill
+
+  calls = []
+  monkeypatch.setattr(distill, "run", lambda config, workdir: calls.append(workdir) or {"ok": 1})
+  config = crr_distill.get_config("smoke")
+  assert experiment.run(config, tmp_path) == {"ok": 1} and calls == [tmp_path]
