@@ -1,0 +1,108 @@
+"""Accounting oracles: dp_accounting called directly, the TF Privacy tutorial, calibration."""
+
+import dp_accounting
+import pytest
+from dp_accounting import pld, rdp
+
+from trustml.core.validation import ConfigError
+from trustml.privacy import accounting
+
+Q = 256 / 60000
+STEPS = int(60 * 60000 / 256)  # 60 epochs of the TF Privacy MNIST tutorial.
+
+
+def test_tf_privacy_tutorial_classic_conversion():
+  # Published: q = 256/60000, sigma = 1.1, 60 epochs, delta = 1e-5 -> epsilon = 3.01.
+  ev = accounting.run_event([(1.1, STEPS)], sampling="poisson", sampling_rate=Q)
+  classic = accounting.epsilon(ev, 1e-5, conversion="classic")
+  improved = accounting.epsilon(ev, 1e-5, conversion="improved")
+  assert classic == pytest.approx(3.01, abs=0.01)
+  assert improved < classic - 0.2
+
+
+def test_epsilon_matches_dp_accounting_directly():
+  event = dp_accounting.SelfComposedDpEvent(
+    dp_accounting.PoissonSampledDpEvent(0.01, dp_accounting.GaussianDpEvent(1.3)), 500
+  )
+  direct_rdp = rdp.RdpAccountant(orders=accounting.RDP_ORDERS)
+  direct_rdp.compose(event)
+  ours = accounting.run_event([(1.3, 500)], sampling="poisson", sampling_rate=0.01)
+  assert accounting.epsilon(ours, 1e-6) == pytest.approx(direct_rdp.get_epsilon(1e-6), rel=1e-12)
+  direct_pld = pld.PLDAccountant()
+  direct_pld.compose(event)
+  got = accounting.epsilon(ours, 1e-6, accountant="pld")
+  assert got == pytest.approx(direct_pld.get_epsilon(1e-6), rel=1e-9)
+  assert got < accounting.epsilon(ours, 1e-6)  # PLD is tighter than RDP here.
+
+
+def test_schedule_is_composition_of_what_ran():
+  segs = [(2.0, 100), (1.5, 50)]
+  ev = accounting.run_event(segs, sampling="poisson", sampling_rate=0.02)
+  acc = rdp.RdpAccountant(orders=accounting.RDP_ORDERS)
+  for sigma, n in segs:
+    acc.compose(dp_accounting.PoissonSampledDpEvent(0.02, dp_accounting.GaussianDpEvent(sigma)), n)
+  assert accounting.epsilon(ev, 1e-5) == pytest.approx(acc.get_epsilon(1e-5), rel=1e-12)
+
+
+def test_shuffle_event_is_sampling_without_replacement_replace_one():
+  ev = accounting.step_event("shuffle", 0.01, 1.0, dataset_size=1000)
+  assert isinstance(ev, dp_accounting.SampledWithoutReplacementDpEvent)
+  assert (ev.source_dataset_size, ev.sample_size) == (1000, 10)
+  acc = rdp.RdpAccountant(
+    orders=accounting.RDP_ORDERS, neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
+  )
+  acc.compose(ev, 100)
+  ours = accounting.epsilon(
+    accounting.run_event([(1.0, 100)], sampling="shuffle", sampling_rate=0.01, dataset_size=1000),
+    1e-5,
+    sampling="shuffle",
+  )
+  assert ours == pytest.approx(acc.get_epsilon(1e-5), rel=1e-12)
+  with pytest.raises(ConfigError, match="accountant"):
+    accounting.make_accountant("pld", "shuffle")
+
+
+def test_calibration_round_trips():
+  sigma = accounting.calibrate_noise_multiplier(
+    2.0, 1e-5, schedule=[(1.0, 1000)], sampling="poisson", sampling_rate=0.01
+  )
+  ev = accounting.run_event([(sigma, 1000)], sampling="poisson", sampling_rate=0.01)
+  eps = accounting.epsilon(ev, 1e-5)
+  assert eps <= 2.0 and eps == pytest.approx(2.0, rel=0.01)
+  steps = accounting.calibrate_steps(1.0, 2.0, 1e-5, sampling="poisson", sampling_rate=0.01)
+
+  def eps_at(n):
+    return accounting.epsilon(
+      accounting.run_event([(1.0, n)], sampling="poisson", sampling_rate=0.01), 1e-5
+    )
+
+  assert eps_at(steps) <= 2.0 < eps_at(steps + 1)
+
+
+def test_adaptive_effective_sigma_round_trips():
+  eff = accounting.effective_noise_multiplier(1.2, 10.0)
+  assert eff == pytest.approx((1.2**-2 + 20.0**-2) ** -0.5)
+  assert accounting.grad_noise_multiplier(eff, 10.0) == pytest.approx(1.2)
+  with pytest.raises(ConfigError):
+    accounting.grad_noise_multiplier(1.0, 0.4)
+
+
+@pytest.mark.parametrize(
+  "kwargs",
+  [
+    dict(sampling="poisson", sampling_rate=0.0, noise_multiplier=1.0),
+    dict(sampling="poisson", sampling_rate=1.5, noise_multiplier=1.0),
+    dict(sampling="poisson", sampling_rate=0.1, noise_multiplier=-1.0),
+    dict(sampling="bogus", sampling_rate=0.1, noise_multiplier=1.0),
+  ],
+)
+def test_bad_step_arguments(kwargs):
+  with pytest.raises(ConfigError):
+    accounting.step_event(**kwargs)
+
+
+def test_bad_delta():
+  ev = accounting.run_event([(1.0, 10)], sampling="poisson", sampling_rate=0.1)
+  for delta in (0.0, 1.0, -0.1):
+    with pytest.raises(ConfigError, match="delta"):
+      accounting.epsilon(ev, delta)
