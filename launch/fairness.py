@@ -6,18 +6,18 @@
   python -m launch.fairness --config=configs/fairness_study.py --workdir=/tmp/study
   python -m launch.fairness --config=configs/crr_distill.py --workdir=/tmp/crr
 
-Dispatches on ``config.fairness.task`` (aps | bias_auc | association | study | crr_distill).
-Writes config.json, metrics.jsonl, summary.json and plots/ to --workdir; rerunning resumes
-training from the checkpoints under --workdir.
+Dispatches on ``config.fairness.task`` (aps | bias_auc | association | study | crr_distill) to
+``trustml.fairness.experiment.run``. Writes config.json, metrics.jsonl, summary.json and plots/
+to --workdir; rerunning resumes training from the checkpoints under --workdir. An invalid config
+prints one ``error: ...`` line and exits 1 before any compute.
 """
 
 import json
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from trustml.core.validation import ConfigError
+from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path.py:arg).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
@@ -25,24 +25,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 
 def main(argv: list[str]) -> None:
   del argv
-  from trustml.fairness import experiment  # noqa: PLC0415
+  from trustml.fairness import experiment  # noqa: PLC0415  (keeps --help fast)
 
-  try:
-    summary = experiment.run(_CONFIG.value, _WORKDIR.value)
-  except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  summary = experiment.run(_CONFIG.value, _WORKDIR.value)
   logging.info("summary: %s", summary)
   print(json.dumps({k: v for k, v in summary.items() if "/" in k}, indent=1, default=str))
 
 
-def _entry() -> None:
-  try:
-    app.run(main)
-  except ConfigError as e:  # Raised while the config file itself is loaded.
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-
-
 if __name__ == "__main__":
-  _entry()
+  cli.run(main)

@@ -20,7 +20,9 @@ def test_streams_are_deterministic_and_distinct():
 
 
 def test_parse_arg_types_and_errors():
-  a = config_args.parse_arg("data=snips,smoke,eps=inf,steps=5", data="x", smoke=False, eps=1.0, steps=1)
+  a = config_args.parse_arg(
+    "data=snips,smoke,eps=inf,steps=5", data="x", smoke=False, eps=1.0, steps=1
+  )
   assert a.data == "snips" and a.smoke is True and a.eps == float("inf") and a.steps == 5
   with pytest.raises(validation.ConfigError, match="not a known field"):
     config_args.parse_arg("foo=1", data="x")
@@ -44,6 +46,13 @@ def test_validation_messages_name_field_and_range(fn, args, match):
 
 def test_public_api():
   assert set(core.__all__) == {
-    "Batch", "ConfigError", "PRNGKey", "Params", "RngStreams", "rng", "types", "validation"
+    "Batch",
+    "ConfigError",
+    "PRNGKey",
+    "Params",
+    "RngStreams",
+    "rng",
+    "types",
+    "validation",
   }
   assert issubclass(core.ConfigError, ValueError)

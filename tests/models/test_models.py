@@ -72,12 +72,15 @@ def test_gradient_matches_float64_finite_differences(name):
     loss = jax.jit(lambda q: m.per_example_loss(q, batch).sum())
     g = jax.jit(jax.grad(lambda q: m.per_example_loss(q, batch).sum()))(p)
     rng = np.random.default_rng(0)
+    eps = 1e-5
     for _ in range(3):
       v = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape)), p)
-      eps = 1e-5
-      shifted = lambda s: jax.tree.map(lambda x, d: x + s * eps * d, p, v)  # noqa: E731
-      fd = (loss(shifted(1.0)) - loss(shifted(-1.0))) / (2 * eps)
-      analytic = sum(float(jnp.vdot(a, b)) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(v)))
+      plus = jax.tree.map(lambda x, d: x + eps * d, p, v)
+      minus = jax.tree.map(lambda x, d: x - eps * d, p, v)
+      fd = (loss(plus) - loss(minus)) / (2 * eps)
+      analytic = sum(
+        float(jnp.vdot(a, b)) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(v), strict=True)
+      )
       np.testing.assert_allclose(analytic, float(fd), rtol=1e-6, atol=1e-9)
 
 

@@ -16,7 +16,9 @@ def _run(args, cwd):
 @pytest.mark.parametrize("model", ["bag", "cnn", "transformer"])
 def test_nlu_smoke_config_through_launch(tmp_path, repo_root, model):
   wd = tmp_path / model
-  p = _run(["launch.train", f"--config=configs/nlu.py:smoke,model={model}", f"--workdir={wd}"], repo_root)
+  p = _run(
+    ["launch.train", f"--config=configs/nlu.py:smoke,model={model}", f"--workdir={wd}"], repo_root
+  )
   assert p.returncode == 0, p.stderr[-2000:]
   summary = json.loads((wd / "summary.json").read_text())
   assert summary["model/name"] == model and "eval/accuracy" in summary

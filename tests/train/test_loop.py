@@ -56,7 +56,9 @@ def test_haiku_model_runs_through_the_same_loop(tmp_path):
   c.train.num_steps = 30
   c.train.learning_rate = 1e-2
   prepared = experiment.prepare(c)
-  model = haiku_adapter.haiku_bag_classifier(prepared.tokenizer.vocab_size, prepared.model.num_classes)
+  model = haiku_adapter.haiku_bag_classifier(
+    prepared.tokenizer.vocab_size, prepared.model.num_classes
+  )
   prepared = dataclasses.replace(prepared, model=model)
   out = loop.fit(c, tmp_path / "h", prepared=prepared)
   assert out.summary["model/name"] == "haiku_bag"

@@ -1,8 +1,6 @@
 """Core types, RNG streams and validation shared by every pillar."""
 
-from trustml.core import rng
-from trustml.core import types
-from trustml.core import validation
+from trustml.core import rng, types, validation
 from trustml.core.rng import RngStreams
 from trustml.core.types import Batch, Params, PRNGKey
 from trustml.core.validation import ConfigError

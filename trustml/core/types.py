@@ -9,7 +9,8 @@ A *batch* is a dict of arrays with a leading batch axis ``B``:
 * optional ``group`` int32 ``[B]`` (protected attribute, -1 unknown) and ``user_id`` int32 ``[B]``.
 """
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 

@@ -4,8 +4,8 @@ Every check raises :class:`ConfigError` (a ``ValueError``) whose message names t
 the allowed range, e.g. ``privacy.delta=1.5 is invalid: must be in (0, 1)``.
 """
 
-from collections.abc import Iterable, Mapping
 import math
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 
@@ -99,7 +99,9 @@ def one_of(field: str, value: Any, allowed: Iterable[Any]) -> Any:
   return value
 
 
-def known_fields(section: str, given: Mapping[str, Any] | Iterable[str], allowed: Iterable[str]) -> None:
+def known_fields(
+  section: str, given: Mapping[str, Any] | Iterable[str], allowed: Iterable[str]
+) -> None:
   """Rejects unknown keys in a config section.
 
   Args:

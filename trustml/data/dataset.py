@@ -12,8 +12,8 @@ arrays of equal length per split:
 * any other source-specific column (``slots``, ``speaker``, ``prompt_group`` ...).
 """
 
-from collections.abc import Mapping
 import dataclasses
+from collections.abc import Mapping
 
 import numpy as np
 

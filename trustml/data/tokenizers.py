@@ -5,12 +5,12 @@ training text only (size cap, minimum count; ties broken alphabetically so the b
 deterministic), saved as JSON in the workdir and loaded back bit-identically.
 """
 
-from collections import Counter
-from collections.abc import Iterable, Sequence
 import json
 import os
 import pathlib
 import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

@@ -12,8 +12,8 @@ For language models (``kind == "lm"``) the targets are the next tokens of ``toke
 position ``t`` predicts ``tokens[:, t + 1]`` where ``mask[:, t + 1]`` is set.
 """
 
-from collections.abc import Callable, Mapping
 import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax

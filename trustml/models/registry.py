@@ -172,9 +172,7 @@ def build_model(
   elif name == "cnn":
     module = networks.CNNClassifier(vocab_size, num_classes, **cfg)
   else:
-    module = networks.TransformerEncoder(
-      vocab_size, out_dim, max_len, causal=(kind == "lm"), **cfg
-    )
+    module = networks.TransformerEncoder(vocab_size, out_dim, max_len, causal=(kind == "lm"), **cfg)
   extras = dict(vocab_size=vocab_size, max_len=max_len, **cfg)
   return from_flax(
     module,
@@ -186,4 +184,10 @@ def build_model(
   )
 
 
-__all__ = ["MODEL_NAMES", "build_model", "default_model_config", "from_flax", "validate_model_config"]
+__all__ = [
+  "MODEL_NAMES",
+  "build_model",
+  "default_model_config",
+  "from_flax",
+  "validate_model_config",
+]

@@ -1,8 +1,8 @@
 """Evaluation: weighted metric sums over fixed-shape batches, reduced on the host."""
 
-from collections.abc import Callable, Mapping
 import functools
 import math
+from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np

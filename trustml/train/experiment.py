@@ -5,10 +5,10 @@
 encodes the training and evaluation splits, and builds the Model (``config.model``).
 """
 
-from collections.abc import Mapping
 import dataclasses
 import os
 import pathlib
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np

@@ -14,18 +14,18 @@ Plug-ins (the privacy engine uses all three):
   ``record(step, aux)``, ``summary() -> dict``; stored in every checkpoint.
 """
 
-from collections.abc import Callable, Mapping
 import dataclasses
 import os
 import pathlib
 import time
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Protocol
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 
 from trustml.core import rng as rng_lib
 from trustml.data import batching
@@ -212,7 +212,11 @@ def fit(
       window = []
       writer.write(step, "train", loss=loss, steps_per_second=rate)
       logging.info(
-        "step %d/%d loss %.4f  %.2f steps/s  ETA %.0fs", step, total, loss, rate,
+        "step %d/%d loss %.4f  %.2f steps/s  ETA %.0fs",
+        step,
+        total,
+        loss,
+        rate,
         (total - step) / max(rate, 1e-9),
       )
     if eval_every and step % eval_every == 0 and step < total:
@@ -231,16 +235,18 @@ def fit(
   metrics = evaluate.evaluate(model, state.params, prepared.eval, config.train.eval_batch_size)
   writer.write(step, "eval", **metrics)
   summary: dict[str, Any] = {f"eval/{k}": v for k, v in metrics.items()}
-  summary.update({
-    "train/steps": step,
-    "train/wall_seconds": wall,
-    "train/batch_size": bs,
-    "data/name": config.data.name,
-    "data/num_train": n,
-    "data/num_eval": batching.num_examples(prepared.eval),
-    "model/name": model.name,
-    "model/num_params": num_params(state.params),
-  })
+  summary.update(
+    {
+      "train/steps": step,
+      "train/wall_seconds": wall,
+      "train/batch_size": bs,
+      "data/name": config.data.name,
+      "data/num_train": n,
+      "data/num_eval": batching.num_examples(prepared.eval),
+      "model/name": model.name,
+      "model/num_params": num_params(state.params),
+    }
+  )
   if stopped_reason:
     summary["train/stopped_reason"] = stopped_reason
   if ledger is not None:

@@ -5,7 +5,6 @@ of that run) and ``"name"`` (its folder). Every item's config is built and valid
 any run starts, so a typo fails the sweep at once.
 """
 
-from collections.abc import Mapping, Sequence
 import concurrent.futures
 import csv
 import importlib.util
@@ -15,6 +14,7 @@ import pathlib
 import re
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from trustml.core import validation
@@ -176,4 +176,11 @@ def write_table(table: Sequence[Mapping[str, Any]], workdir: str | os.PathLike) 
   (root / "results.md").write_text(to_markdown(table, cols) + "\n")
 
 
-__all__ = ["apply_overrides", "expand", "load_config_module", "run_sweep", "to_markdown", "write_table"]
+__all__ = [
+  "apply_overrides",
+  "expand",
+  "load_config_module",
+  "run_sweep",
+  "to_markdown",
+  "write_table",
+]

@@ -5,11 +5,11 @@
 Scalars also go to TensorBoard when ``tensorboardX`` is importable.
 """
 
-from collections.abc import Mapping
 import json
 import math
 import os
 import pathlib
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
