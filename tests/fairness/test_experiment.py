@@ -78,6 +78,15 @@ def test_launch_exits_nonzero_on_invalid_config(tmp_path):
   assert proc.returncode == 1
   assert "error: fairness.aps.reduction='max' is invalid" in proc.stderr
   assert not (tmp_path / "task").exists()  # nothing was computed
+  proc = subprocess.run(
+    [sys.executable, "-m", "launch.fairness", "--config=configs/aps.py:reduce=l2", "--workdir=x"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: config arg 'reduce'")
 
 
 def test_aps_smoke(tmp_path):
