@@ -182,3 +182,21 @@ def test_seat_with_a_model_equals_weat_on_mean_pooled_embeddings():
   bad = dict(test, Y=test["Y"][:2])
   with pytest.raises(ConfigError, match="equal"):
     association.seat(model, params, tok, bad)
+
+
+def test_unknown_seat_test_rejected(shared_data_dir):
+  with pytest.raises(ConfigError, match="seat test 'weat99' is unknown"):
+    association.load_seat_test("weat99", shared_data_dir)
+  test = association.load_seat_test("sent-weat6b", shared_data_dir)
+  assert len(test["X"]) == len(test["Y"]) == 80
+
+
+def test_word_contexts_fallback_and_cap():
+  from trustml.data import tokenizers
+
+  corpus = ["he went home", "she went out", "he and she", "he is here", "nothing"]
+  tok = tokenizers.WordTokenizer.build(corpus, vocab_size=50)
+  ctx = association.word_contexts(["He", "she", "zebra"], corpus, tok, max_contexts=2, seed=0)
+  assert len(ctx[0]) == 2 and all("he" in c.split() for c in ctx[0])
+  assert ctx[1] == ["she went out", "he and she"]
+  assert ctx[2] == ["this is zebra ."]

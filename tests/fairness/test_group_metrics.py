@@ -130,3 +130,22 @@ def test_hatexplain_protocol():
     {"subgroup": np.array([0.5, 1.0]), "bpsn": np.array([0.8]), "bnsp": np.array([0.9])}
   )
   assert summary["bias_auc/gmb_bpsn"] == pytest.approx(0.8)
+
+
+def test_hatexplain_top10_equals_the_papers_list(shared_data_dir):
+  import json
+
+  targets, labels = [], []
+  for split in ("test.jsonl", "validation.jsonl"):
+    with open(shared_data_dir / "hatexplain" / split, encoding="utf-8") as f:
+      posts = [json.loads(line) for line in f if line.strip()]
+    targets += group_metrics.majority_targets([p["annotators"]["target"] for p in posts])
+    labels += [p["annotators"]["label"] for p in posts]
+  top = group_metrics.top_communities(targets, k=10)
+  # Mathew et al. (2021), Bias_Calculation_NB.ipynb: the 10 communities of the bias metrics.
+  paper = ["African", "Islam", "Jewish", "Homosexual", "Women", "Refugee", "Arab", "Caucasian"]
+  assert set(top) == set(paper + ["Asian", "Hispanic"])
+  assert top[:3] == ["African", "Islam", "Jewish"]
+  toxic = group_metrics.toxic_from_annotations(labels)
+  # README counts: test normal 782 / 1924 and validation 781 / 1922 (majority labels).
+  assert int((toxic == 0).sum()) == 782 + 781
