@@ -84,6 +84,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     f"data={a.data},model={a.model},seed={a.seed}" + (",smoke" if a.smoke else "")
   )
   config.fairness = fairness_section(a, "aps")
+  if a.data == "hatexplain":  # Protected attribute: the targeted gender (Women vs Men).
+    config.data.use_tfds_builder = False
+    config.fairness.protected_label = "target_gender"
   if a.smoke:
     config.train.num_steps = 30
     config.fairness.protected_num_epochs = 0.2
