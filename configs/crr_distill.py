@@ -11,7 +11,8 @@ Launch:
   python -m launch.fairness --config=configs/crr_distill.py:smoke --workdir=/tmp/crr_smoke
 
 Args (comma-separated after ``:``; variant lists use ``+`` between variants, and ``&`` inside
-a variant joins CDA and a modification, e.g. ``variants=plain+cda&mod_mean``):
+a variant joins CDA and a modification, e.g. ``variants=plain+cda&mod_mean``, quoted for the
+shell):
   variants: the students to distil (plain, cda, cda_one_sided, cda_two_sided, mod_max,
     mod_mean, mod_geometric_mean and joins of one CDA with one mod_).
   temperature: KD temperature.

@@ -295,3 +295,33 @@ def test_run_rejects_unknown_combiner_before_compute(tmp_path):
   with pytest.raises(validation.ConfigError, match="combiner"):
     distill.run(config, tmp_path)
   assert not any(tmp_path.iterdir())
+
+
+def test_build_tokenizer_closes_vocabulary_under_the_swap():
+  pairs = {"duke": "duchess", "duchess": "duke", "he": "she", "she": "he"}
+  texts = ["the the duke said that he would go"] * 3 + ["a rare word duchess"]
+  tok = distill.build_tokenizer(texts, pairs, vocab_size=11, min_count=2)
+  assert tok.vocab_size == 11
+  for w in ("duke", "duchess", "he", "she"):
+    assert tok.token_to_id(w) != tokenizers.UNK, w
+  # She and duchess (count < min_count) replace the last two ordinary words (ties broken
+  # alphabetically: ..., "that", "would"); the most frequent word stays.
+  assert tok.token_to_id("the") != tokenizers.UNK
+  assert tok.token_to_id("that") == tok.token_to_id("would") == tokenizers.UNK
+
+
+def test_smoke_config_runs_end_to_end(tmp_path):
+  from configs import crr_distill
+  from trustml.train import writers
+
+  config = crr_distill.get_config("smoke,variants=plain+mod_mean")
+  config.generation.gender_prompts = False
+  summary = distill.run(config, tmp_path)
+  for key in ("generation/gender_disparity", "generation/perplexity"):
+    assert np.isfinite(summary[key])
+  assert summary["generation/headline_variant"] == "mod_mean"
+  assert "generation/mod_mean/disparity_change_vs_plain" in summary
+  assert writers.read_summary(tmp_path)["generation/perplexity"] == summary["generation/perplexity"]
+  assert (tmp_path / "plots" / "gender_disparity_by_profession.png").is_file()
+  assert (tmp_path / "checkpoints" / "teacher").is_dir()
+  assert "| mod_mean |" in (tmp_path / "crr_table.md").read_text()

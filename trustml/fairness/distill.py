@@ -531,6 +531,40 @@ def build_corpus(data: Mapping[str, Any], max_len: int) -> dict[str, dict[str, l
   return {"train": train, "eval": held}
 
 
+def build_tokenizer(
+  texts: list[str], pairs: Mapping[str, str], *, vocab_size: int, min_count: int
+) -> tokenizers.WordTokenizer:
+  """A word tokenizer whose vocabulary is closed under the gender swap.
+
+  The vocabulary is built as usual (:meth:`WordTokenizer.build`), then the counterpart of every
+  gendered word it holds is added if missing (``duke`` brings ``duchess``), replacing the least
+  frequent non-gendered words so the size stays ``vocab_size``. Without this, a rare counterpart
+  maps to ``UNK`` and neither CDA nor the teacher-probability modification can swap the
+  frequent side (in Tiny Shakespeare: ``sir``, ``duke``, ``prince``, ``god``).
+
+  Args:
+    texts: training texts.
+    pairs: the involutive gender word map.
+    vocab_size: vocabulary cap including the 4 specials.
+    min_count: minimum count of an ordinary word.
+
+  Returns:
+    The tokenizer.
+  """
+  base = tokenizers.WordTokenizer.build(texts, vocab_size=vocab_size, min_count=min_count)
+  itos = [base.id_to_token(i) for i in range(base.vocab_size)]
+  present = set(itos)
+  missing = sorted({pairs[w] for w in present if w in pairs and pairs[w] not in present})
+  if not missing:
+    return base
+  gendered = set(pairs)
+  keep = len(itos) - len(missing) if len(itos) + len(missing) > vocab_size else len(itos)
+  dropped = [w for w in itos[len(tokenizers.SPECIALS) :] if w not in gendered][::-1]
+  drop = set(dropped[: len(itos) - keep])
+  itos = [w for w in itos if w not in drop] + missing
+  return tokenizers.WordTokenizer(itos, lowercase=base.lowercase)
+
+
 def encode_lm(tokenizer: tokenizers.WordTokenizer, texts: list[str], max_len: int) -> dict:
   """``BOS`` + text + ``EOS`` arrays (``tokens``, ``mask``, ``weight``, ``index``)."""
   tokens, mask = tokenizer.encode_batch(texts, max_len, add_bos=True, add_eos=True)
@@ -731,8 +765,8 @@ def run(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   corpus = build_corpus(config.data, max_len)
   train_texts = [t for texts in corpus["train"].values() for t in texts]
   eval_texts = [t for texts in corpus["eval"].values() for t in texts]
-  tokenizer = tokenizers.WordTokenizer.build(
-    train_texts, vocab_size=config.text.vocab_size, min_count=config.text.min_count
+  tokenizer = build_tokenizer(
+    train_texts, pairs, vocab_size=config.text.vocab_size, min_count=config.text.min_count
   )
   tokenizer.save(wd / "tokenizer.json")
   vocab = tokenizer.vocab_size
@@ -777,7 +811,9 @@ def run(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   )
   teacher_fp = _fingerprint(config, ("seed", "data", "text", "teacher"))
   teacher_params = _train_or_restore("teacher", wd, teacher_init, teacher_fp, train_teacher, log)
+  t_eval = time.time()
   results = {"teacher": evaluator(teacher, teacher_params)}
+  log(f"teacher evaluated in {time.time() - t_eval:.1f}s")
   log(
     f"teacher: ppl {results['teacher']['perplexity']:.2f} disparity "
     f"{results['teacher']['profession']['gender_disparity']:.3f}"
@@ -826,7 +862,9 @@ def run(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
       distill={k: dc[k] for k in ("temperature", "alpha", "kd_weight")},
     )
     params = _train_or_restore(v.name, wd, student_init, fp, train_student, log)
+    t_eval = time.time()
     results[v.name] = evaluator(student, params)
+    log(f"{v.name} evaluated in {time.time() - t_eval:.1f}s")
     log(
       f"{v.name}: ppl {results[v.name]['perplexity']:.2f} disparity "
       f"{results[v.name]['profession']['gender_disparity']:.3f}"
@@ -878,6 +916,7 @@ __all__ = [
   "Variant",
   "augment",
   "build_corpus",
+  "build_tokenizer",
   "encode_lm",
   "profession_pronoun_bias",
   "results_table",
