@@ -1,0 +1,125 @@
+"""End-to-end runs (smoke configs), exact resume, the run contract and bad configs."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import fed_lm_shakespeare, fed_nlu, fed_selection
+from trustml.core.validation import ConfigError
+from trustml.federated import experiment
+
+
+def _mutate(config, **fields):
+  for dotted, value in fields.items():
+    section, key = dotted.split("__")
+    config[section][key] = value
+  return config
+
+
+@pytest.mark.parametrize(
+  "fields, match",
+  [
+    ({"partition__kind": "dirichlet", "partition__alpha": 0.0}, "partition.alpha"),
+    ({"partition__kind": "dirichlet", "partition__alpha": -2.0}, "partition.alpha"),
+    ({"algorithm__name": "fedsgdx"}, "algorithm.name"),
+    ({"selection__sampler": "greedy"}, "selection.sampler"),
+    ({"federated__setting": "continual", "continual__storage_cap": 0}, "continual.storage_cap"),
+    (
+      {"federated__setting": "continual", "continual__deletion_policy": "lifo"},
+      "continual.deletion_policy",
+    ),
+    ({"selection__num_clients_per_round": 0}, "num_clients_per_round"),
+  ],
+)
+def test_bad_config_raises_before_compute(tmp_path, fields, match):
+  config = _mutate(fed_nlu.get_config("smoke"), **fields)
+  with pytest.raises(ConfigError, match=match):
+    experiment.run(config, tmp_path)
+  assert not (tmp_path / "config.json").exists()  # nothing written, nothing computed
+
+
+def test_more_clients_per_round_than_population(tmp_path):
+  config = fed_nlu.get_config("smoke,partition=iid,clients=5")
+  config.selection.num_clients_per_round = 6
+  with pytest.raises(ConfigError, match="num_clients_per_round=6"):
+    experiment.run(config, tmp_path)
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_static_smoke_contract_and_exact_resume(tmp_path):
+  config = fed_nlu.get_config("smoke,algorithm=fedadam")
+  full = experiment.run(config, tmp_path / "full")
+  for name in ("config.json", "metrics.jsonl", "summary.json", "plots/eval_curve.png"):
+    assert (tmp_path / "full" / name).exists(), name
+  assert (tmp_path / "full" / "checkpoints").is_dir()
+  assert full["fed/rounds"] == 3 and full["fed/clients_per_round"] == 4
+  assert 0.0 <= full["eval/accuracy"] <= 1.0
+  events = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+  assert {e["split"] for e in events} >= {"train", "eval"}
+  stopped = experiment.run(config, tmp_path / "resumed", stop_after_round=1)
+  assert stopped == {"fed/interrupted_at": 1}
+  resumed = experiment.run(config, tmp_path / "resumed")
+  assert resumed["eval/loss"] == full["eval/loss"]  # bit-identical after resume
+  assert resumed["fed/eval_curve"][-1] == full["fed/eval_curve"][-1]
+
+
+def test_continual_activity_smoke(tmp_path):
+  config = fed_selection.get_config("smoke,sampler=activity,setting=continual,policy=reservoir")
+  s = experiment.run(config, tmp_path)
+  assert s["fed/setting"] == "continual" and s["fed/weighting"] == "uniform"
+  for key in (
+    "continual/forward_accuracy",
+    "continual/forgetting_accuracy",
+    "continual/final_mean_accuracy",
+  ):
+    assert np.isfinite(s[key]), key
+
+
+def test_dp_smoke_reports_epsilon(tmp_path):
+  config = fed_nlu.get_config("smoke,dp,partition=iid,clients=12")
+  s = experiment.run(config, tmp_path)
+  assert s["privacy/unit"] == "user" and 0 < s["privacy/epsilon"] < float("inf")
+  assert s["privacy/epsilon_per_round"] < s["privacy/epsilon"]
+
+
+@pytest.mark.slow
+def test_shakespeare_lm_smoke(tmp_path, shared_data_dir):
+  del shared_data_dir
+  s = experiment.run(fed_lm_shakespeare.get_config("smoke"), tmp_path)
+  assert s["model/name"] == "causal_lm" and 1.0 < s["eval/perplexity"] < 200.0
+  assert s["fed/population"] >= 10
+
+
+def test_launch_bad_config_exits_with_one_line(tmp_path, repo_root):
+  env = dict(os.environ, PYTHONPATH=str(repo_root))
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.federated",
+      "--config=configs/fed_nlu.py:smoke,partition=dirichlet,alpha=0",
+      f"--workdir={tmp_path}",
+    ],
+    cwd=repo_root,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 1
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "partition.alpha" in errors[0]
+  assert not pathlib.Path(tmp_path, "summary.json").exists()
+
+
+def test_sweeps_expand():
+  assert len(fed_nlu.get_sweep("seeds=1")) == 10
+  runs = fed_selection.get_sweep("data=synthetic,seeds=3")
+  assert len(runs) == 12 and len({r["name"] for r in runs}) == 12
+  for r in runs[:2]:
+    fed_selection.get_config(r["arg"])  # every sweep arg parses
