@@ -326,8 +326,40 @@ def attack(
       str(plots / "roc.png"),
       epsilon=float(eps) if eps is not None else None,
       delta=out.get("audit/delta"),
+      tradeoff_fn=_tradeoff_fn(config, train_summary),
     )
   return out
+
+
+def _tradeoff_fn(config: Any, s: Mapping[str, Any]):
+  """``fpr -> TPR bound`` from the PLD privacy profile of the run, or None if not applicable.
+
+  Rebuilds the run's DpEvent from the ledger summary (constant σ, no adaptive clipping only) and
+  takes the pointwise minimum of the (ε, δ(ε)) bounds over a grid of ε.
+  """
+  if config.privacy.mechanism == "none" or "privacy/sampling_rate" not in s:
+    return None
+  if config.privacy.get("noise_schedule", "constant") != "constant" or s.get(
+    "privacy/adaptive_clipping"
+  ):
+    return None
+  import dp_accounting  # pylint: disable=g-import-not-at-top
+
+  from trustml.privacy import accounting  # pylint: disable=g-import-not-at-top
+
+  event = accounting.run_event(
+    [(float(s["privacy/noise_multiplier"]), int(s["privacy/steps"]))],
+    sampling=str(s["privacy/sampling"]),
+    sampling_rate=float(s["privacy/sampling_rate"]),
+    dataset_size=int(s.get("data/num_train", 0)) or None,
+  )
+  acc = dp_accounting.pld.PLDAccountant(
+    neighboring_relation=accounting.neighboring_relation(str(s["privacy/sampling"]))
+  )
+  acc.compose(event)
+  eps_grid = np.linspace(0.0, 3.0 * float(s["privacy/epsilon"]) + 1.0, 60)
+  deltas = np.array([acc.get_delta(float(e)) for e in eps_grid])
+  return lambda fpr: metrics.profile_tradeoff_bound(fpr, eps_grid, deltas)
 
 
 def _lira(config, prepared, always_in, arr, target) -> np.ndarray:
