@@ -175,8 +175,17 @@ def _encode(tok, texts, labels, max_len):
   }
 
 
+_LOG_ODDS: dict[int, tuple] = {}
+
+
 def _log_odds(model, params, arrays, batch_size=256) -> np.ndarray:
-  apply = jax.jit(lambda p, b: lira.logit_scaled_confidence(model.apply(p, b), b["label"]))
+  """Target log-odds ``[N]`` in fixed-size jitted batches (one compile per model)."""
+  hit = _LOG_ODDS.get(id(model))
+  if hit is None or hit[0] is not model:
+    fn = jax.jit(lambda p, b: lira.logit_scaled_confidence(model.apply(p, b), b["label"]))
+    hit = _LOG_ODDS[id(model)] = (model, fn)
+  apply = hit[1]
+  arrays = {k: arrays[k] for k in ("tokens", "mask", "label", "weight")}
   n = arrays["tokens"].shape[0]
   out = []
   for start in range(0, n, batch_size):
