@@ -477,9 +477,8 @@ def parse_study_models(specs: Sequence[str]) -> list[StudyModel]:
   return out
 
 
-def _study_model_config(
-  base: ml_collections.ConfigDict, m: StudyModel
-) -> ml_collections.ConfigDict:
+def _study_model_config(m: StudyModel) -> ml_collections.ConfigDict:
+  """Model section of one study model: width ``m.width``, 1-layer transformers, no dropout."""
   cfg = registry.default_model_config(m.arch)
   cfg.embed_dim = m.width
   for key in ("hidden_dim", "num_filters", "mlp_dim"):
@@ -489,7 +488,6 @@ def _study_model_config(
     cfg.num_layers = 1
     cfg.num_heads = 2
     cfg.dropout_rate = 0.0
-  del base
   return cfg
 
 
@@ -519,7 +517,7 @@ def run_study(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   for m in specs:
     cfg = copy.deepcopy(config)
     cfg.seed = m.seed
-    cfg.model = _study_model_config(config.model, m)
+    cfg.model = _study_model_config(m)
     model = registry.build_model(
       cfg.model,
       vocab_size=prepared.tokenizer.vocab_size,
