@@ -71,7 +71,7 @@ def get_sweep(arg: str | None = None) -> list[dict]:
       "name": f"{a.data}_{sampler}_{setting}_s{s}",
       "arg": f"{extra},sampler={sampler},setting={setting},seed={s}",
     }
+    for s in range(a.seeds)  # Seeds outermost: a partial sweep still compares all four cells.
     for sampler in ("uniform", "activity")
     for setting in ("static", "continual")
-    for s in range(a.seeds)
   ]

@@ -342,6 +342,7 @@ def run(
       "fed/sampler": config.selection.sampler,
       "fed/weighting": config.selection.weighting if dp_cfg is None else "capped",
       "fed/setting": f.setting,
+      "fed/partition": config.partition.kind,
       "fed/num_devices": n_dev,
       "fed/poisson_truncated_rounds": rounds.truncated,
       "fed/eval_curve": extra["curve"],
@@ -351,6 +352,8 @@ def run(
     }
   )
   summary.update({f"partition/{k}": v for k, v in pop.stats.items() if not isinstance(v, dict)})
+  if config.partition.kind in ("dirichlet", "cluster"):
+    summary["partition/alpha"] = float(config.partition.alpha)
   if dp_cfg is not None:
     q = config.selection.num_clients_per_round / pop.num_clients
     kw = (
