@@ -10,6 +10,7 @@ causal_lm), plus
   tokenizer: char | word (default char).
   max_len: tokens per speech (longer speeches are truncated).
   min_speeches: keep speakers with at least this many speeches.
+  width: model width (embedding and attention); layers: transformer blocks.
 """
 
 import ml_collections
@@ -20,7 +21,7 @@ from trustml.core import config_args
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the Shakespeare LM config for ``arg`` (see module docstring)."""
-  own = dict(tokenizer="char", max_len=96, min_speeches=10)
+  own = dict(tokenizer="char", max_len=96, min_speeches=10, width=64, layers=2)
   parts = [p for p in (arg or "").split(",") if p.strip()]
   mine = [p for p in parts if p.split("=")[0].strip() in own]
   rest = [p for p in parts if p.split("=")[0].strip() not in own]
@@ -39,10 +40,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   from trustml.models import registry  # pylint: disable=g-import-not-at-top
 
   config.model = registry.default_model_config("causal_lm")
-  config.model.embed_dim = 64 if not smoke else 16
-  config.model.num_layers = 2 if not smoke else 1
-  config.model.num_heads = 4 if not smoke else 2
-  config.model.mlp_dim = 128 if not smoke else 32
+  config.model.embed_dim = a.width if not smoke else 16  # Model width.
+  config.model.num_layers = a.layers if not smoke else 1  # Transformer blocks.
+  config.model.num_heads = 4 if not smoke and a.width % 4 == 0 else 2  # Attention heads.
+  config.model.mlp_dim = 2 * a.width if not smoke else 32  # MLP width.
   config.partition.kind = "natural"  # One client per speaker.
   config.partition.min_examples = 2
   config.algorithm.client_learning_rate = 0.3

@@ -66,6 +66,8 @@ def get_sweep(arg: str | None = None) -> list[dict]:
   """
   a = config_args.parse_arg(arg, data="synthetic", seeds=3, rounds=40, smoke=False)
   extra = f"data={a.data},rounds={a.rounds}" + (",smoke" if a.smoke else "")
+  if a.data == "tiny_shakespeare" and not a.smoke:
+    extra += ",max_len=48,width=32,layers=1,min_speeches=20"  # CPU-sized LM for the sweep.
   return [
     {
       "name": f"{a.data}_{sampler}_{setting}_s{s}",
