@@ -8,8 +8,11 @@ from trustml.federated import (
   algorithms,
   continual,
   dp,
+  experiment,
   packing,
   partition,
+  population,
+  report,
   round,  # pylint: disable=redefined-builtin
   selection,
 )
