@@ -88,7 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.generation = ml_collections.ConfigDict()
   config.generation.max_prompts_per_group = 48  # BOLD prompts drawn per group (0 = all).
-  config.generation.samples_per_prompt = 1  # Continuations sampled per prompt.
+  config.generation.samples_per_prompt = 3  # Continuations sampled per prompt.
   config.generation.max_prompt_len = 8  # BOS + the last 7 prompt words (UNK when unknown).
   config.generation.max_new_tokens = 16  # Generated positions (prompt + new <= text.max_len).
   config.generation.temperature = 1.0  # Sampling temperature (0 = greedy).

@@ -325,3 +325,17 @@ def test_smoke_config_runs_end_to_end(tmp_path):
   assert (tmp_path / "plots" / "gender_disparity_by_profession.png").is_file()
   assert (tmp_path / "checkpoints" / "teacher").is_dir()
   assert "| mod_mean |" in (tmp_path / "crr_table.md").read_text()
+
+
+def test_public_names():
+  assert set(distill.__all__) >= {
+    "COMBINERS",
+    "augment",
+    "combine",
+    "kd_loss",
+    "make_kd_step",
+    "modify_teacher_probs",
+    "run",
+  }
+  for name in distill.__all__:
+    assert hasattr(distill, name), name

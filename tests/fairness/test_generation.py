@@ -220,3 +220,17 @@ def test_sampler_rejects_bad_arguments():
     generation.make_sampler(lambda p, b: b, max_new_tokens=0, temperature=1.0)
   with pytest.raises(validation.ConfigError):
     generation.make_sampler(lambda p, b: b, max_new_tokens=3, temperature=-1.0)
+
+
+def test_public_names():
+  assert set(generation.__all__) >= {
+    "disparity",
+    "gendered_words",
+    "label_token_ids",
+    "label_texts",
+    "load_bold_prompts",
+    "make_sampler",
+    "sample_from_logits",
+  }
+  for name in generation.__all__:
+    assert hasattr(generation, name), name

@@ -629,6 +629,9 @@ class _Evaluator:
     self.key = streams.stream("eval")
     male, female = generation.gendered_words(pairs)
     self.id_gender = generation.gender_id_table(tokenizer, sorted(male), sorted(female))
+    # Diagnostic: only words the swap can act on (without the unpaired "him" and "hers").
+    male_p, female_p = generation.gendered_words(pairs, include_unpaired=False)
+    self.id_gender_paired = generation.gender_id_table(tokenizer, sorted(male_p), sorted(female_p))
     self.domains = {}
     for domain in ("profession", "gender") if g.gender_prompts else ("profession",):
       prompts, groups, names = generation.load_bold_prompts(
@@ -658,6 +661,10 @@ class _Evaluator:
       )
       labels = generation.label_token_ids(toks, gen, self.id_gender)
       out[domain] = generation.disparity(labels, groups, names)
+      paired = generation.label_token_ids(toks, gen, self.id_gender_paired)
+      out[domain]["gender_disparity_swappable_words"] = generation.disparity(paired, groups, names)[
+        "gender_disparity"
+      ]
     out.update(
       profession_pronoun_bias(model.apply, params, self.tokenizer, self.config.text.max_len)
     )
@@ -692,6 +699,7 @@ def _flat_result(prefix: str, res: Mapping[str, Any]) -> dict[str, Any]:
   prof = res["profession"]
   for k in (
     "gender_disparity",
+    "gender_disparity_swappable_words",
     "gender_disparity_fraction",
     "male_fraction",
     "female_fraction",
@@ -708,14 +716,15 @@ def _flat_result(prefix: str, res: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def results_table(results: Mapping[str, Mapping[str, Any]], baseline: str = "plain") -> str:
-  """A Markdown table: disparity, fraction disparity, template bias, perplexity, and the
-  relative changes against ``baseline`` (when present)."""
+  """A Markdown table of every model: BOLD disparity (all gendered words, and swappable words
+  only), fraction disparity, share of gendered generations, template bias, perplexity, and the
+  relative changes of disparity and perplexity against ``baseline`` (when present)."""
   base = results.get(baseline)
-  head = (
-    "| model | BOLD gender disparity | fraction disparity | gendered gens | template bias "
-    "| perplexity | disparity vs plain | perplexity vs plain |\n|---|---|---|---|---|---|---|---|"
-  )
-  rows = [head]
+  rows = [
+    "| model | BOLD gender disparity | (swappable words only) | fraction disparity "
+    "| gendered gens | template bias | perplexity | disparity vs plain | perplexity vs plain |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
   for name, r in results.items():
     p = r["profession"]
     rel_d = rel_p = ""
@@ -723,9 +732,9 @@ def results_table(results: Mapping[str, Mapping[str, Any]], baseline: str = "pla
       rel_d = f"{100 * (p['gender_disparity'] / base['profession']['gender_disparity'] - 1):+.1f}%"
       rel_p = f"{100 * (r['perplexity'] / base['perplexity'] - 1):+.1f}%"
     rows.append(
-      f"| {name} | {p['gender_disparity']:.3f} | {p['gender_disparity_fraction']:.3f} "
-      f"| {p['gendered_fraction']:.3f} | {r['template_bias']:.3f} | {r['perplexity']:.2f} "
-      f"| {rel_d} | {rel_p} |"
+      f"| {name} | {p['gender_disparity']:.3f} | {p['gender_disparity_swappable_words']:.3f} "
+      f"| {p['gender_disparity_fraction']:.3f} | {p['gendered_fraction']:.3f} "
+      f"| {r['template_bias']:.3f} | {r['perplexity']:.2f} | {rel_d} | {rel_p} |"
     )
   return "\n".join(rows)
 
