@@ -9,7 +9,9 @@ gradient function the training loop runs (``trustml.train.loop.mean_loss_grad_fn
   same machine load (the team machine is shared: contention inflates absolute figures).
 * Memory: each variant runs again in its own child process (``--child``), which reports its
   peak RSS (``ru_maxrss``) and XLA's compiled memory analysis (arguments + outputs + temps).
-  Ratios are to the non-private step of the same model.
+  Ratios are to the non-private step of the same model. Children run before the timing run;
+  the peak is reset after the first (compiling) call, so it measures execution, not XLA's
+  compiler.
 * The naive path on the transformer runs with ``--naive_physical`` micro-batches (default 32;
   a full 256-example vmap needs ~12 GB, more than a shared 24 GB machine should risk).
 * Opacus is run only if torch and opacus import (not installed here: skipped).
@@ -76,6 +78,28 @@ def _grad_fn(variant: str, model, batch_size: int, naive_physical: int | None):
   )
 
 
+def _peak_rss_kb() -> float:
+  """Peak RSS of this process: VmHWM (ru_maxrss survives execve, so a child would report its
+  parent's peak)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return float(line.split()[1])
+  except OSError:
+    pass
+  return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def _reset_peak_rss() -> None:
+  """Resets VmHWM to the current RSS (Linux ``clear_refs`` 5); a no-op elsewhere."""
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+  except OSError:
+    pass
+
+
 def _child(args) -> None:
   """Runs one variant twice and prints peak RSS and XLA memory analysis as JSON."""
   model, params, batch = _setup(args.child_model, args.batch, args.seq)
@@ -92,9 +116,11 @@ def _child(args) -> None:
       + mem.temp_size_in_bytes
       - mem.alias_size_in_bytes
     )
+  jax.block_until_ready(fn(params, batch, key))
+  _reset_peak_rss()  # Exclude compilation (LLVM) from the peak: measure execution only.
   for _ in range(2):
     jax.block_until_ready(fn(params, batch, key))
-  rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  rss_kb = _peak_rss_kb()
   print(json.dumps({"rss_mb": rss_kb / 1024.0, "xla_mb": None if xla is None else xla / 2**20}))
 
 
@@ -138,6 +164,7 @@ def main() -> None:
   parser.add_argument("--reps", type=int, default=5)
   parser.add_argument("--naive_physical", type=int, default=32)
   parser.add_argument("--no_memory", action="store_true")
+  parser.add_argument("--no_time", action="store_true")
   parser.add_argument("--child", default="")
   parser.add_argument("--child_model", default="")
   args = parser.parse_args()
@@ -153,8 +180,8 @@ def main() -> None:
   except ImportError:
     print("torch/opacus not installed: Opacus comparison skipped")
   for name in args.models.split(","):
-    t = _time(name, args)
     mem = {} if args.no_memory else {v: _memory(name, v, args) for v in VARIANTS}
+    t = {v: float("nan") for v in VARIANTS} if args.no_time else _time(name, args)
     note = f" (naive: micro-batches of {args.naive_physical})" if name == "transformer" else ""
     print(f"\n== {name}{note}")
     print(

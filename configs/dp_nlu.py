@@ -9,6 +9,7 @@ Args (comma-separated after ``:``):
   data: synthetic | snips | sst2 | imdb | civil_comments | hatexplain (default synthetic).
   model: bag | cnn | transformer (default bag).
   eps: target ε (default 3.0); σ is calibrated for the planned steps.
+  clip: per-example L2 clip norm C, or ``auto`` for adaptive quantile clipping (default per model).
   mechanism: edp_sgd | dp_sgd (default edp_sgd).
   smoke: shrink everything for a seconds-long run.
   seed: root seed.
@@ -17,7 +18,7 @@ Args (comma-separated after ``:``):
 import ml_collections
 
 from configs import nlu
-from trustml.core import config_args
+from trustml.core import config_args, validation
 from trustml.privacy import config as privacy_config
 
 # DP training settings per model: (physical batch, logical batch, epochs, learning rate, clip).
@@ -31,7 +32,14 @@ _DP_TRAIN = {
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the DP NLU config for ``arg`` (see module docstring)."""
   a = config_args.parse_arg(
-    arg, data="synthetic", model="bag", eps=3.0, mechanism="edp_sgd", smoke=False, seed=0
+    arg,
+    data="synthetic",
+    model="bag",
+    eps=3.0,
+    clip="",
+    mechanism="edp_sgd",
+    smoke=False,
+    seed=0,
   )
   base_arg = f"data={a.data},model={a.model},seed={a.seed}" + (",smoke" if a.smoke else "")
   config = nlu.get_config(base_arg)
@@ -45,7 +53,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 50  # Checkpoint (with the privacy ledger) every N steps.
   config.privacy = privacy_config.default_privacy_config(
     mechanism=a.mechanism,  # none | dp_sgd | edp_sgd.
-    l2_clip_norm=clip,  # Per-example L2 clip norm C (or 'auto' for quantile clipping).
+    l2_clip_norm=_clip(
+      a.clip, clip
+    ),  # Per-example L2 clip norm C (or 'auto' for quantile clipping).
     noise_multiplier=None,  # σ; None: calibrated from target_epsilon for the planned steps.
     target_epsilon=a.eps,  # ε budget; the run never takes a step that would exceed it.
     delta=1e-5,  # δ.
@@ -71,6 +81,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 2
     config.privacy.virtual_batch_size = 32
   return config
+
+
+def _clip(arg: str, default: float) -> float | str:
+  if not arg:
+    return default
+  if arg == "auto":
+    return "auto"
+  try:
+    return float(arg)
+  except ValueError:
+    raise validation.ConfigError(f"config arg clip={arg!r} is invalid: a number or auto") from None
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:

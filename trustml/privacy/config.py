@@ -54,9 +54,10 @@ NOISE_SCHEDULES = ("constant", "exp_decay")
 
 def default_privacy_config(**overrides: Any) -> ml_collections.ConfigDict:
   """The ``privacy`` section with defaults (see module docstring)."""
-  cfg = ml_collections.ConfigDict(dict(DEFAULTS))
-  cfg.update(overrides)
-  return cfg
+  values = dict(DEFAULTS)
+  values.update(overrides)
+  # Not type-safe: l2_clip_norm holds a number or 'auto'; σ and ε may be None or numbers.
+  return ml_collections.ConfigDict(values, type_safe=False)
 
 
 def _get(cfg, key):
