@@ -1,4 +1,4 @@
-"""End-to-end smoke: train-then-attack on the embedded corpus, then re-attack the workdir."""
+"""End-to-end smoke: train-then-attack (LiRA, 2 shadows) on the embedded corpus, then re-attack."""
 
 import json
 import math
@@ -26,7 +26,7 @@ def test_smoke_run_and_reattack(tmp_path):
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
   from configs import attack as attack_config  # noqa: PLC0415
 
-  config = attack_config.get_config("smoke,model=bag")
+  config = attack_config.get_config("smoke,model=bag,shadows=2")  # LiRA path too
   summary = experiment.run(config, tmp_path)
   for k in KEYS:
     assert k in summary and math.isfinite(summary[k]), k
