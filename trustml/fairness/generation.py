@@ -400,7 +400,7 @@ def plot_group_disparity(results: Mapping[str, dict], path: str | pathlib.Path, 
   variants = list(results)
   groups = list(next(iter(results.values()))["per_group"])
   width = 0.8 / max(len(variants), 1)
-  fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(groups) * max(1, len(variants) / 3)), 4.5))
+  fig, ax = plt.subplots(figsize=(max(8.0, 0.8 * len(groups)), 5.0))
   for vi, v in enumerate(variants):
     vals = [results[v]["per_group"].get(g, {}).get("disparity", np.nan) for g in groups]
     ax.bar(np.arange(len(groups)) + vi * width, np.nan_to_num(vals), width, label=v)
@@ -408,7 +408,8 @@ def plot_group_disparity(results: Mapping[str, dict], path: str | pathlib.Path, 
   ax.set_xticklabels(groups, rotation=60, ha="right", fontsize=7)
   ax.set_ylabel("|male - female| / gendered generations")
   ax.set_title(title)
-  ax.legend(fontsize=7, ncol=2)
+  ax.set_ylim(0.0, 1.2)
+  ax.legend(fontsize=7, ncol=4, loc="upper center")
   fig.tight_layout()
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=110)
