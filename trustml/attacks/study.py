@@ -100,9 +100,10 @@ def plot(table: Sequence[Mapping[str, Any]], path: str) -> None:
       ax.plot(grid, grid, "--", color="black", label="ε_LB = ε")
       ax.legend(fontsize=7)
     ax.set_xscale("log")
+    ax.minorticks_off()
     ticks = list(np.sort(np.unique(finite))) + [inf_x]
     ax.set_xticks(ticks)
-    ax.set_xticklabels([f"{t:g}" for t in ticks[:-1]] + ["∞"], fontsize=7)
+    ax.set_xticklabels([f"{t:.2g}" for t in ticks[:-1]] + ["∞"], fontsize=7)
     ax.set_xlabel("ε")
     ax.set_title(label)
   fig.suptitle("Privacy, utility and measured leakage (dotted: non-DP defenses)")
