@@ -209,6 +209,12 @@ def plot_roc(
     ax.plot(
       np.maximum(curve.fpr, 1e-5), np.maximum(curve.tpr, 1e-5), label=f"{name} (AUC {auc:.3f})"
     )
+  resolution = min(
+    (float(c.fpr[c.fpr > 0].min()) for c in curves.values() if (c.fpr > 0).any()), default=None
+  )
+  if resolution is not None:
+    # Below 1/#non-members the empirical ROC is not resolved (its first segment starts at FPR 0).
+    ax.axvline(resolution, color="gray", lw=0.8, ls="-.", label="FPR resolution 1/#non-members")
   if epsilon is not None and delta is not None and not math.isinf(epsilon):
     ax.plot(
       grid,
