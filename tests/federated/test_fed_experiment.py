@@ -123,3 +123,13 @@ def test_sweeps_expand():
   assert len(runs) == 12 and len({r["name"] for r in runs}) == 12
   for r in runs[:2]:
     fed_selection.get_config(r["arg"])  # every sweep arg parses
+
+
+def test_continual_summary_signs():
+  acc = np.array([[0.5, 0.2, 0.1], [0.7, 0.6, 0.3], [0.6, 0.65, 0.7]])
+  s = experiment._continual_summary(acc, "accuracy")  # pylint: disable=protected-access
+  assert s["continual/forward_accuracy"] == pytest.approx((0.2 + 0.3) / 2)
+  assert s["continual/forgetting_accuracy"] == pytest.approx(((0.7 - 0.6) + (0.6 - 0.65)) / 2)
+  ppl = np.array([[10.0, 30.0, 40.0], [8.0, 12.0, 35.0], [9.0, 11.0, 13.0]])
+  s = experiment._continual_summary(ppl, "perplexity")  # pylint: disable=protected-access
+  assert s["continual/forgetting_perplexity"] == pytest.approx(((9.0 - 8.0) + (11.0 - 12.0)) / 2)

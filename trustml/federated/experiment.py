@@ -398,7 +398,9 @@ def _continual_summary(mat: np.ndarray, metric: str) -> dict[str, float]:
   sign = -1.0 if metric == "perplexity" else 1.0  # "better" direction
   t = mat.shape[0]
   forward = [mat[i, i + 1] for i in range(t - 1)]
-  forgetting = [sign * (np.nanmax(sign * mat[p:-1, p]) - sign * mat[-1, p]) for p in range(t - 1)]
+  # Forgetting of period p: how much worse the final value is than the best earlier one
+  # (max accuracy - final, or final - min perplexity); negative = still improving.
+  forgetting = [np.nanmax(sign * mat[p:-1, p]) - sign * mat[-1, p] for p in range(t - 1)]
   return {
     f"continual/forward_{metric}": float(np.nanmean(forward)) if forward else float("nan"),
     f"continual/forgetting_{metric}": float(np.nanmean(forgetting)) if forgetting else 0.0,
