@@ -1,4 +1,7 @@
-"""Sharded over 4 fake CPU devices == unsharded == reference (own process: XLA_FLAGS)."""
+"""Sharded over 4 fake CPU devices == unsharded (own process: XLA_FLAGS).
+
+The unsharded round is checked against the Python reference backend in test_fed_round.py.
+"""
 
 import os
 import pathlib
@@ -34,12 +37,11 @@ SCRIPT = textwrap.dedent(
     sharded = algorithms.fed_avg(model, client_learning_rate=0.3, mesh=mesh, **kw)
     a, _ = plain.apply(plain.init(params), p, jax.random.key(1))
     b, db = sharded.apply(sharded.init(params), round_lib.shard_packed(p, mesh), jax.random.key(1))
-    c, _ = plain.reference_apply(plain.init(params), p, jax.random.key(1))
     assert db["clients"]["loss"].sharding.spec[0] == "clients", db["clients"]["loss"].sharding
-    out.append((name, diff(a, b), diff(a, c)))
+    out.append((name, diff(a, b)))
   print("RESULT", out)
-  for name, d_shard, d_ref in out:
-    assert d_shard < 1e-6 and d_ref < 2e-6, (name, d_shard, d_ref)
+  for name, d_shard in out:
+    assert d_shard < 1e-6, (name, d_shard)
   print("OK")
   """
 )
