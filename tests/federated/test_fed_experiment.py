@@ -61,8 +61,9 @@ def test_static_smoke_contract_and_exact_resume(tmp_path):
   assert 0.0 <= full["eval/accuracy"] <= 1.0
   events = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
   assert {e["split"] for e in events} >= {"train", "eval"}
-  stopped = experiment.run(config, tmp_path / "resumed", stop_after_round=1)
-  assert stopped == {"fed/interrupted_at": 1}
+  # Round 2 is also a periodic checkpoint (checkpoint_every=2): the stop must not save twice.
+  stopped = experiment.run(config, tmp_path / "resumed", stop_after_round=2)
+  assert stopped == {"fed/interrupted_at": 2}
   resumed = experiment.run(config, tmp_path / "resumed")
   assert resumed["eval/loss"] == full["eval/loss"]  # bit-identical after resume
   assert resumed["fed/eval_curve"][-1] == full["fed/eval_curve"][-1]

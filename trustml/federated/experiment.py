@@ -323,10 +323,12 @@ def run(
         period=period,
         **{f"period_{t}/{metric}": v for t, v in enumerate(row)},
       )
-    if (f.checkpoint_every and (r + 1) % f.checkpoint_every == 0) or last:
+    saved = (f.checkpoint_every and (r + 1) % f.checkpoint_every == 0) or last
+    if saved:
       _save(ckpt, r + 1, state, rounds, checkpoint_extra())
     if stop_after_round is not None and r + 1 >= stop_after_round and not last:
-      _save(ckpt, r + 1, state, rounds, checkpoint_extra())
+      if not saved:
+        _save(ckpt, r + 1, state, rounds, checkpoint_extra())
       writer.close()
       ckpt.close()
       return {"fed/interrupted_at": r + 1}
