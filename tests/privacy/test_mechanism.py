@@ -119,7 +119,7 @@ def test_noise_has_the_stated_std_and_depends_on_the_key():
   "name,how",
   [
     ("bag", "flat"),
-    ("cnn", "flat"),
+    ("cnn", "per_layer"),
     ("transformer", "flat"),
     ("transformer", "per_layer"),
     ("causal_lm", "flat"),
