@@ -187,7 +187,13 @@ def fit(
   eval_every = int(config.train.eval_every)
   ckpt_every = int(config.train.checkpoint_every)
 
+  saved_step = -1
+
   def save(at_step: int) -> None:
+    nonlocal saved_step
+    if at_step == saved_step:  # Already saved at this step (e.g. checkpoint + preemption).
+      return
+    saved_step = at_step
     extra = {"wall_seconds": wall_before + time.perf_counter() - t0}
     if ledger is not None:
       extra["ledger"] = ledger.state_dict()
