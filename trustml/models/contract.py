@@ -129,8 +129,61 @@ def lm_metric_sums(logits: jax.Array, batch: Batch) -> dict[str, jax.Array]:
   }
 
 
+def assemble(
+  *,
+  name: str,
+  kind: str,
+  num_classes: int,
+  init: InitFn,
+  apply: ApplyFn,
+  embed: EmbedFn,
+  apply_from_embeddings: FromEmbFn,
+  pooled: EmbedFn,
+  embedding_path: tuple[str, ...],
+  framework: str = "flax",
+  extras: Mapping[str, Any] | None = None,
+) -> Model:
+  """Builds a Model from a network's functions, deriving the loss and metrics from ``kind``.
+
+  ``per_example_loss`` is :func:`classifier_losses` (or :func:`lm_losses`) of
+  ``apply(params, batch, rng=rng, train=rng is not None)``; ``eval_metrics`` the matching
+  metric sums of ``apply(params, batch)``. Framework adapters (Flax, Haiku) call this so every
+  model computes its loss the same way.
+
+  Raises:
+    ValueError: for an unknown ``kind``.
+  """
+  if kind not in ("classifier", "lm"):
+    raise ValueError(f"kind={kind!r} is invalid: must be 'classifier' or 'lm'")
+  loss_of = lm_losses if kind == "lm" else classifier_losses
+  sums_of = lm_metric_sums if kind == "lm" else classifier_metric_sums
+
+  def per_example_loss(params, batch, rng=None) -> jax.Array:
+    return loss_of(apply(params, batch, rng=rng, train=rng is not None), batch)
+
+  def eval_metrics(params, batch):
+    return sums_of(apply(params, batch), batch)
+
+  return Model(
+    name=name,
+    kind=kind,
+    num_classes=num_classes,
+    init=init,
+    apply=apply,
+    per_example_loss=per_example_loss,
+    embed=embed,
+    apply_from_embeddings=apply_from_embeddings,
+    pooled=pooled,
+    eval_metrics=eval_metrics,
+    embedding_path=embedding_path,
+    framework=framework,
+    extras=dict(extras or {}),
+  )
+
+
 __all__ = [
   "Model",
+  "assemble",
   "classifier_losses",
   "classifier_metric_sums",
   "lm_losses",

@@ -66,26 +66,15 @@ def from_haiku(
   def pooled(params, batch) -> jax.Array:
     return body_apply(params, None, embed(params, batch), batch["mask"], False)[1]
 
-  loss_of = contract.lm_losses if kind == "lm" else contract.classifier_losses
-  sums_of = contract.lm_metric_sums if kind == "lm" else contract.classifier_metric_sums
-
-  def per_example_loss(params, batch, rng=None) -> jax.Array:
-    return loss_of(apply(params, batch, rng=rng, train=rng is not None), batch)
-
-  def eval_metrics(params, batch):
-    return sums_of(apply(params, batch), batch)
-
-  return contract.Model(
+  return contract.assemble(
     name=name,
     kind=kind,
     num_classes=num_classes,
     init=init,
     apply=apply,
-    per_example_loss=per_example_loss,
     embed=embed,
     apply_from_embeddings=apply_from_embeddings,
     pooled=pooled,
-    eval_metrics=eval_metrics,
     embedding_path=embedding_path,
     framework="haiku",
   )
