@@ -3,7 +3,7 @@
 Trains a teacher causal LM on a gender-biased corpus (the embedded corpus's profession-pronoun
 ``lm`` split, WinoBias pro-stereotyped sentences and Tiny Shakespeare), distils one smaller
 student per variant and reports BOLD generation disparity and held-out perplexity
-(``trustml.fairness.distill.run``; see docs/fairness_distill.md).
+(``trustml.fairness.crr.run``; see docs/fairness_distill.md).
 
 Launch:
   python -m launch.fairness --config=configs/crr_distill.py --workdir=/tmp/crr

@@ -8,7 +8,7 @@ import pytest
 
 from trustml.core import validation
 from trustml.data import tokenizers
-from trustml.fairness import distill
+from trustml.fairness import crr, distill
 from trustml.models import registry
 
 V, T = 16, 8
@@ -283,7 +283,7 @@ def test_profession_pronoun_bias_on_a_fixed_distribution():
     logits = logits.at[..., he].set(jnp.log(0.6)).at[..., she].set(jnp.log(0.2))
     return logits.at[..., his].set(jnp.log(0.6)).at[..., her].set(jnp.log(0.2))
 
-  out = distill.profession_pronoun_bias(apply_fn, None, tok, 12)
+  out = crr.profession_pronoun_bias(apply_fn, None, tok, 12)
   assert out["template_bias"] == pytest.approx(0.5, rel=1e-6)  # (0.6 - 0.2) / 0.8
   assert out["template_stereotype_gap"] == pytest.approx(0.0, abs=1e-9)
 
@@ -293,14 +293,14 @@ def test_run_rejects_unknown_combiner_before_compute(tmp_path):
 
   config = crr_distill.get_config("smoke,variants=plain+mod_median")
   with pytest.raises(validation.ConfigError, match="combiner"):
-    distill.run(config, tmp_path)
+    crr.run(config, tmp_path)
   assert not any(tmp_path.iterdir())
 
 
 def test_build_tokenizer_closes_vocabulary_under_the_swap():
   pairs = {"duke": "duchess", "duchess": "duke", "he": "she", "she": "he"}
   texts = ["the the duke said that he would go"] * 3 + ["a rare word duchess"]
-  tok = distill.build_tokenizer(texts, pairs, vocab_size=11, min_count=2)
+  tok = crr.build_tokenizer(texts, pairs, vocab_size=11, min_count=2)
   assert tok.vocab_size == 11
   for w in ("duke", "duchess", "he", "she"):
     assert tok.token_to_id(w) != tokenizers.UNK, w
@@ -316,7 +316,7 @@ def test_smoke_config_runs_end_to_end(tmp_path):
 
   config = crr_distill.get_config("smoke,variants=cda&mod_mean")
   config.generation.gender_prompts = False
-  summary = distill.run(config, tmp_path)
+  summary = crr.run(config, tmp_path)
   for key in ("generation/gender_disparity", "generation/perplexity"):
     assert np.isfinite(summary[key])
   assert summary["generation/headline_variant"] == "cda+mod_mean"
@@ -335,7 +335,8 @@ def test_public_names():
     "kd_loss",
     "make_kd_step",
     "modify_teacher_probs",
-    "run",
   }
-  for name in distill.__all__:
-    assert hasattr(distill, name), name
+  assert set(crr.__all__) >= {"build_corpus", "build_tokenizer", "run"}
+  for mod in (distill, crr):
+    for name in mod.__all__:
+      assert hasattr(mod, name), name

@@ -119,11 +119,11 @@ def test_bias_auc_and_association_smoke(tmp_path, shared_data_dir):
     assert (tmp_path / "bias" / "plots" / f"bias_auc_{m}.png").is_file()
 
 
-def test_crr_distill_is_dispatched_to_part_b(monkeypatch, tmp_path):
+def test_crr_distill_is_dispatched_to_crr_run(monkeypatch, tmp_path):
   from configs import crr_distill
-  from trustml.fairness import distill
+  from trustml.fairness import crr
 
   calls = []
-  monkeypatch.setattr(distill, "run", lambda config, workdir: calls.append(workdir) or {"ok": 1})
+  monkeypatch.setattr(crr, "run", lambda config, workdir: calls.append(workdir) or {"ok": 1})
   config = crr_distill.get_config("smoke")
   assert experiment.run(config, tmp_path) == {"ok": 1} and calls == [tmp_path]

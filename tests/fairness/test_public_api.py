@@ -11,6 +11,7 @@ EXPECTED = {
   "ceat",
   "counterfactual",
   "counterfactual_gap",
+  "crr",
   "distill",
   "experiment",
   "generalized_mean",
@@ -39,6 +40,8 @@ def test_module_all_lists_resolve():
     fairness.group_metrics,
     fairness.sensitivity,
     fairness.experiment,
+    fairness.distill,
+    fairness.crr,
   ):
     for name in mod.__all__:
       assert hasattr(mod, name), (mod.__name__, name)

@@ -7,13 +7,15 @@ Modules:
   group_metrics: subgroup / BPSN / BNSP AUCs, generalized mean, parity gaps, bootstrap CIs.
   association: WEAT, SEAT and CEAT (DerSimonian–Laird random effects).
   experiment: the library functions behind ``launch/fairness.py``.
-  distill: counterfactual role-reversal knowledge distillation.
+  distill: counterfactual role-reversal knowledge distillation (objective and mitigations).
+  crr: the role-reversal distillation experiment (corpus, teacher, students, table).
   generation: BOLD prompt generation and gender disparity.
 """
 
 from trustml.fairness import (
   association,
   counterfactual,
+  crr,
   distill,
   experiment,
   generation,
@@ -39,6 +41,7 @@ __all__ = [
   "ceat",
   "counterfactual",
   "counterfactual_gap",
+  "crr",
   "distill",
   "experiment",
   "generalized_mean",

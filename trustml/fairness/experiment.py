@@ -585,9 +585,9 @@ def run(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   task = config.fairness.task if "fairness" in config else None
   validation.one_of("fairness.task", task, TASKS)
   if task == "crr_distill":
-    from trustml.fairness import distill  # noqa: PLC0415  (part B; imported only when used)
+    from trustml.fairness import crr  # noqa: PLC0415  (imported only when used)
 
-    return distill.run(config, workdir)
+    return crr.run(config, workdir)
   fn = {
     "aps": run_aps,
     "bias_auc": run_bias_auc,
