@@ -19,14 +19,13 @@ from trustml.data import batching
 from trustml.privacy import adaptive, mechanism, sampling
 from trustml.privacy import config as privacy_config
 from trustml.privacy import ledger as ledger_lib
+from trustml.train import config as train_config
 from trustml.train import experiment, loop
 
 
 def _planned_steps(train: Any, n: int):
   def fn(logical: int) -> int:
-    if train.num_epochs and train.num_epochs > 0:
-      return max(1, -(-int(round(train.num_epochs * n)) // int(logical)))
-    return int(train.num_steps)
+    return train_config.num_train_steps({**train, "batch_size": int(logical)}, n)
 
   return fn
 
