@@ -31,6 +31,8 @@ from trustml.privacy import ghost, noise, per_example
 MECHANISMS = ("none", "dp_sgd", "edp_sgd")
 STEP_KEYS = ("dp_l2_clip_norm", "dp_noise_multiplier", "dp_num_truncated")
 
+_MAX_UNROLL = 16  # Micro-batches per logical batch that are unrolled (see make_grad_fn).
+
 
 def clipped_sum_fn(
   loss_fn: Callable[..., jax.Array], mechanism: str, clipping: str = "flat"
@@ -167,7 +169,15 @@ def make_grad_fn(
         acc_stats = {n: acc_stats[n] + s[n].astype(jnp.float32) for n in acc_stats}
         return (acc, acc_stats), None
 
-      (total, stats), _ = jax.lax.scan(body, (zero, zstats), (jnp.arange(n_micro), stacked))
+      # Unrolled up to _MAX_UNROLL micro-batches: on XLA:CPU the rolled loop ran the CNN's eDP
+      # micro-batch 6x slower than the same ops unrolled (3.9 s vs 0.65 s for 5 x 256 rows,
+      # measured); beyond that, a rolled loop bounds compile time.
+      (total, stats), _ = jax.lax.scan(
+        body,
+        (zero, zstats),
+        (jnp.arange(n_micro), stacked),
+        unroll=n_micro if n_micro <= _MAX_UNROLL else 1,
+      )
 
     noise_key = rng_lib.named(key, "dp_noise")
     noised = noise.add_gaussian_noise(total, sigma * clip, noise_key)
