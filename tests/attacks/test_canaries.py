@@ -42,6 +42,7 @@ def test_canaries_deterministic_and_inserted():
   assert c1.secrets[0].text.startswith("my pin code is ")
   assert all(len(c.secret) == 4 and set(c.secret) <= set(canaries.DIGIT_WORDS) for c in c1.secrets)
   assert len({c.prefix for c in c1.secrets}) == 3
+  assert len({c.label for c in c1.secrets}) == 3  # distinct labels while classes suffice
   new = canaries.insert(ds, c1, seed=0)
   ids = new.train["canary_id"]
   n_audit = int(c1.audit_included.sum())
@@ -53,6 +54,14 @@ def test_canaries_deterministic_and_inserted():
   assert sorted(ids[ids >= 3] - 3) == sorted(np.nonzero(c1.audit_included)[0])
   assert new.split("test") is ds.split("test")
   assert canaries.make(dict(CFG, seed=4), ds.train, 3).secrets != c1.secrets
+
+
+def test_more_secrets_than_classes_still_draws_labels():
+  ds = _ds()
+  cset = canaries.make(dict(CFG, num_secret=5), ds.train, 3)
+  assert len(cset.secrets) == 5 and {c.label for c in cset.secrets} <= {0, 1, 2}
+  fixed = canaries.make(dict(CFG, label=1), ds.train, 3)
+  assert {c.label for c in fixed.secrets} == {1}
 
 
 def test_out_of_vocabulary_canary_is_rejected():
@@ -96,6 +105,8 @@ def test_configs_and_sweep():
   assert names[:6] == ["eps_inf", "eps_8", "eps_4", "eps_2", "eps_1", "eps_0.5"]
   assert {"defense_dropout0.3", "defense_early_stop1ep"} <= set(names)
   assert privacy_study.get_config(None).data.name == "snips"
+  assert privacy_study.get_config(None).model.name == "cnn"
+  assert privacy_study.get_config("model=transformer").model.name == "transformer"
   assert isinstance(privacy_study.get_config("smoke"), ml_collections.ConfigDict)
 
 

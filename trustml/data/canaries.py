@@ -5,7 +5,8 @@ Two kinds, both deterministic from a seed:
 * **Secret canaries** (the secret sharer, Carlini et al. 2019): a template prefix such as
   "my pin code is" followed by a secret of ``secret_length`` digit words ("4 7 1 9"), with an
   intent label, each inserted ``repeats`` times. Exposure and extraction attack these.
-  Each canary gets its own template so two secrets never share a (prefix, label) pair.
+  Each canary gets its own template, and random labels are distinct while there are at least
+  as many classes as secrets, so two secrets never share a (prefix, label) pair.
 * **Audit canaries**: ``num_audit`` unique random word sequences (drawn from frequent training
   words) with random labels, each inserted once with probability ½ (the one-run audit of
   Steinke et al. 2023 and the canary membership-inference attack score the IN/OUT coins).
@@ -125,10 +126,17 @@ def make(cfg: Mapping, train: Mapping[str, np.ndarray], num_classes: int) -> Can
       f"canaries.label={cfg['label']} is invalid: must be < num_classes={num_classes}"
     )
   gen = rng_lib.numpy_rng(int(cfg["seed"]), "canaries")
+  n_secret = int(cfg["num_secret"])
+  # Random labels are distinct while there are enough classes: two secrets sharing a label
+  # interfere (the model learns "digits of either secret -> label"), which blurs exposure.
+  if n_secret <= num_classes:
+    drawn = gen.permutation(num_classes)[:n_secret]
+  else:
+    drawn = gen.integers(num_classes, size=n_secret)
   secrets = []
-  for i in range(int(cfg["num_secret"])):
+  for i in range(n_secret):
     digits = tuple(gen.choice(DIGIT_WORDS, int(cfg["secret_length"])).tolist())
-    label = int(cfg["label"]) if cfg["label"] >= 0 else int(gen.integers(num_classes))
+    label = int(cfg["label"]) if cfg["label"] >= 0 else int(drawn[i])
     secrets.append(Canary(TEMPLATES[i], digits, label, int(cfg["repeats"])))
   counts = Counter(w for t in train["text"] for w in tokenizers.split_words(str(t)))
   words = [w for w, _ in counts.most_common(500)]
