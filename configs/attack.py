@@ -12,7 +12,7 @@ Args (comma-separated after ``:``):
   model: bag | cnn | transformer (default transformer).
   eps: target ε; ``inf`` (default) trains non-privately (configs/nlu.py), a number trains with
     eDP-SGD calibrated to it (configs/dp_nlu.py).
-  repeats: copies of each secret canary in training (default 10).
+  repeats: copies of each secret canary in training (default 10; 0 = control, never inserted).
   secrets: number of secret canaries (default 4, at most 8 templates).
   shadows: LiRA shadow models (0 = log-odds loss-threshold attack; >= 2 = LiRA).
   dropout: model dropout rate (-1 keeps the model's default); a non-DP defense.

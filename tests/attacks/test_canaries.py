@@ -56,6 +56,22 @@ def test_canaries_deterministic_and_inserted():
   assert canaries.make(dict(CFG, seed=4), ds.train, 3).secrets != c1.secrets
 
 
+def test_repeats_zero_is_a_control_that_inserts_no_secret():
+  ds = _ds()
+  control = canaries.make(dict(CFG, repeats=0), ds.train, 3)
+  inserted = canaries.make(CFG, ds.train, 3)
+  # Same secrets and audit coins as the inserted run (only the copies differ).
+  assert [(c.text, c.label) for c in control.secrets] == [
+    (c.text, c.label) for c in inserted.secrets
+  ]
+  new = canaries.insert(ds, control, seed=0)
+  ids = new.train["canary_id"]
+  assert not np.any((ids >= 0) & (ids < 3))
+  assert int((ids >= 3).sum()) == int(control.audit_included.sum())
+  with pytest.raises(ConfigError, match="repeats"):
+    canaries.validate_config(dict(CFG, repeats=-1))
+
+
 def test_more_secrets_than_classes_still_draws_labels():
   ds = _ds()
   cset = canaries.make(dict(CFG, num_secret=5), ds.train, 3)

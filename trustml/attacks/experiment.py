@@ -16,6 +16,7 @@ A run (``config`` with the spine sections, ``privacy``, ``canaries`` and ``attac
    ``plots/roc.png``.
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -128,7 +129,12 @@ def prepare(
       min_count=config.text.min_count,
       lowercase=config.text.lowercase,
     )
-  canaries.check_in_vocab(cset.secrets + cset.audits, tok)
+  # Controls (repeats = 0) never put their prefix in the training split: only the secret
+  # words must be known (unseen prefix words encode as UNK, as for any unseen utterance).
+  secrets = cset.secrets
+  if int(config.canaries.repeats) == 0:
+    secrets = tuple(dataclasses.replace(c, prefix="") for c in secrets)
+  canaries.check_in_vocab(secrets + cset.audits, tok)
   path.parent.mkdir(parents=True, exist_ok=True)
   tok.save(path)
   max_len = int(config.text.max_len)

@@ -5,6 +5,9 @@ Two kinds, both deterministic from a seed:
 * **Secret canaries** (the secret sharer, Carlini et al. 2019): a template prefix such as
   "my pin code is" followed by a secret of ``secret_length`` digit words ("4 7 1 9"), with an
   intent label, each inserted ``repeats`` times. Exposure and extraction attack these.
+  ``repeats = 0`` is the control: the secrets are drawn and attacked but never inserted, so
+  their exposure is what a model that never saw them gives (population-level digit/label
+  associations included), the baseline that "near chance" is measured against.
   Each canary gets its own template, and random labels are distinct while there are at least
   as many classes as secrets, so two secrets never share a (prefix, label) pair.
 * **Audit canaries**: ``num_audit`` unique random word sequences (drawn from frequent training
@@ -95,7 +98,7 @@ def validate_config(cfg: Mapping) -> None:
       f"canaries.num_secret={n} is invalid: must be <= {len(TEMPLATES)} (one template each)"
     )
   validation.positive_int("canaries.secret_length", cfg["secret_length"])
-  validation.positive_int("canaries.repeats", cfg["repeats"])
+  validation.non_negative_int("canaries.repeats", cfg["repeats"])
   validation.non_negative_int("canaries.num_audit", cfg["num_audit"])
   validation.positive_int("canaries.audit_length", cfg["audit_length"])
   validation.non_negative_int("canaries.seed", cfg["seed"])
