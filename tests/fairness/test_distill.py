@@ -310,7 +310,8 @@ def test_build_tokenizer_closes_vocabulary_under_the_swap():
   assert tok.token_to_id("that") == tok.token_to_id("would") == tokenizers.UNK
 
 
-def test_smoke_config_runs_end_to_end(tmp_path):
+def test_smoke_config_runs_end_to_end(tmp_path, shared_data_dir):
+  del shared_data_dir  # The smoke config reads the gender pairs and BOLD from the data folder.
   from configs import crr_distill
   from trustml.train import writers
 
