@@ -83,7 +83,7 @@ def _compiled(model, optimizer, pool, batch_size, dropout, vmapped):
   ``steps`` runs a few training steps unrolled (``lax.scan(..., unroll=True)``: no while loop)
   and Python drives the calls. A rolled ``lax.scan`` over all steps was measured ~20x slower for
   the CNN on XLA:CPU (convolutions inside a while loop: 0.47 s vs 0.024 s per step), and one call
-  per step cost the vmapped transformer ~35 % in dispatch and copies; :data:`STEPS_PER_CALL`
+  per step cost the vmapped transformer ~25 % in dispatch and copies; :data:`STEPS_PER_CALL`
   unrolled steps per call avoids both.
   """
   shapes = tuple(
