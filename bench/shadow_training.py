@@ -6,6 +6,9 @@
 Prints compile-excluded wall time of S models vmapped, of one model alone (the same program
 without vmap), and their ratio (S x means no gain; well under S x is the point of vmapping).
 Measured side by side in one run; medians of --repeats timed calls after a warm-up call.
+With several devices (GPUs, TPU cores, or fake CPU devices via
+``XLA_FLAGS=--xla_force_host_platform_device_count=D``) a third row splits the S models over
+``--devices`` devices with ``shard_map`` (one model alone still runs on one device).
 """
 
 import statistics
@@ -27,6 +30,9 @@ _POOL = flags.DEFINE_integer("pool", 2048, "Candidate pool size.")
 _LEN = flags.DEFINE_integer("max_len", 32, "Sequence length.")
 _VOCAB = flags.DEFINE_integer("vocab", 8000, "Vocabulary size.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per variant.")
+_DEVICES = flags.DEFINE_integer(
+  "devices", 0, "Devices to split the models over (0: all visible; 1: no sharded row)."
+)
 
 
 def _time(fn) -> float:
@@ -59,6 +65,13 @@ def main(argv):
   t_all = _time(lambda: shadow.train_shadow_models(model, opt, pool, masks, **kw)[1])
   t_one = _time(lambda: shadow.train_one(model, opt, pool, masks, 0, **kw)[1])
   s = _S.value
+  d = _DEVICES.value or jax.device_count()
+  t_sharded = None
+  if d > 1:
+    mesh = shadow.make_mesh(d)
+    t_sharded = _time(
+      lambda: shadow.train_shadow_models(model, opt, pool, masks, mesh=mesh, **kw)[1]
+    )
   print(
     f"model={_MODEL.value} steps={_STEPS.value} batch={_BATCH.value} T={t} devices={jax.devices()}"
   )
@@ -68,6 +81,9 @@ def main(argv):
     f"ratio vmapped/one:      {t_all / t_one:.2f}x  (sequential would be {s}x;"
     f" per-model speed-up {s * t_one / t_all:.2f}x)"
   )
+  if t_sharded is not None:
+    print(f"{s} models over {d} devices: {t_sharded:.3f} s")
+    print(f"ratio sharded/one:      {t_sharded / t_one:.2f}x")
 
 
 if __name__ == "__main__":

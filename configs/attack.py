@@ -86,6 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       extraction_restarts=64,  # Random restarts of the relaxed search (vmapped).
       extraction_steps=200,  # Adam steps per restart.
       extraction_learning_rate=0.1,  # Adam learning rate on the relaxation logits.
+      extraction_refine_sweeps=2,  # Exact coordinate-ascent passes after decoding (0 = off).
       exposure_chunk_size=1024,  # Secret candidates scored per jitted chunk.
       num_real_examples=1000,  # Real train vs held-out examples for the loss-threshold MIA.
     )

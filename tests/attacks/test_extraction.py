@@ -112,3 +112,25 @@ def test_extraction_bad_input(trained):
     )
   with pytest.raises(ConfigError):
     extraction.ExtractionConfig(num_restarts=0).validate()
+  with pytest.raises(ConfigError, match="refine_sweeps"):
+    extraction.ExtractionConfig(refine_sweeps=-1).validate()
+
+
+def test_refinement_climbs_from_a_poor_relaxation(trained):
+  """One Adam step decodes near-random codes; exact coordinate ascent still reaches the secret."""
+  (model, params), _ = trained
+  tokens = np.r_[PREFIX, np.zeros(4, np.int32), 20].astype(np.int32)
+  kw = dict(candidates=DIGITS, key=jax.random.key(3))
+  results = {}
+  for sweeps in (0, 2):
+    cfg = extraction.ExtractionConfig(
+      num_restarts=2, num_steps=1, learning_rate=1e-6, refine_sweeps=sweeps
+    )
+    results[sweeps] = extraction.extract_secret(
+      model, params, tokens, np.ones(8, bool), POSITIONS, 0, SECRET, config=cfg, **kw
+    )
+  poor, refined = results[0], results[2]
+  assert not poor.exact_match and not poor.relaxed_exact_match
+  assert refined.exact_match and not refined.relaxed_exact_match
+  # Accepted moves only increase the exact objective.
+  assert refined.best_log_odds >= poor.best_log_odds

@@ -1,4 +1,10 @@
-"""Vmapped shadow training equals training each shadow model alone."""
+"""Vmapped shadow training equals training each shadow model alone, on one or many devices."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
 
 import attacks_tiny_model
 import jax
@@ -60,3 +66,52 @@ def test_bad_shadow_inputs():
     shadow.train_shadow_models(
       model, optax.sgd(0.1), pool, np.ones((2, 10), bool), num_steps=1, batch_size=2, seed=0
     )
+
+
+SHARDED_SCRIPT = textwrap.dedent(
+  """
+  import os, sys
+  sys.path.insert(0, os.environ["ATTACKS_TEST_DIR"])
+  import jax, numpy as np, optax
+  assert jax.device_count() == 4, jax.devices()
+  import attacks_tiny_model
+  from test_shadow import _pool
+  from trustml.attacks import lira, shadow
+  from trustml.core.validation import ConfigError
+
+  model = attacks_tiny_model.tiny_model()
+  pool = _pool()
+  masks = lira.shadow_masks(8, 64, seed=0)
+  kw = dict(num_steps=9, batch_size=8, seed=5)
+  opt = optax.adam(1e-2)
+  p0, l0 = shadow.train_shadow_models(model, opt, pool, masks, **kw)
+  mesh = shadow.make_mesh()
+  p1, l1 = shadow.train_shadow_models(model, opt, pool, masks, mesh=mesh, **kw)
+  assert l1.sharding.spec[0] == "models", l1.sharding
+  assert len(l1.sharding.device_set) == 4
+  np.testing.assert_allclose(np.asarray(l0), np.asarray(l1), rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p1)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  try:
+    shadow.train_shadow_models(model, opt, pool, masks[:6], mesh=mesh, **kw)
+    raise SystemExit("6 models on 4 devices should fail")
+  except ConfigError as e:
+    assert "multiple of the mesh size" in str(e), e
+  print("OK")
+  """
+)
+
+
+@pytest.mark.subprocess
+def test_sharded_over_devices_equals_one_device():
+  """S = 8 shadow models split over 4 fake CPU devices == all 8 on one device."""
+  here = pathlib.Path(__file__).resolve().parent
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  env["JAX_PLATFORMS"] = "cpu"
+  env["ATTACKS_TEST_DIR"] = str(here)
+  env["PYTHONPATH"] = str(here.parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+  proc = subprocess.run(
+    [sys.executable, "-c", SHARDED_SCRIPT], env=env, capture_output=True, text=True, timeout=600
+  )
+  assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -51,6 +51,54 @@ def test_padding_tokens_change_nothing(name):
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+ORDERED = dict(conv_kernel=3, causal_attention=True, pooling="last")
+
+
+def test_masked_last_picks_the_last_valid_state():
+  from trustml.models import layers
+
+  x = np.arange(2 * 5 * 3, dtype=np.float32).reshape(2, 5, 3)
+  mask = np.array([[1, 1, 1, 0, 0], [1, 0, 1, 1, 0]], bool)  # Row 1: non-contiguous.
+  np.testing.assert_array_equal(layers.masked_last(x, mask), x[[0, 1], [2, 3]])
+  none = np.zeros((1, 5), bool)
+  np.testing.assert_array_equal(layers.masked_last(x[:1], none), x[0, :1])
+
+
+@pytest.mark.parametrize("over", [ORDERED, dict(conv_kernel=3), dict(pooling="last")])
+def test_transformer_variants_contract_padding_and_gradients(over):
+  m = _model("transformer", **over)
+  batch = make_batch(4, T, V, C, seed=1)
+  p = m.init(jax.random.key(0), batch)
+  assert m.apply(p, batch).shape == (4, C)
+  noisy = dict(batch)
+  noisy["tokens"] = np.where(batch["mask"], batch["tokens"], 7).astype(np.int32)
+  np.testing.assert_allclose(m.apply(p, batch), m.apply(p, noisy), rtol=1e-5, atol=1e-5)
+  _check_float64_finite_differences(m, make_batch(2, 6, V, C, seed=3), directions=1)
+
+
+def test_causal_transformer_states_ignore_later_tokens():
+  """Causal stem + causal attention: changing token j changes no state before position j."""
+  from trustml.models import networks
+
+  net = networks.TransformerEncoder(V, C, T, embed_dim=16, num_layers=2, num_heads=2, **ORDERED)
+  batch = make_batch(2, T, V, C, seed=2)
+  mask = np.ones((2, T), bool)
+  tokens = np.asarray(batch["tokens"])
+  variables = net.init(jax.random.key(0), tokens, mask)
+
+  def states(tok):
+    emb = net.apply(variables, tok, method="embed_tokens")
+    return np.asarray(net.apply(variables, emb, mask, method="encode"))
+
+  base = states(tokens)
+  for j in (1, 4, T - 1):
+    changed = tokens.copy()
+    changed[:, j] = (changed[:, j] + 1) % V
+    after = states(changed)
+    np.testing.assert_allclose(after[:, :j], base[:, :j], rtol=1e-6, atol=1e-6)
+    assert not np.allclose(after[:, j], base[:, j])
+
+
 def test_weight_zero_examples_contribute_nothing():
   m = _model("bag")
   batch = make_batch(4, T, V, C)
@@ -65,15 +113,17 @@ def test_weight_zero_examples_contribute_nothing():
 @pytest.mark.parametrize("name", ["bag", "cnn", "transformer", "causal_lm"])
 def test_gradient_matches_float64_finite_differences(name):
   """<grad L, v> equals the float64 central difference along random directions v."""
+  _check_float64_finite_differences(_model(name), make_batch(2, 6, V, C, seed=3), directions=3)
+
+
+def _check_float64_finite_differences(m, batch, directions):
   with jax.enable_x64(True):
-    m = _model(name)
-    batch = make_batch(2, 6, V, C, seed=3)
     p = jax.tree.map(lambda x: x.astype(jnp.float64), m.init(jax.random.key(0), batch))
     loss = jax.jit(lambda q: m.per_example_loss(q, batch).sum())
     g = jax.jit(jax.grad(lambda q: m.per_example_loss(q, batch).sum()))(p)
     rng = np.random.default_rng(0)
     eps = 1e-5
-    for _ in range(3):
+    for _ in range(directions):
       v = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape)), p)
       plus = jax.tree.map(lambda x, d: x + eps * d, p, v)
       minus = jax.tree.map(lambda x, d: x - eps * d, p, v)
@@ -134,6 +184,10 @@ def test_bad_model_configs():
   cfg.embed_dim = 0
   with pytest.raises(ConfigError, match="model.embed_dim"):
     registry.build_model(cfg, vocab_size=V, num_classes=C, max_len=T)
+  for field, bad in (("pooling", "cls"), ("conv_kernel", -1), ("causal_attention", "yes")):
+    cfg = dict(registry.default_model_config("transformer"), **{field: bad})
+    with pytest.raises(ConfigError, match=f"model.{field}"):
+      registry.validate_model_config(cfg)
   cfg = registry.default_model_config("bag")
   cfg.unknown_field = 3
   with pytest.raises(ConfigError, match="unknown_field"):

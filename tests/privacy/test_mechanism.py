@@ -19,6 +19,10 @@ SMALL = dict(
   transformer=dict(embed_dim=8, num_layers=1, num_heads=2, mlp_dim=16, dropout_rate=0.0),
   causal_lm=dict(embed_dim=8, num_layers=1, num_heads=2, mlp_dim=16),
 )
+# The order-aware transformer classifier: causal stem + causal attention + last-token pooling.
+SMALL["transformer_ordered"] = dict(
+  SMALL["transformer"], conv_kernel=3, causal_attention=True, pooling="last"
+)
 
 
 def _batch(size=B, seed=0):
@@ -36,7 +40,7 @@ def _batch(size=B, seed=0):
 
 
 def _model(name, x64=False):
-  cfg = registry.default_model_config(name)
+  cfg = registry.default_model_config(name.split("_ordered")[0])
   cfg.update(SMALL[name])
   model = registry.build_model(cfg, vocab_size=V, num_classes=C, max_len=T)
   params = model.init(jax.random.key(1), _batch())
@@ -122,6 +126,7 @@ def test_noise_has_the_stated_std_and_depends_on_the_key():
     ("cnn", "per_layer"),
     ("transformer", "flat"),
     ("transformer", "per_layer"),
+    ("transformer_ordered", "per_layer"),
     ("causal_lm", "flat"),
   ],
 )

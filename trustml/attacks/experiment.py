@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from trustml.attacks import audit, exposure, extraction, lira, metrics, shadow
 from trustml.core import rng as rng_lib
@@ -47,12 +48,23 @@ ATTACK_FIELDS = dict(
   extraction_restarts=64,
   extraction_steps=200,
   extraction_learning_rate=0.1,
+  extraction_refine_sweeps=2,
   exposure_chunk_size=1024,
   num_real_examples=1000,
 )
 CANARY_FIELDS = dict(
   num_secret=4, secret_length=4, repeats=10, label=-1, num_audit=256, audit_length=6, seed=0
 )
+
+
+def _extraction_config(cfg: Mapping[str, Any]) -> extraction.ExtractionConfig:
+  """The ModIvA settings of an ``attack`` section (older configs lack the refinement field)."""
+  return extraction.ExtractionConfig(
+    num_restarts=cfg["extraction_restarts"],
+    num_steps=cfg["extraction_steps"],
+    learning_rate=cfg["extraction_learning_rate"],
+    refine_sweeps=cfg.get("extraction_refine_sweeps", ATTACK_FIELDS["extraction_refine_sweeps"]),
+  )
 
 
 def validate_attack(cfg: Mapping[str, Any], num_audit: int) -> None:
@@ -82,11 +94,7 @@ def validate_attack(cfg: Mapping[str, Any], num_audit: int) -> None:
   validation.one_of(
     "attack.extraction_candidates", cfg["extraction_candidates"], ("digits", "vocab")
   )
-  extraction.ExtractionConfig(
-    num_restarts=cfg["extraction_restarts"],
-    num_steps=cfg["extraction_steps"],
-    learning_rate=cfg["extraction_learning_rate"],
-  ).validate()
+  _extraction_config(cfg).validate()
   validation.positive_int("attack.exposure_chunk_size", cfg["exposure_chunk_size"])
   validation.non_negative_int("attack.num_real_examples", cfg["num_real_examples"])
 
@@ -289,12 +297,9 @@ def attack(
       if a.extraction_candidates == "digits"
       else np.arange(4, tok.vocab_size, dtype=np.int32)
     )
-    ecfg = extraction.ExtractionConfig(
-      num_restarts=int(a.extraction_restarts),
-      num_steps=int(a.extraction_steps),
-      learning_rate=float(a.extraction_learning_rate),
-    )
-    exps, exact, tok_acc, ranks = [], [], [], []
+    # Refinement scores every candidate per position: ~16k sequences per batch bounds memory.
+    ecfg = dataclasses.replace(_extraction_config(a), refine_batch=max(1, 16384 // len(cand)))
+    exps, exact, relaxed, tok_acc, ranks = [], [], [], [], []
     for i, c in enumerate(cset.secrets):
       tokens, mask = tok.encode_batch([c.text], max_len)
       start = len(tok.encode(c.prefix))
@@ -303,7 +308,7 @@ def attack(
         raise validation.ConfigError(f"canary {c.text!r} does not fit in text.max_len={max_len}")
       secret_ids = tokens[0, pos]
       space = exposure.SecretSpace(tokens[0], mask[0], pos, digits, c.label)
-      _, e = exposure.exact_exposure(
+      rank, e = exposure.exact_exposure(
         model, params, space, [space.index_of(secret_ids)], chunk_size=int(a.exposure_chunk_size)
       )
       exps.append(float(e[0]))
@@ -319,7 +324,22 @@ def attack(
         key=rng_lib.stream_key(seed, "attack", i),
         config=ecfg,
       )
+      logging.info(
+        "secret %d %r (label %d): rank %d of %d, exposure %.2f bits; extracted %r "
+        "(exact %s, relaxation alone %s, candidate rank %d)",
+        i,
+        tok.decode(secret_ids),
+        c.label,
+        int(rank[0]),
+        space.size,
+        float(e[0]),
+        tok.decode(r.best_secret),
+        bool(r.exact_match),
+        bool(r.relaxed_exact_match),
+        int(r.rank),
+      )
       exact.append(float(r.exact_match))
+      relaxed.append(float(r.relaxed_exact_match))
       tok_acc.append(r.token_accuracy)
       ranks.append(r.rank)
     out.update(
@@ -328,6 +348,7 @@ def attack(
         "canary/exposure_max": float(np.max(exps)),
         "canary/secret_space_bits": float(np.log2(space.size)),
         "canary/extraction_exact_match": float(np.mean(exact)),
+        "canary/extraction_exact_match_relaxed": float(np.mean(relaxed)),
         "canary/extraction_token_accuracy": float(np.mean(tok_acc)),
         "canary/extraction_rank_mean": float(np.mean(ranks)),
         "canary/num_secrets": len(cset.secrets),
@@ -400,6 +421,8 @@ def _lira(config, prepared, always_in, arr, target) -> np.ndarray:
     num_steps=steps,
     batch_size=int(config.train.batch_size),
     seed=int(config.seed) + 1,
+    # Several devices (GPUs/TPU cores of a host) split the models when S divides evenly.
+    mesh=shadow.make_mesh() if jax.device_count() > 1 and s % jax.device_count() == 0 else None,
   )
   stats = shadow.shadow_statistics(prepared.model, params, arr)
   return lira.lira_scores(target, stats, masks[:, n_real:], variant=a.lira_variant)

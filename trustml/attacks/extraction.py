@@ -12,6 +12,15 @@ penalty grows, pushing each ``p_k`` towards one-hot; the result is decoded by ``
 Many random restarts run as one ``vmap`` inside one ``jit``; the decoded candidates are then
 re-scored exactly (discrete tokens) and ranked.
 
+Discrete refinement (``refine_sweeps``, on by default): the argmax decoding of a relaxation can
+land next to the discrete optimum (e.g. one digit off) even when the model ranks the true secret
+first among all codes. Each decoded restart is therefore improved by exact coordinate ascent:
+position by position, every candidate token is tried with the other positions fixed and the one
+with the highest exact log-odds is kept if it strictly improves. Each accepted move increases the
+exact objective, so refinement never makes a restart worse; a sweep costs ``K·A`` forward passes
+per restart (all candidates of one position in one batch). Both the refined result and the
+relaxation alone (``relaxed_exact_match``) are reported.
+
 Candidate set: by default the full vocabulary. Restricting it to the digit tokens is a
 legitimate attacker-knowledge choice when the secret format is known ("a 4-digit pin"), as in
 the exposure metric's secret space; it is an option, not a requirement.
@@ -48,6 +57,10 @@ class ExtractionConfig:
     temperature_end: τ at the last step (geometric schedule).
     entropy_weight_end: weight of the mean per-position entropy at the last step (linear ramp
       from 0); pushes the relaxation towards one-hot.
+    refine_sweeps: passes of exact coordinate ascent over the positions after decoding
+      (0 = the relaxation alone).
+    refine_batch: restarts refined together (each evaluates ``A`` candidates per position;
+      lower it for a large candidate set to bound memory).
   """
 
   num_restarts: int = 64
@@ -57,6 +70,8 @@ class ExtractionConfig:
   temperature_start: float = 1.0
   temperature_end: float = 0.1
   entropy_weight_end: float = 0.1
+  refine_sweeps: int = 2
+  refine_batch: int = 64
 
   def validate(self) -> "ExtractionConfig":
     """Checks every field; returns self."""
@@ -67,6 +82,8 @@ class ExtractionConfig:
     validation.positive("extraction.temperature_start", self.temperature_start)
     validation.positive("extraction.temperature_end", self.temperature_end)
     validation.non_negative("extraction.entropy_weight_end", self.entropy_weight_end)
+    validation.non_negative_int("extraction.refine_sweeps", self.refine_sweeps)
+    validation.positive_int("extraction.refine_batch", self.refine_batch)
     return self
 
 
@@ -82,6 +99,8 @@ class ExtractionResult:
       log-odds; ``num_candidates + 1`` if no restart decoded it.
     num_candidates: distinct decoded candidates.
     best_log_odds: exact ``log p − log(1 − p)`` of the label for the best canary.
+    relaxed_exact_match: whether the best restart *before* discrete refinement equals the
+      true secret (the relaxation alone; equals ``exact_match`` when ``refine_sweeps`` is 0).
   """
 
   best_secret: np.ndarray
@@ -90,6 +109,7 @@ class ExtractionResult:
   rank: int
   num_candidates: int
   best_log_odds: float
+  relaxed_exact_match: bool
 
 
 _COMPILED: dict[int, tuple[contract.Model, object]] = {}
@@ -150,7 +170,19 @@ def _search_fn(model: contract.Model):
       b = dict(batch, tokens=tokens.at[positions].set(secret)[None])
       return lira.logit_scaled_confidence(model.apply(params, b), b["label"])[0]
 
-    return decoded, jax.vmap(exact_log_odds)(decoded)
+    def refine(secret):  # [K] -> [K]: exact coordinate ascent, unrolled (K·sweeps is small).
+      for _ in range(cfg.refine_sweeps):
+        for k in range(num_pos):
+          trials = jnp.broadcast_to(secret, (num_cand, num_pos)).at[:, k].set(candidates)
+          scores = jax.vmap(exact_log_odds)(trials)
+          best = jnp.argmax(scores)
+          secret = jnp.where(scores[best] > exact_log_odds(secret), trials[best], secret)
+      return secret
+
+    refined = decoded
+    if cfg.refine_sweeps:
+      refined = jax.lax.map(refine, decoded, batch_size=min(cfg.refine_batch, cfg.num_restarts))
+    return decoded, jax.vmap(exact_log_odds)(decoded), refined, jax.vmap(exact_log_odds)(refined)
 
   _COMPILED[id(model)] = (model, search)
   return search
@@ -169,7 +201,7 @@ def extract_secret(
   key: jax.Array,
   config: ExtractionConfig = ExtractionConfig(),
 ) -> ExtractionResult:
-  """Runs the relaxed search for one canary and scores it against the true secret.
+  """Runs the relaxed search (and discrete refinement) for one canary and scores it.
 
   Args:
     model: classifier ``Model`` (white-box access).
@@ -202,9 +234,10 @@ def extract_secret(
     )
   if true_secret.shape != positions.shape:
     raise validation.ConfigError("true_secret must have one token per secret position")
-  decoded, log_odds = _search_fn(model)(
+  relaxed, relaxed_log_odds, decoded, log_odds = _search_fn(model)(
     params, tokens, np.asarray(mask, bool), positions, candidates, int(label), key, config
   )
+  relaxed_best = np.asarray(relaxed)[int(np.argmax(np.asarray(relaxed_log_odds)))]
   decoded, log_odds = np.asarray(decoded), np.asarray(log_odds, np.float64)
   distinct, first = np.unique(decoded, axis=0, return_index=True)
   scores = log_odds[first]
@@ -220,6 +253,7 @@ def extract_secret(
     rank=rank,
     num_candidates=len(distinct),
     best_log_odds=float(scores[0]),
+    relaxed_exact_match=bool((relaxed_best == true_secret).all()),
   )
 
 

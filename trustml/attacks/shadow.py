@@ -5,7 +5,9 @@ candidate pool (:func:`trustml.attacks.lira.shadow_masks`), share the model, the
 number of steps and the batch size; only their parameters, optimizer states, init keys and
 data indices differ. So one jitted ``vmap`` over models of a few unrolled training steps trains
 them all, called repeatedly: the pool stays on device once, each step gathers ``[S, B]`` rows, and XLA
-batches the S small matmuls into large ones.
+batches the S small matmuls into large ones. With a ``mesh`` (:func:`make_mesh`) the model axis
+is split over devices with ``jax.shard_map``: each device trains S / D models (vmapped), with no
+communication between devices, and the pool is replicated.
 
 Data order is host-side and deterministic: model s at step t trains on rows
 ``index[s, t]`` drawn as epochs of shuffles of its IN set (seeded by ``(seed, s)``).
@@ -17,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from trustml.attacks import lira
 from trustml.core import rng as rng_lib
@@ -74,10 +78,34 @@ def _train_step(model: contract.Model, optimizer: optax.GradientTransformation, 
 
 _COMPILED: dict[tuple, tuple] = {}
 
+MODELS_AXIS = "models"
+
+
+def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
+  """A 1-D mesh over ``num_devices`` (default all) devices with axis ``models``.
+
+  Args:
+    num_devices: devices to use (the first ``num_devices`` of ``jax.devices()``).
+
+  Returns:
+    The mesh for :func:`train_shadow_models`'s ``mesh`` argument.
+
+  Raises:
+    ConfigError: if ``num_devices`` is not in [1, jax.device_count()].
+  """
+  n = jax.device_count() if num_devices is None else num_devices
+  validation.positive_int("num_devices", n)
+  if n > jax.device_count():
+    raise validation.ConfigError(
+      f"num_devices={n} is invalid: only {jax.device_count()} devices are visible"
+    )
+  return jax.make_mesh((n,), (MODELS_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+
+
 STEPS_PER_CALL = 4  # Training steps unrolled into one jitted call (see _compiled).
 
 
-def _compiled(model, optimizer, pool, batch_size, dropout, vmapped):
+def _compiled(model, optimizer, pool, batch_size, dropout, vmapped, mesh=None):
   """Jitted ``(init, steps)``, cached per (model, optimizer, shapes) so calls do not recompile.
 
   ``steps`` runs a few training steps unrolled (``lax.scan(..., unroll=True)``: no while loop)
@@ -89,7 +117,7 @@ def _compiled(model, optimizer, pool, batch_size, dropout, vmapped):
   shapes = tuple(
     sorted((k, np.asarray(v).shape[1:], str(np.asarray(v).dtype)) for k, v in pool.items())
   )
-  key = (id(model), id(optimizer), batch_size, dropout, vmapped, shapes)
+  key = (id(model), id(optimizer), batch_size, dropout, vmapped, shapes, mesh)
   hit = _COMPILED.get(key)
   if hit is not None and hit[0] is model and hit[1] is optimizer:
     return hit[2]
@@ -102,6 +130,13 @@ def _compiled(model, optimizer, pool, batch_size, dropout, vmapped):
   if vmapped:
     init = jax.jit(jax.vmap(optimizer.init))
     steps = jax.vmap(steps, in_axes=(0, 0, None, None))
+    if mesh is not None:  # Each device trains its own block of models; no collectives.
+      steps = jax.shard_map(
+        steps,
+        mesh=mesh,
+        in_specs=(P(MODELS_AXIS), P(MODELS_AXIS), P(), P()),
+        out_specs=(P(MODELS_AXIS), P(MODELS_AXIS)),
+      )
   else:
     init = jax.jit(optimizer.init)
   fns = (init, jax.jit(steps, donate_argnums=0))
@@ -109,12 +144,16 @@ def _compiled(model, optimizer, pool, batch_size, dropout, vmapped):
   return fns
 
 
-def _run(fns, params, key, index, pool):
+def _run(fns, params, key, index, pool, mesh=None):
   """Runs the training steps: ``index`` is ``[..., num_steps, B]`` (leading S when vmapped)."""
   init, steps = fns
-  state = (params, init(params), key)
-  pool_dev = {k: jnp.asarray(v) for k, v in pool.items()}
   index = jnp.asarray(index)
+  pool_dev = {k: jnp.asarray(v) for k, v in pool.items()}
+  if mesh is not None:
+    split = NamedSharding(mesh, P(MODELS_AXIS))
+    params, key, index = jax.device_put((params, key, index), split)
+    pool_dev = jax.device_put(pool_dev, NamedSharding(mesh, P()))
+  state = (params, init(params), key)
   n = index.shape[-2]
   losses = []
   t = 0
@@ -165,6 +204,7 @@ def train_shadow_models(
   batch_size: int,
   seed: int,
   dropout: bool = False,
+  mesh: jax.sharding.Mesh | None = None,
 ):
   """Trains S shadow models at once (vmap over models inside one jit).
 
@@ -178,13 +218,17 @@ def train_shadow_models(
     batch_size: rows per step.
     seed: seed of init keys and data order (model s uses ``fold_in(stream, s)``).
     dropout: whether to train with dropout on.
+    mesh: a 1-D mesh with axis ``models`` (:func:`make_mesh`) to split the S models over its
+      devices (S must be a multiple of the mesh size); ``None`` trains them on one device.
+      The result does not depend on the mesh (up to float reassociation).
 
   Returns:
     ``(params, losses)``: stacked parameters with a leading axis S and ``[S, num_steps]``
-    training losses.
+    training losses (sharded over ``models`` when a mesh is given).
 
   Raises:
-    ConfigError: on fewer than 2 models or masks that do not match the pool.
+    ConfigError: on fewer than 2 models, masks that do not match the pool, or S not a
+      multiple of the mesh size.
   """
   masks = np.asarray(masks, bool)
   n = _check_pool(pool)
@@ -192,11 +236,21 @@ def train_shadow_models(
     raise validation.ConfigError(f"num_shadow_models={masks.shape[0]} is invalid: must be >= 2")
   if masks.shape[1] != n:
     raise validation.ConfigError(f"masks cover {masks.shape[1]} candidates but the pool has {n}")
+  if mesh is not None:
+    if tuple(mesh.axis_names) != (MODELS_AXIS,):
+      raise validation.ConfigError(
+        f"mesh axes {tuple(mesh.axis_names)} are invalid: need the one axis {MODELS_AXIS!r}"
+      )
+    if masks.shape[0] % mesh.size:
+      raise validation.ConfigError(
+        f"num_shadow_models={masks.shape[0]} is invalid: must be a multiple of the mesh size "
+        f"{mesh.size}"
+      )
   index = batch_indices(masks, num_steps, batch_size, seed)
   init_keys, dropout_keys = _keys(seed, np.arange(masks.shape[0]))
   params = _init(model, init_keys, _example(pool, batch_size))
-  fns = _compiled(model, optimizer, pool, batch_size, dropout, vmapped=True)
-  return _run(fns, params, dropout_keys, index, pool)
+  fns = _compiled(model, optimizer, pool, batch_size, dropout, vmapped=True, mesh=mesh)
+  return _run(fns, params, dropout_keys, index, pool, mesh)
 
 
 def train_one(
@@ -265,4 +319,11 @@ def shadow_statistics(
   return np.concatenate(out, axis=1).astype(np.float64)
 
 
-__all__ = ["batch_indices", "shadow_statistics", "train_one", "train_shadow_models"]
+__all__ = [
+  "MODELS_AXIS",
+  "batch_indices",
+  "make_mesh",
+  "shadow_statistics",
+  "train_one",
+  "train_shadow_models",
+]

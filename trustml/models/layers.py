@@ -24,6 +24,16 @@ def masked_max(x: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.where(mask.any(1, keepdims=True), out, 0.0)
 
 
+def masked_last(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """The state at each row's last valid position of ``x`` ``[B, T, D]`` (row 0 if none is).
+
+  Valid positions need not be contiguous: the last ``True`` of ``mask`` ``[B, T]`` is taken.
+  """
+  t = mask.shape[1]
+  last = jnp.max(jnp.where(mask, jnp.arange(t)[None, :], 0), axis=1)
+  return jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention with plain Dense projections and a padding (and causal) mask."""
 
@@ -71,4 +81,4 @@ class EncoderBlock(nn.Module):
     return x + nn.Dropout(self.dropout_rate)(y, deterministic=not train)
 
 
-__all__ = ["EncoderBlock", "SelfAttention", "masked_max", "masked_mean"]
+__all__ = ["EncoderBlock", "SelfAttention", "masked_last", "masked_max", "masked_mean"]

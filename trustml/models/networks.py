@@ -84,7 +84,18 @@ class CNNClassifier(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-  """Pre-LN transformer encoder, learned positions, padding mask, masked mean-pool, linear head."""
+  """Pre-LN transformer encoder, learned positions, padding mask, pooled states, linear head.
+
+  ``pooling`` picks the sequence representation of the classifier: ``"mean"`` (masked mean of
+  the final states) or ``"last"`` (the state at the last non-padding position). With
+  ``causal_attention`` every position attends only to itself and earlier positions, so each
+  state summarises an ordered prefix; ``causal_attention=True`` with ``pooling="last"`` is a
+  GPT-style classifier. ``causal`` (the language-model head) implies causal attention.
+  ``conv_kernel > 0`` adds a convolutional stem: a width-``conv_kernel`` 1-D convolution of the
+  (padding-masked) token embeddings, through GELU, added to them before the positions, so the
+  first block already sees local n-gram features (order within a window); with causal
+  attention the stem is causal too (left padding only).
+  """
 
   vocab_size: int
   num_classes: int
@@ -95,16 +106,28 @@ class TransformerEncoder(nn.Module):
   mlp_dim: int = 256
   dropout_rate: float = 0.0
   causal: bool = False
+  pooling: str = "mean"
+  causal_attention: bool = False
+  conv_kernel: int = 0
 
   def setup(self):
     self.embed = nn.Embed(self.vocab_size, self.embed_dim, name="embed")
     self.pos_embed = nn.Embed(self.max_len, self.embed_dim, name="pos_embed")
     self.blocks = [
       layers.EncoderBlock(
-        self.num_heads, self.mlp_dim, self.dropout_rate, self.causal, name=f"block{i}"
+        self.num_heads,
+        self.mlp_dim,
+        self.dropout_rate,
+        self.causal or self.causal_attention,
+        name=f"block{i}",
       )
       for i in range(self.num_layers)
     ]
+    if self.conv_kernel:
+      # Causal attention gets a causal stem (left padding only): no position sees later tokens.
+      causal = self.causal or self.causal_attention
+      padding = ((self.conv_kernel - 1, 0),) if causal else "SAME"
+      self.stem = nn.Conv(self.embed_dim, (self.conv_kernel,), padding=padding, name="stem")
     self.final_ln = nn.LayerNorm(name="final_ln")
     self.dropout = nn.Dropout(self.dropout_rate)
     if not self.causal:
@@ -117,6 +140,9 @@ class TransformerEncoder(nn.Module):
     t = emb.shape[1]
     # Per-example position ids (not a broadcast [T, D] lookup) so ghost-norm DP rules see a
     # batch axis on every parameterised call (trustml.privacy.ghost); numerically identical.
+    if self.conv_kernel:
+      masked = emb * mask[..., None].astype(emb.dtype)
+      emb = emb + nn.gelu(self.stem(masked))
     x = emb + self.pos_embed(jnp.broadcast_to(jnp.arange(t), emb.shape[:2]))
     x = self.dropout(x, deterministic=not train)
     for block in self.blocks:
@@ -124,7 +150,10 @@ class TransformerEncoder(nn.Module):
     return self.final_ln(x)
 
   def pool(self, emb: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
-    return layers.masked_mean(self.encode(emb, mask, train), mask)
+    states = self.encode(emb, mask, train)
+    if self.pooling == "last":
+      return layers.masked_last(states, mask)
+    return layers.masked_mean(states, mask)
 
   def from_embeddings(self, emb: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
     if self.causal:

@@ -16,11 +16,21 @@ from trustml.core import validation
 from trustml.models import contract, networks
 
 MODEL_NAMES = ("bag", "cnn", "transformer", "causal_lm")
+POOLINGS = ("mean", "last")
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
   "bag": dict(embed_dim=64, hidden_dim=128, dropout_rate=0.0),
   "cnn": dict(embed_dim=64, num_filters=64, kernel_sizes=(3, 4, 5), dropout_rate=0.0),
-  "transformer": dict(embed_dim=128, num_layers=2, num_heads=4, mlp_dim=256, dropout_rate=0.1),
+  "transformer": dict(
+    embed_dim=128,
+    num_layers=2,
+    num_heads=4,
+    mlp_dim=256,
+    dropout_rate=0.1,
+    pooling="mean",
+    causal_attention=False,
+    conv_kernel=0,
+  ),
   "causal_lm": dict(embed_dim=128, num_layers=2, num_heads=4, mlp_dim=256, dropout_rate=0.0),
 }
 
@@ -30,7 +40,9 @@ def default_model_config(name: str) -> ml_collections.ConfigDict:
 
   Fields: ``name``; ``embed_dim`` (token embedding width); ``hidden_dim`` (bag MLP width);
   ``num_filters``/``kernel_sizes`` (CNN); ``num_layers``/``num_heads``/``mlp_dim``
-  (transformers); ``dropout_rate`` in [0, 1).
+  (transformers); ``pooling`` (``"mean"`` | ``"last"``) and ``causal_attention`` (the
+  transformer classifier's sequence summary and attention mask), ``conv_kernel`` (width of
+  the transformer's convolutional stem, 0 = none); ``dropout_rate`` in [0, 1).
   """
   validation.one_of("model.name", name, MODEL_NAMES)
   cfg = ml_collections.ConfigDict({"name": name})
@@ -51,6 +63,14 @@ def validate_model_config(cfg: Mapping[str, Any]) -> None:
       validation.positive_int(f"model.{key}", value)
   if "dropout_rate" in cfg:
     validation.in_range("model.dropout_rate", cfg["dropout_rate"], 0.0, 1.0, low_inclusive=True)
+  if "conv_kernel" in cfg:
+    validation.non_negative_int("model.conv_kernel", cfg["conv_kernel"])
+  if "pooling" in cfg:
+    validation.one_of("model.pooling", cfg["pooling"], POOLINGS)
+  if "causal_attention" in cfg and not isinstance(cfg["causal_attention"], bool):
+    raise validation.ConfigError(
+      f"model.causal_attention={cfg['causal_attention']!r} is invalid: must be True or False"
+    )
   if "kernel_sizes" in cfg:
     for k in cfg["kernel_sizes"]:
       validation.positive_int("model.kernel_sizes", k)
