@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import subprocess
 import sys
 
 import numpy as np
@@ -29,6 +30,23 @@ def shared_data_dir() -> pathlib.Path:
 def repo_root() -> pathlib.Path:
   """The checkout root."""
   return ROOT
+
+
+def run_on_fake_devices(script: str, test_dir: pathlib.Path, num_devices: int = 4) -> None:
+  """Runs ``script`` in a fresh Python with ``num_devices`` fake CPU devices; asserts it prints OK.
+
+  XLA_FLAGS must be set before jax is imported, hence the subprocess. The script finds
+  ``test_dir`` (for the tests' helper modules) in ``$TEST_DIR`` and the repo on ``PYTHONPATH``.
+  """
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  env["TEST_DIR"] = str(test_dir)
+  env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+  proc = subprocess.run(
+    [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
+  )
+  assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def make_batch(batch_size: int = 4, seq_len: int = 8, vocab: int = 50, classes: int = 3, seed=0):

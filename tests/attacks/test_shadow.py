@@ -1,9 +1,6 @@
 """Vmapped shadow training equals training each shadow model alone, on one or many devices."""
 
-import os
 import pathlib
-import subprocess
-import sys
 import textwrap
 
 import attacks_tiny_model
@@ -12,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from tests.conftest import run_on_fake_devices
 from trustml.attacks import lira, shadow
 from trustml.core.validation import ConfigError
 
@@ -71,7 +69,7 @@ def test_bad_shadow_inputs():
 SHARDED_SCRIPT = textwrap.dedent(
   """
   import os, sys
-  sys.path.insert(0, os.environ["ATTACKS_TEST_DIR"])
+  sys.path.insert(0, os.environ["TEST_DIR"])
   import jax, numpy as np, optax
   assert jax.device_count() == 4, jax.devices()
   import attacks_tiny_model
@@ -105,13 +103,4 @@ SHARDED_SCRIPT = textwrap.dedent(
 @pytest.mark.subprocess
 def test_sharded_over_devices_equals_one_device():
   """S = 8 shadow models split over 4 fake CPU devices == all 8 on one device."""
-  here = pathlib.Path(__file__).resolve().parent
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-  env["JAX_PLATFORMS"] = "cpu"
-  env["ATTACKS_TEST_DIR"] = str(here)
-  env["PYTHONPATH"] = str(here.parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
-  proc = subprocess.run(
-    [sys.executable, "-c", SHARDED_SCRIPT], env=env, capture_output=True, text=True, timeout=600
-  )
-  assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+  run_on_fake_devices(SHARDED_SCRIPT, pathlib.Path(__file__).resolve().parent)

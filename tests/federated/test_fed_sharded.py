@@ -3,18 +3,17 @@
 The unsharded round is checked against the Python reference backend in test_fed_round.py.
 """
 
-import os
 import pathlib
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
+from tests.conftest import run_on_fake_devices
+
 SCRIPT = textwrap.dedent(
   """
   import os, sys
-  sys.path.insert(0, os.environ["FED_TEST_DIR"])
+  sys.path.insert(0, os.environ["TEST_DIR"])
   import jax, jax.numpy as jnp, numpy as np
   assert jax.device_count() == 4, jax.devices()
   import fed_tiny_model
@@ -49,13 +48,4 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.subprocess
 def test_sharded_equals_unsharded():
-  here = pathlib.Path(__file__).resolve().parent
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-  env["JAX_PLATFORMS"] = "cpu"
-  env["FED_TEST_DIR"] = str(here)
-  env["PYTHONPATH"] = str(here.parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
-  proc = subprocess.run(
-    [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
-  )
-  assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+  run_on_fake_devices(SCRIPT, pathlib.Path(__file__).resolve().parent)

@@ -199,3 +199,19 @@ def test_public_api():
 
   assert set(models.__all__) >= {"Model", "build_model", "from_haiku", "default_model_config"}
   assert contract.Model is models.Model
+
+
+@pytest.mark.parametrize("width,causal", [(5, True), (5, False), (4, False), (1, True)])
+def test_windows_dense_equals_conv(width, causal):
+  """Dense over layers.windows == nn.Conv with the same kernel (causal: left padding only)."""
+  from flax import linen as nn
+
+  from trustml.models import layers
+
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 7, 3)), jnp.float32)
+  padding = ((width - 1, 0),) if causal else "SAME"
+  conv = nn.Conv(4, (width,), padding=padding)
+  p = conv.init(jax.random.key(0), x)
+  kernel = p["params"]["kernel"]  # [width, 3, 4]
+  dense = layers.windows(x, width, causal) @ kernel.reshape(width * 3, 4) + p["params"]["bias"]
+  np.testing.assert_allclose(dense, conv.apply(p, x), rtol=1e-5, atol=1e-5)

@@ -34,6 +34,20 @@ def masked_last(x: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
 
 
+def windows(x: jax.Array, width: int, causal: bool) -> jax.Array:
+  """Each position's window of ``width`` neighbours, concatenated: ``[B, T, D] -> [B, T, width·D]``.
+
+  A Dense layer on the result is a 1-D convolution with zero padding (im2col). Causal windows
+  cover positions ``t − width + 1 … t``; centred ones ``t − ⌊(width − 1)/2⌋ … t + ⌊width/2⌋``
+  (nn.Conv's "SAME"). Out-of-range neighbours are zeros.
+  """
+  t = x.shape[1]
+  offsets = range(1 - width, 1) if causal else range(-((width - 1) // 2), width - (width - 1) // 2)
+  left, right = max(0, -min(offsets)), max(0, max(offsets))
+  padded = jnp.pad(x, ((0, 0), (left, right), (0, 0)))
+  return jnp.concatenate([padded[:, left + o : left + o + t] for o in offsets], axis=-1)
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention with plain Dense projections and a padding (and causal) mask."""
 
@@ -81,4 +95,11 @@ class EncoderBlock(nn.Module):
     return x + nn.Dropout(self.dropout_rate)(y, deterministic=not train)
 
 
-__all__ = ["EncoderBlock", "SelfAttention", "masked_last", "masked_max", "masked_mean"]
+__all__ = [
+  "EncoderBlock",
+  "SelfAttention",
+  "masked_last",
+  "masked_max",
+  "masked_mean",
+  "windows",
+]

@@ -94,7 +94,8 @@ class TransformerEncoder(nn.Module):
   ``conv_kernel > 0`` adds a convolutional stem: a width-``conv_kernel`` 1-D convolution of the
   (padding-masked) token embeddings, through GELU, added to them before the positions, so the
   first block already sees local n-gram features (order within a window); with causal
-  attention the stem is causal too (left padding only).
+  attention the stem is causal too (each window ends at its own position). It is computed as
+  a Dense over :func:`trustml.models.layers.windows`, so DP ghost norms treat it as a Dense.
   """
 
   vocab_size: int
@@ -124,10 +125,9 @@ class TransformerEncoder(nn.Module):
       for i in range(self.num_layers)
     ]
     if self.conv_kernel:
-      # Causal attention gets a causal stem (left padding only): no position sees later tokens.
-      causal = self.causal or self.causal_attention
-      padding = ((self.conv_kernel - 1, 0),) if causal else "SAME"
-      self.stem = nn.Conv(self.embed_dim, (self.conv_kernel,), padding=padding, name="stem")
+      # A 1-D convolution written as a Dense over each position's window of embeddings (the
+      # same function and init as nn.Conv) so eDP-SGD's ghost norms cover it as a Dense layer.
+      self.stem = nn.Dense(self.embed_dim, name="stem")
     self.final_ln = nn.LayerNorm(name="final_ln")
     self.dropout = nn.Dropout(self.dropout_rate)
     if not self.causal:
@@ -142,7 +142,8 @@ class TransformerEncoder(nn.Module):
     # batch axis on every parameterised call (trustml.privacy.ghost); numerically identical.
     if self.conv_kernel:
       masked = emb * mask[..., None].astype(emb.dtype)
-      emb = emb + nn.gelu(self.stem(masked))
+      causal = self.causal or self.causal_attention  # Then no position sees later tokens.
+      emb = emb + nn.gelu(self.stem(layers.windows(masked, self.conv_kernel, causal)))
     x = emb + self.pos_embed(jnp.broadcast_to(jnp.arange(t), emb.shape[:2]))
     x = self.dropout(x, deterministic=not train)
     for block in self.blocks:
