@@ -171,12 +171,15 @@ def _search_fn(model: contract.Model):
       return lira.logit_scaled_confidence(model.apply(params, b), b["label"])[0]
 
     def refine(secret):  # [K] -> [K]: exact coordinate ascent, unrolled (K·sweeps is small).
+      current = exact_log_odds(secret)
       for _ in range(cfg.refine_sweeps):
         for k in range(num_pos):
           trials = jnp.broadcast_to(secret, (num_cand, num_pos)).at[:, k].set(candidates)
           scores = jax.vmap(exact_log_odds)(trials)
           best = jnp.argmax(scores)
-          secret = jnp.where(scores[best] > exact_log_odds(secret), trials[best], secret)
+          better = scores[best] > current
+          secret = jnp.where(better, trials[best], secret)
+          current = jnp.where(better, scores[best], current)
       return secret
 
     refined = decoded

@@ -138,12 +138,12 @@ class TransformerEncoder(nn.Module):
 
   def encode(self, emb: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
     t = emb.shape[1]
-    # Per-example position ids (not a broadcast [T, D] lookup) so ghost-norm DP rules see a
-    # batch axis on every parameterised call (trustml.privacy.ghost); numerically identical.
     if self.conv_kernel:
       masked = emb * mask[..., None].astype(emb.dtype)
       causal = self.causal or self.causal_attention  # Then no position sees later tokens.
       emb = emb + nn.gelu(self.stem(layers.windows(masked, self.conv_kernel, causal)))
+    # Per-example position ids (not a broadcast [T, D] lookup) so ghost-norm DP rules see a
+    # batch axis on every parameterised call (trustml.privacy.ghost); numerically identical.
     x = emb + self.pos_embed(jnp.broadcast_to(jnp.arange(t), emb.shape[:2]))
     x = self.dropout(x, deterministic=not train)
     for block in self.blocks:
