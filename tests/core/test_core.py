@@ -51,8 +51,21 @@ def test_public_api():
     "PRNGKey",
     "Params",
     "RngStreams",
+    "devices",
     "rng",
     "types",
     "validation",
   }
   assert issubclass(core.ConfigError, ValueError)
+
+
+def test_make_mesh_1d_names_its_axis_and_rejects_bad_device_counts():
+  from trustml.core import devices
+
+  mesh = devices.make_mesh_1d("models", 1, jax.sharding.AxisType.Explicit)
+  assert mesh.axis_names == ("models",) and mesh.devices.shape == (1,)
+  assert mesh.axis_types == (jax.sharding.AxisType.Explicit,)
+  assert devices.make_mesh_1d("clients").devices.size == jax.device_count()
+  for bad in (0, -1, jax.device_count() + 1):
+    with pytest.raises(validation.ConfigError, match="num_devices"):
+      devices.make_mesh_1d("clients", bad)

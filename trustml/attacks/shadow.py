@@ -23,8 +23,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from trustml.attacks import lira
+from trustml.core import devices, validation
 from trustml.core import rng as rng_lib
-from trustml.core import validation
 from trustml.models import contract
 
 
@@ -93,13 +93,7 @@ def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
   Raises:
     ConfigError: if ``num_devices`` is not in [1, jax.device_count()].
   """
-  n = jax.device_count() if num_devices is None else num_devices
-  validation.positive_int("num_devices", n)
-  if n > jax.device_count():
-    raise validation.ConfigError(
-      f"num_devices={n} is invalid: only {jax.device_count()} devices are visible"
-    )
-  return jax.make_mesh((n,), (MODELS_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+  return devices.make_mesh_1d(MODELS_AXIS, num_devices, jax.sharding.AxisType.Auto)
 
 
 STEPS_PER_CALL = 4  # Training steps unrolled into one jitted call (see _compiled).

@@ -1,6 +1,6 @@
 """Core types, RNG streams and validation shared by every pillar."""
 
-from trustml.core import rng, types, validation
+from trustml.core import devices, rng, types, validation
 from trustml.core.rng import RngStreams
 from trustml.core.types import Batch, Params, PRNGKey
 from trustml.core.validation import ConfigError
@@ -11,6 +11,7 @@ __all__ = [
   "PRNGKey",
   "Params",
   "RngStreams",
+  "devices",
   "rng",
   "types",
   "validation",

@@ -26,6 +26,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from trustml.core import devices
 from trustml.federated import dp as dp_lib
 from trustml.models import contract
 
@@ -94,9 +95,18 @@ def _zeros_like(tree):
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
-  """A 1-D mesh over ``num_devices`` (default all) devices with axis ``clients``."""
-  n = num_devices or jax.device_count()
-  return jax.make_mesh((n,), (CLIENTS_AXIS,), axis_types=(jax.sharding.AxisType.Explicit,))
+  """A 1-D mesh over ``num_devices`` (default all) devices with axis ``clients``.
+
+  Args:
+    num_devices: devices to use (the first ``num_devices`` of ``jax.devices()``).
+
+  Returns:
+    The mesh for :func:`shard_packed` and the jitted round (Explicit axis type).
+
+  Raises:
+    ConfigError: if ``num_devices`` is not in [1, jax.device_count()].
+  """
+  return devices.make_mesh_1d(CLIENTS_AXIS, num_devices, jax.sharding.AxisType.Explicit)
 
 
 def shard_packed(packed: Mapping[str, Any], mesh: jax.sharding.Mesh) -> dict:
