@@ -9,7 +9,12 @@ Launch:
 
 Args (comma-separated after ``:``):
   data: synthetic | snips | ... (default synthetic).
-  model: bag | cnn | transformer (default transformer).
+  model: bag | cnn | transformer (default transformer). The transformer is the order-aware
+    canary-study variant (:data:`ORDERED_TRANSFORMER`: causal width-5 stem, causal attention,
+    max pooling; no dropout, 10 epochs unless ``dropout``/``epochs`` say otherwise).
+  ordered: with ``ordered=False`` the transformer is configs/nlu.py's (bidirectional,
+    mean-pooled, dropout 0.1, 3 epochs), which memorises a secret's digit *set* rather than
+    its order (docs/attacks.md).
   eps: target ε; ``inf`` (default) trains non-privately (configs/nlu.py), a number trains with
     eDP-SGD calibrated to it (configs/dp_nlu.py).
   repeats: copies of each secret canary in training (default 10; 0 = control, never inserted).
@@ -29,6 +34,13 @@ import ml_collections
 from configs import dp_nlu, nlu
 from trustml.core import config_args
 
+# The canary study's transformer classifier: a causal width-5 convolutional stem, causal
+# attention and a max over positions of the final states. Measured on SNIPS canaries (3 draws,
+# docs/attacks.md): mean exposure 11.2 bits vs 10.2 with the last token's state and 8.1 for the
+# NLU default (mean-pooled, bidirectional), which memorises a secret's digit set, not its order.
+ORDERED_TRANSFORMER = dict(conv_kernel=5, causal_attention=True, pooling="max")
+ORDERED_TRANSFORMER_EPOCHS = 10.0
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the attack config for ``arg`` (see module docstring)."""
@@ -36,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg,
     data="synthetic",
     model="transformer",
+    ordered=True,
     eps=float("inf"),
     repeats=10,
     secrets=4,
@@ -51,6 +64,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = nlu.get_config(base)
   else:
     config = dp_nlu.get_config(f"{base},eps={a.eps}")
+  if a.model == "transformer" and a.ordered:
+    config.model.update(ORDERED_TRANSFORMER)
+    config.model.dropout_rate = 0.0
+    if not a.smoke:
+      config.train.num_epochs = ORDERED_TRANSFORMER_EPOCHS
   if a.small and a.data == "snips":
     config.data.snips_train = "small"  # 2,100 training queries instead of 13,784.
   if a.small:

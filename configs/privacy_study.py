@@ -12,10 +12,11 @@ Launch:
 
   python -m launch.attack --config=configs/privacy_study.py:model=transformer --workdir=/tmp/ps_tr
 
-Args: as configs/attack.py (data, model, eps, repeats, secrets, shadows, dropout, epochs, small,
-smoke, seed); the study defaults are data=snips, model=cnn, repeats=10. ``model=transformer``
-is the order-aware transformer classifier (:data:`ORDERED_TRANSFORMER`), trained without dropout
-for 10 epochs unless ``dropout``/``epochs`` are given.
+Args: as configs/attack.py (data, model, ordered, eps, repeats, secrets, shadows, dropout,
+epochs, small, smoke, seed); the study defaults are data=snips, model=cnn, repeats=10.
+``model=transformer`` is configs/attack.py's order-aware transformer classifier
+(:data:`configs.attack.ORDERED_TRANSFORMER`), trained without dropout for 10 epochs unless
+``dropout``/``epochs`` are given.
 """
 
 import ml_collections
@@ -24,19 +25,15 @@ from configs import attack
 from trustml.core import config_args
 
 EPSILONS = (float("inf"), 8.0, 4.0, 2.0, 1.0, 0.5)
-# The study's transformer: a causal width-5 convolutional stem, causal attention and the last
-# token's state as the summary (a GPT-style classifier). The mean-pooled bidirectional default
-# memorises a secret's digit *set* rather than its order (docs/attacks.md).
-ORDERED_TRANSFORMER = dict(conv_kernel=5, causal_attention=True, pooling="last")
-TRANSFORMER_EPOCHS = 10.0
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The study's base config: configs/attack.py with SNIPS and the CNN by default.
 
-  Both the CNN and the study's transformer (``model=transformer``: :data:`ORDERED_TRANSFORMER`)
-  see the order of a secret's digits; the mean-pooled bidirectional transformer of
-  configs/nlu.py memorises the digit *set* instead, which caps its exposure (docs/attacks.md).
+  Both the CNN and the study's transformer (``model=transformer``:
+  :data:`configs.attack.ORDERED_TRANSFORMER`) see the order of a secret's digits; the
+  mean-pooled bidirectional transformer of configs/nlu.py (``ordered=False``) memorises the
+  digit *set* instead, which caps its exposure (docs/attacks.md).
 
   Args:
     arg: configs/attack.py's comma-separated args.
@@ -49,14 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = ",".join(filter(None, [arg, "data=snips"]))
   if "model" not in given:
     arg = ",".join(filter(None, [arg, "model=cnn"]))
-  config = attack.get_config(arg)
-  if config.model.name == "transformer":
-    config.model.update(ORDERED_TRANSFORMER)
-    if "dropout" not in given:
-      config.model.dropout_rate = 0.0
-    if "epochs" not in given and "smoke" not in given:
-      config.train.num_epochs = TRANSFORMER_EPOCHS
-  return config
+  return attack.get_config(arg)
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:

@@ -122,7 +122,13 @@ def test_configs_and_sweep():
   assert {"defense_dropout0.3", "defense_early_stop1ep"} <= set(names)
   assert privacy_study.get_config(None).data.name == "snips"
   assert privacy_study.get_config(None).model.name == "cnn"
-  assert privacy_study.get_config("model=transformer").model.name == "transformer"
+  study_tr = privacy_study.get_config("model=transformer")
+  assert study_tr.model.to_dict() == attack_config.get_config("data=snips").model.to_dict()
+  assert dict(study_tr.model).items() >= attack_config.ORDERED_TRANSFORMER.items()
+  assert study_tr.model.dropout_rate == 0.0 and study_tr.train.num_epochs == 10.0
+  assert privacy_study.get_config("model=transformer,dropout=0.3").model.dropout_rate == 0.3
+  nlu_tr = attack_config.get_config("data=snips,ordered=False").model
+  assert (nlu_tr.pooling, nlu_tr.conv_kernel, nlu_tr.dropout_rate) == ("mean", 0, 0.1)
   assert isinstance(privacy_study.get_config("smoke"), ml_collections.ConfigDict)
 
 

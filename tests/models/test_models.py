@@ -54,6 +54,15 @@ def test_padding_tokens_change_nothing(name):
 ORDERED = dict(conv_kernel=3, causal_attention=True, pooling="last")
 
 
+def test_masked_max_ignores_padding_and_empty_rows():
+  from trustml.models import layers
+
+  x = np.array([[[1.0, -5.0], [3.0, -2.0], [9.0, 9.0]], [[-1.0, -4.0], [7.0, 7.0], [0.0, 0.0]]])
+  mask = np.array([[1, 1, 0], [1, 0, 0]], bool)
+  np.testing.assert_array_equal(layers.masked_max(x, mask), [[3.0, -2.0], [-1.0, -4.0]])
+  np.testing.assert_array_equal(layers.masked_max(x, np.zeros((2, 3), bool)), np.zeros((2, 2)))
+
+
 def test_masked_last_picks_the_last_valid_state():
   from trustml.models import layers
 
@@ -64,7 +73,10 @@ def test_masked_last_picks_the_last_valid_state():
   np.testing.assert_array_equal(layers.masked_last(x[:1], none), x[0, :1])
 
 
-@pytest.mark.parametrize("over", [ORDERED, dict(conv_kernel=3), dict(pooling="last")])
+@pytest.mark.parametrize(
+  "over",
+  [ORDERED, dict(ORDERED, pooling="max"), dict(conv_kernel=3), dict(pooling="last")],
+)
 def test_transformer_variants_contract_padding_and_gradients(over):
   m = _model("transformer", **over)
   batch = make_batch(4, T, V, C, seed=1)

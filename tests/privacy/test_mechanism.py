@@ -19,9 +19,9 @@ SMALL = dict(
   transformer=dict(embed_dim=8, num_layers=1, num_heads=2, mlp_dim=16, dropout_rate=0.0),
   causal_lm=dict(embed_dim=8, num_layers=1, num_heads=2, mlp_dim=16),
 )
-# The order-aware transformer classifier: causal stem + causal attention + last-token pooling.
+# The privacy study's transformer classifier: causal stem + causal attention + max pooling.
 SMALL["transformer_ordered"] = dict(
-  SMALL["transformer"], conv_kernel=3, causal_attention=True, pooling="last"
+  SMALL["transformer"], conv_kernel=3, causal_attention=True, pooling="max"
 )
 
 

@@ -87,7 +87,9 @@ class TransformerEncoder(nn.Module):
   """Pre-LN transformer encoder, learned positions, padding mask, pooled states, linear head.
 
   ``pooling`` picks the sequence representation of the classifier: ``"mean"`` (masked mean of
-  the final states) or ``"last"`` (the state at the last non-padding position). With
+  the final states), ``"last"`` (the state at the last non-padding position) or ``"max"``
+  (masked max over positions per feature, as in a Kim-style CNN: a feature fires wherever its
+  pattern occurs). With
   ``causal_attention`` every position attends only to itself and earlier positions, so each
   state summarises an ordered prefix; ``causal_attention=True`` with ``pooling="last"`` is a
   GPT-style classifier. ``causal`` (the language-model head) implies causal attention.
@@ -154,6 +156,8 @@ class TransformerEncoder(nn.Module):
     states = self.encode(emb, mask, train)
     if self.pooling == "last":
       return layers.masked_last(states, mask)
+    if self.pooling == "max":
+      return layers.masked_max(states, mask)
     return layers.masked_mean(states, mask)
 
   def from_embeddings(self, emb: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:

@@ -16,7 +16,7 @@ from trustml.core import validation
 from trustml.models import contract, networks
 
 MODEL_NAMES = ("bag", "cnn", "transformer", "causal_lm")
-POOLINGS = ("mean", "last")
+POOLINGS = ("mean", "last", "max")
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
   "bag": dict(embed_dim=64, hidden_dim=128, dropout_rate=0.0),
@@ -40,7 +40,7 @@ def default_model_config(name: str) -> ml_collections.ConfigDict:
 
   Fields: ``name``; ``embed_dim`` (token embedding width); ``hidden_dim`` (bag MLP width);
   ``num_filters``/``kernel_sizes`` (CNN); ``num_layers``/``num_heads``/``mlp_dim``
-  (transformers); ``pooling`` (``"mean"`` | ``"last"``) and ``causal_attention`` (the
+  (transformers); ``pooling`` (``"mean"`` | ``"last"`` | ``"max"``) and ``causal_attention`` (the
   transformer classifier's sequence summary and attention mask), ``conv_kernel`` (width of
   the transformer's convolutional stem, 0 = none); ``dropout_rate`` in [0, 1).
   """
