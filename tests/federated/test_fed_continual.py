@@ -19,11 +19,49 @@ def test_cap_never_exceeded_random_arrivals(policy):
       assert storage.sizes().max() <= cap
       for k, stored in enumerate(storage.rows()):
         assert set(stored.tolist()) <= set(rows[k][periods[k] <= t].tolist())
-        expected = (
-          min(cap, int((periods[k] <= t).sum())) if policy != "drop_previous_period" else None
-        )
-        if expected is not None:
-          assert len(stored) == expected
+        seen = int((periods[k] <= t).sum())
+        if seen <= cap:  # everything fits: no policy may drop a row
+          assert len(stored) == seen
+        elif policy != "drop_previous_period":
+          assert len(stored) == cap
+        else:  # whole periods are deleted: the newest period is always complete
+          newest = rows[k][periods[k] == t]
+          assert set(newest[-cap:].tolist()) <= set(stored.tolist())
+
+
+def test_audit_b1_no_row_dropped_while_everything_fits():
+  """Audit B1: cap 10, 4 stored + 4 new -> all 8 kept (the old slice kept rows 2-7)."""
+  for policy in continual.POLICIES:
+    store = continual.ClientStore(cap=10, policy=policy)
+    store.add([0, 1, 2, 3], period=0, gen=np.random.default_rng(0))
+    store.add([4, 5, 6, 7], period=1, gen=np.random.default_rng(0))
+    assert store.rows == list(range(8)), policy
+
+
+@pytest.mark.parametrize("policy", continual.POLICIES)
+def test_no_drop_while_fits_on_a_grid(policy):
+  """Every (old, new, cap) with old + new <= cap keeps all rows; otherwise the cap binds."""
+  for cap in range(1, 9):
+    for n_old in range(0, cap + 1):
+      for n_new in range(0, 2 * cap + 1):
+        store = continual.ClientStore(cap=cap, policy=policy)
+        store.add(list(range(n_old)), period=0, gen=np.random.default_rng(0))
+        store.add(list(range(100, 100 + n_new)), period=1, gen=np.random.default_rng(0))
+        if n_old + n_new <= cap:
+          assert len(store.rows) == n_old + n_new
+        else:
+          assert len(store.rows) <= cap
+
+
+def test_drop_previous_period_deletes_whole_periods():
+  store = continual.ClientStore(cap=5, policy="drop_previous_period")
+  store.add([0, 1, 2, 3], period=0, gen=np.random.default_rng(0))
+  store.add([4, 5], period=1, gen=np.random.default_rng(0))
+  assert store.rows == [4, 5]  # period 0 went as a whole; drop_oldest would keep [1..5]
+  store.add([6, 7], period=2, gen=np.random.default_rng(0))
+  assert store.rows == [4, 5, 6, 7]  # fits: nothing dropped
+  store.add(list(range(10, 17)), period=3, gen=np.random.default_rng(0))
+  assert store.rows == [12, 13, 14, 15, 16]  # new period alone over the cap: its newest 5
 
 
 def test_policies_keep_the_right_rows():
@@ -35,13 +73,14 @@ def test_policies_keep_the_right_rows():
     old.ingest(rows, periods, t)
     prev.ingest(rows, periods, t)
     if t == 1:
-      assert prev.rows()[0].tolist() == [1, 2, 3, 4, 5]  # room left: newest old rows kept
+      assert old.rows()[0].tolist() == [1, 2, 3, 4, 5]
+      assert prev.rows()[0].tolist() == [4, 5]  # period 0 deleted as a whole
   assert old.rows()[0].tolist() == [5, 6, 7, 8, 9]
-  assert prev.rows()[0].tolist() == [5, 6, 7, 8, 9]
-  prev2 = continual.Storage(1, 3, "drop_previous_period")
+  assert prev.rows()[0].tolist() == [6, 7, 8, 9]
+  prev2 = continual.Storage(1, 6, "drop_previous_period")
   prev2.ingest(rows, periods, 0)
   prev2.ingest(rows, periods, 1)
-  assert prev2.rows()[0].tolist() == [3, 4, 5]
+  assert prev2.rows()[0].tolist() == [0, 1, 2, 3, 4, 5]  # fits: nothing dropped
 
 
 def test_reservoir_is_uniform_over_history():

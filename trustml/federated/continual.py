@@ -8,9 +8,14 @@ configurable random process (``process="random"``: each row's period drawn unifo
 remaining periods). Each client keeps at most ``cap`` rows; when new rows arrive the deletion
 policy decides what is dropped:
 
-* ``drop_oldest``: first in, first out;
-* ``drop_previous_period``: rows of earlier periods are dropped first (all of them if the new
-  period alone fills the cap), then the oldest of the rest;
+* ``drop_oldest``: first in, first out, row by row: exactly ``len(stored) + len(new) - cap`` of
+  the oldest rows are dropped, none while everything fits;
+* ``drop_previous_period``: deletion at the granularity of a period (like deleting a day's log
+  file): while the stored and new rows do not fit, the whole oldest stored period is deleted;
+  if the new period alone exceeds the cap, its newest ``cap`` rows are kept. No row is dropped
+  while everything fits, but once something must go a whole period goes, so a client may store
+  fewer than ``cap`` rows (e.g. cap 5, four rows of period 0, then two of period 1: period 0 is
+  deleted and 2 rows remain, where ``drop_oldest`` keeps 5);
 * ``reservoir``: reservoir sampling (Vitter's algorithm R) over everything the client has seen,
   so the stored set is a uniform sample of its history.
 """
@@ -94,14 +99,11 @@ class ClientStore:
             self.periods[j] = period
       return
     self.seen += len(rows)
-    if self.policy == "drop_previous_period" and rows:
-      keep = [(r, p) for r, p in zip(self.rows, self.periods, strict=True) if p >= period]
-      old = [(r, p) for r, p in zip(self.rows, self.periods, strict=True) if p < period]
-      room = max(self.cap - len(keep) - len(rows), 0)
-      kept_old = old[len(old) - room :] if room else []
-      merged = kept_old + keep
-      self.rows = [r for r, _ in merged]
-      self.periods = [p for _, p in merged]
+    if self.policy == "drop_previous_period":
+      while self.rows and len(self.rows) + len(rows) > self.cap:
+        oldest = self.periods[0]
+        k = next((i for i, p in enumerate(self.periods) if p != oldest), len(self.periods))
+        self.rows, self.periods = self.rows[k:], self.periods[k:]
     self.rows.extend(rows)
     self.periods.extend([period] * len(rows))
     if len(self.rows) > self.cap:
