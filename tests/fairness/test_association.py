@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from trustml.core.validation import ConfigError
 from trustml.fairness import association
@@ -35,9 +36,10 @@ def test_weat_effect_size_closed_form():
   result = association.weat(x, y, a, b)
   assert result.effect_size == pytest.approx(expected, rel=1e-10)
   assert result.statistic == pytest.approx(s[:4].sum() - s[4:].sum(), rel=1e-10)
-  # With a clean planted association every other partition has a smaller statistic.
+  # With a clean planted association every other partition has a smaller statistic; the
+  # observed partition itself counts (scipy / sent-bias convention), so p = 1/70, never 0.
   assert result.exact and result.num_partitions == math.comb(8, 4)
-  assert result.p_value == 0.0
+  assert result.p_value == pytest.approx(1 / 70)
 
 
 def test_weat_no_association_is_zero():
@@ -71,10 +73,51 @@ def test_permutation_p_value_exact_by_enumeration():
   stat = lambda xi: sum(s(pool[i]) for i in xi) - sum(s(pool[j]) for j in range(6) if j not in xi)  # noqa: E731
   observed = stat((0, 1, 2))
   parts = list(itertools.combinations(range(6), 3))
-  expected = sum(stat(p) > observed + 1e-12 for p in parts) / len(parts)
+  expected = sum(stat(p) >= observed - 1e-12 for p in parts) / len(parts)
   assert len(parts) == 20 and result.exact
   assert result.p_value == pytest.approx(expected)
   assert 0 < result.p_value < 1  # a random case, not a degenerate one
+
+
+def _sentbias_p(s_all, n):
+  """May et al.'s sent-bias exact rule: ties and the observed partition count."""
+  obs = s_all[:n].sum()
+  sums = [s_all[list(c)].sum() for c in itertools.combinations(range(2 * n), n)]
+  return sum(si >= obs for si in sums) / len(sums)
+
+
+def test_audit_b2_p_value_never_zero_and_equals_scipy_and_sentbias():
+  """Audit B2 (ff_repro_weat_p0): 4 vs 4 words, X clearly closer to A: p = 1/70, not 0."""
+  x, y = np.eye(8)[:4] + np.eye(8)[4], np.eye(8)[:4] - np.eye(8)[4]
+  a, b = np.eye(8)[4:5] + 0.1, -np.eye(8)[4:5] + 0.1
+  r = association.weat(x, y, a, b)
+  sx, sy = association.association(x, a, b), association.association(y, a, b)
+  ref = stats.permutation_test(
+    (sx, sy),
+    lambda u, v: u.sum() - v.sum(),
+    permutation_type="independent",
+    alternative="greater",
+    n_resamples=np.inf,
+  ).pvalue
+  assert r.p_value == pytest.approx(1 / 70) and r.p_value == pytest.approx(ref)
+  assert r.p_value == pytest.approx(_sentbias_p(np.r_[sx, sy], 4))
+
+
+def test_tied_sets_count_ties():
+  """Duplicated word vectors: every partition with the 3 X words in X ties -> sent-bias 1/20."""
+  x, y = np.repeat(np.eye(4)[:1], 3, 0), np.repeat(np.eye(4)[1:2], 3, 0)
+  a, b = np.eye(4)[:1], np.eye(4)[1:2]
+  r = association.weat(x, y, a, b)
+  s_all = np.r_[association.association(x, a, b), association.association(y, a, b)]
+  assert r.p_value == pytest.approx(_sentbias_p(s_all, 3)) == pytest.approx(1 / 20)
+
+
+def test_sampled_p_value_is_b_plus_one_over_m_plus_one():
+  """Sampling: the observed partition is added, p = (b + 1) / (m + 1) > 0 even if b = 0."""
+  s = np.r_[np.full(10, 5.0) + np.arange(10) * 1e-3, np.zeros(10)]  # X far above Y
+  p, exact, m = association.permutation_p_value(s, 10, max_exact_partitions=10, num_samples=999)
+  assert not exact and m == 999
+  assert p == pytest.approx(1 / 1000)
 
 
 def test_sampled_p_value_matches_exact():

@@ -8,6 +8,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
+
 
 class ConfigError(ValueError):
   """A config field or public argument has an invalid value."""
@@ -99,6 +101,44 @@ def one_of(field: str, value: Any, allowed: Iterable[Any]) -> Any:
   return value
 
 
+def finite_array(field: str, value: Any, *, ndim: int | None = None) -> np.ndarray:
+  """Converts ``value`` to a float64 array and checks it is finite (and of rank ``ndim``).
+
+  Statistics call this on scores and embeddings, so one NaN fails loudly instead of turning
+  every AUC or p-value into NaN (or 0).
+
+  Raises:
+    ConfigError: naming ``field``, the first bad position and value, or the wrong shape.
+  """
+  arr = np.asarray(value, dtype=np.float64)
+  if ndim is not None and arr.ndim != ndim:
+    raise ConfigError(f"{field} with shape {arr.shape} is invalid: must have {ndim} dimension(s)")
+  bad = np.argwhere(~np.isfinite(arr))
+  if bad.size:
+    where = tuple(int(i) for i in bad[0])
+    raise ConfigError(
+      f"{field} is invalid: must be finite, but {bad.shape[0]} entries are NaN/inf "
+      f"(first at index {where if arr.ndim != 1 else where[0]}: {arr[tuple(bad[0])]})"
+    )
+  return arr
+
+
+def same_length(**arrays: Any) -> int:
+  """Checks that every named array has the same length; returns it.
+
+  Raises:
+    ConfigError: naming every input and its length when they differ.
+  """
+  lengths = {
+    name: len(np.asarray(a).reshape(-1)) if np.ndim(a) <= 1 else len(a)
+    for name, a in arrays.items()
+  }
+  if len(set(lengths.values())) > 1:
+    got = ", ".join(f"{k} has {v}" for k, v in lengths.items())
+    raise ConfigError(f"input lengths are invalid: {got}; they must be equal")
+  return next(iter(lengths.values()), 0)
+
+
 def known_fields(
   section: str, given: Mapping[str, Any] | Iterable[str], allowed: Iterable[str]
 ) -> None:
@@ -122,6 +162,7 @@ def known_fields(
 
 __all__ = [
   "ConfigError",
+  "finite_array",
   "in_range",
   "known_fields",
   "non_negative",
@@ -129,4 +170,5 @@ __all__ = [
   "one_of",
   "positive",
   "positive_int",
+  "same_length",
 ]

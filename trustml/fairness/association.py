@@ -6,10 +6,11 @@ WEAT (Caliskan et al., Science 2017). Target sets ``X``, ``Y`` (equal size) and 
 * ``s(w, A, B) = mean_a cos(w, a) - mean_b cos(w, b)``
 * effect size ``d = (mean_x s(x) - mean_y s(y)) / std_{w in X ∪ Y} s(w)`` (sample std, ddof=1)
 * statistic ``S = Σ_x s(x) - Σ_y s(y)``; one-sided permutation p-value
-  ``P[S(X_i, Y_i) > S(X, Y)]`` over all equal-size re-partitions ``(X_i, Y_i)`` of ``X ∪ Y``
-  (observed partition included, strict inequality as in Caliskan et al. and May et al.'s
-  ``sent-bias``): exact enumeration when the number of partitions is at most
-  ``max_exact_partitions``, otherwise ``num_samples`` random partitions.
+  ``P[S(X_i, Y_i) >= S(X, Y)]`` over all equal-size re-partitions ``(X_i, Y_i)`` of ``X ∪ Y``
+  by :func:`scipy.stats.permutation_test` (ties and the observed partition count, as in May
+  et al.'s ``sent-bias``): exact enumeration when the number of partitions is at most
+  ``max_exact_partitions``, otherwise ``(b + 1) / (m + 1)`` over ``num_samples`` random
+  partitions.
 
 SEAT (May et al., NAACL 2019): WEAT on sentence encodings of semantically bleached templates
 (``This is John.``) from ``<data dir>/seat_sent_bias/tests/*.jsonl``, encoded here with any
@@ -29,7 +30,6 @@ Statistics are NumPy/SciPy in float64; encodings come from a jitted JAX function
 """
 
 import dataclasses
-import itertools
 import json
 import math
 import os
@@ -126,6 +126,11 @@ def effect_size_and_variance(x, y, a, b) -> tuple[float, float]:
   return float((sx.mean() - sy.mean()) / math.sqrt(var)) if var > 0 else 0.0, var
 
 
+def _sum_difference(sx: np.ndarray, sy: np.ndarray, axis: int = -1) -> np.ndarray:
+  """``S = Σ_X s - Σ_Y s`` along ``axis`` (vectorised for :func:`scipy.stats.permutation_test`)."""
+  return np.sum(sx, axis=axis) - np.sum(sy, axis=axis)
+
+
 def permutation_p_value(
   s_values: np.ndarray,
   n_x: int,
@@ -134,7 +139,12 @@ def permutation_p_value(
   num_samples: int = 10_000,
   seed: int = 0,
 ) -> tuple[float, bool, int]:
-  """One-sided permutation p-value of ``S = Σ_X s - Σ_Y s``.
+  """One-sided permutation p-value of ``S = Σ_X s - Σ_Y s`` by :func:`scipy.stats.permutation_test`.
+
+  The convention is scipy's and May et al.'s ``sent-bias``: partitions whose statistic ties the
+  observed one (up to scipy's relative tolerance) count, and so does the observed partition, so
+  an exact p-value is at least ``1 / C(|X ∪ Y|, |X|)``; a sampled one is ``(b + 1) / (m + 1)``
+  with ``b`` of ``m`` random partitions at least as large as the observed statistic.
 
   Args:
     s_values: ``s(w, A, B)`` for ``X`` (first ``n_x`` rows) then ``Y``.
@@ -144,32 +154,30 @@ def permutation_p_value(
     seed: root seed for sampled partitions.
 
   Returns:
-    ``(p_value, exact, num_partitions)``; ``p = #{i: S_i > S_obs} / #partitions``.
+    ``(p_value, exact, num_partitions)``.
+
+  Raises:
+    ConfigError: on non-finite ``s_values`` or a non-positive ``num_samples``.
+
+  Example:
+    >>> permutation_p_value(np.array([1.0, 0.9, 0.1, 0.0]), 2)[0]  # 1 of 6 partitions
+    0.16666666666666666
   """
-  s = np.asarray(s_values, dtype=np.float64)
-  total = s.sum()
-  observed = 2 * s[:n_x].sum() - total
-  # S_i = Σ_{X_i} s - Σ_{Y_i} s = 2 Σ_{X_i} s - total; compare with a small tolerance so that
-  # partitions equal to the observed one up to rounding do not count as "greater".
-  tol = 1e-12 * max(1.0, np.abs(s).sum())
+  s = validation.finite_array("s_values", s_values)
   num_partitions = math.comb(len(s), n_x)
-  if num_partitions <= max_exact_partitions:
-    count = 0
-    combos = itertools.combinations(range(len(s)), n_x)
-    while True:
-      chunk = np.fromiter(
-        itertools.chain.from_iterable(itertools.islice(combos, 20_000)), dtype=np.int64
-      )
-      if chunk.size == 0:
-        break
-      stat = 2 * s[chunk.reshape(-1, n_x)].sum(-1) - total
-      count += int((stat > observed + tol).sum())
-    return count / num_partitions, True, num_partitions
-  validation.positive_int("num_samples", num_samples)
-  gen = rng_lib.numpy_rng(seed, "permutation")
-  idx = np.argsort(gen.random((num_samples, len(s))), axis=-1)[:, :n_x]
-  stat = 2 * s[idx].sum(-1) - total
-  return float((stat > observed + tol).mean()), False, num_samples
+  exact = num_partitions <= max_exact_partitions
+  if not exact:
+    validation.positive_int("num_samples", num_samples)
+  result = stats.permutation_test(
+    (s[:n_x], s[n_x:]),
+    _sum_difference,
+    permutation_type="independent",
+    vectorized=True,
+    n_resamples=np.inf if exact else num_samples,
+    alternative="greater",
+    rng=rng_lib.numpy_rng(seed, "permutation"),
+  )
+  return float(result.pvalue), exact, num_partitions if exact else num_samples
 
 
 def weat(
