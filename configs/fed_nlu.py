@@ -83,8 +83,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "client_learning_rate": 1.0,  # Local SGD step size.
       "server_learning_rate": 0.01 if a.algorithm in ("fedadam", "fedyogi", "fedadagrad") else 1.0,
       "proximal_mu": 0.01,  # FedProx mu (used by fedprox only).
-      "server_optimizer": "sgd",  # fedopt: sgd | momentum | adam | yogi | adagrad.
+      # fedopt: sgd | momentum | adam | yogi | adagrad (Reddi et al. 2021 Alg. 2) |
+      # optax_adam | optax_yogi | optax_adagrad (optax's bias-corrected / eps-inside-root forms).
+      "server_optimizer": "sgd",
       "server_momentum": 0.9,  # fedavgm / momentum server optimizer.
+      "server_tau": 1e-3,  # Reddi et al.'s tau, outside the square root (adaptive optimizers).
+      "server_b1": 0.0 if a.algorithm == "fedadagrad" else 0.9,  # beta1 (adaptive optimizers).
+      "server_b2": 0.99,  # beta2 (FedAdam / FedYogi).
     }
   )
   # The rounds.

@@ -7,7 +7,10 @@ weighting (``n_i`` or uniform) is chosen when the round is packed
 
 * FedAvg (McMahan et al. 2017): local SGD, server SGD with learning rate 1 on ``-Delta``.
 * FedProx (Li et al. 2020): local objective ``F_i(w) + mu/2 ||w - w_t||^2``.
-* FedOpt (Reddi et al. 2021): any optax server optimizer on the pseudo-gradient ``-Delta``.
+* FedOpt (Reddi et al. 2021): any optax server optimizer on the pseudo-gradient ``-Delta``;
+  FedAdagrad / FedAdam / FedYogi use Alg. 2 of the paper (``τ`` outside the square root, no
+  bias correction, :mod:`trustml.federated.server_optimizers`); optax's own versions stay
+  available as ``optax_adagrad`` / ``optax_adam`` / ``optax_yogi``.
 * SCAFFOLD (Karimireddy et al. 2020), option II control variates, server lr ``eta_g``.
 """
 
@@ -20,6 +23,7 @@ import optax
 from trustml.core import validation
 from trustml.federated import dp as dp_lib
 from trustml.federated import round as round_lib
+from trustml.federated import server_optimizers
 from trustml.models import contract
 
 ALGORITHMS = (
@@ -32,7 +36,16 @@ ALGORITHMS = (
   "fedopt",
   "scaffold",
 )
-SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi", "adagrad")
+SERVER_OPTIMIZERS = (
+  "sgd",
+  "momentum",
+  "adam",
+  "yogi",
+  "adagrad",
+  "optax_adam",
+  "optax_yogi",
+  "optax_adagrad",
+)
 
 
 def server_optimizer(
@@ -40,14 +53,36 @@ def server_optimizer(
   learning_rate: float,
   *,
   momentum: float = 0.9,
-  b1: float = 0.9,
+  b1: float | None = None,
   b2: float = 0.99,
   eps: float = 1e-3,
+  initial_accumulator: float | None = None,
 ) -> optax.GradientTransformation:
-  """An optax server optimizer by name (FedOpt defaults: ``eps=1e-3`` as in Reddi et al.).
+  """A server optimizer by name.
+
+  ``adam`` / ``yogi`` / ``adagrad`` are Reddi et al. 2021's Alg. 2 with ``τ = eps`` outside the
+  square root and no bias correction (:func:`trustml.federated.server_optimizers.reddi`;
+  ``b1=None`` gives 0 for adagrad, 0.9 otherwise; ``initial_accumulator=None`` gives ``τ²``).
+  ``optax_adam`` / ``optax_yogi`` / ``optax_adagrad`` are optax's own (bias-corrected Adam/Yogi,
+  Adagrad with ``eps`` inside the root and a zero initial accumulator).
+
+  Args:
+    name: one of :data:`SERVER_OPTIMIZERS`.
+    learning_rate: server learning rate ``η``.
+    momentum: FedAvgM momentum.
+    b1: ``β1``.
+    b2: ``β2``.
+    eps: ``τ`` (Reddi) or optax's ``eps``.
+    initial_accumulator: Reddi's ``v_{-1}``.
+
+  Returns:
+    The optax transformation applied to the pseudo-gradient ``-Delta``.
 
   Raises:
-    ConfigError: on an unknown name or a non-positive learning rate.
+    ConfigError: on an unknown name or invalid hyperparameters.
+
+  Example:
+    >>> opt = server_optimizer("adagrad", 1.0)
   """
   validation.one_of("algorithm.server_optimizer", name, SERVER_OPTIMIZERS)
   validation.positive("algorithm.server_learning_rate", learning_rate)
@@ -55,9 +90,14 @@ def server_optimizer(
     return optax.sgd(learning_rate)
   if name == "momentum":
     return optax.sgd(learning_rate, momentum=momentum)
-  if name == "adam":
+  if name in server_optimizers.REDDI_VARIANTS:
+    return server_optimizers.reddi(
+      name, learning_rate, b1=b1, b2=b2, tau=eps, initial_accumulator=initial_accumulator
+    )
+  b1 = 0.9 if b1 is None else b1
+  if name == "optax_adam":
     return optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
-  if name == "yogi":
+  if name == "optax_yogi":
     return optax.yogi(learning_rate, b1=b1, b2=b2, eps=eps)
   return optax.adagrad(learning_rate, initial_accumulator_value=0.0, eps=eps)
 
@@ -176,6 +216,10 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     validation.one_of(
       "algorithm.server_optimizer", cfg.get("server_optimizer", "sgd"), SERVER_OPTIMIZERS
     )
+  validation.positive("algorithm.server_tau", cfg.get("server_tau", 1e-3))
+  for field in ("server_b1", "server_b2"):
+    if cfg.get(field) is not None:
+      validation.in_range(f"algorithm.{field}", cfg[field], 0.0, 1.0, low_inclusive=True)
   if cfg["name"] == "scaffold" and cfg.get("dp_enabled", False):
     raise validation.ConfigError(
       "algorithm.name='scaffold' is invalid with DP: use fedavg or fedopt"
@@ -195,7 +239,9 @@ def from_config(
   Args:
     model: the Model contract.
     cfg: ``name`` in :data:`ALGORITHMS`, ``client_learning_rate``, ``server_learning_rate``,
-      ``proximal_mu`` (fedprox), ``server_optimizer`` (fedopt), ``server_momentum``.
+      ``proximal_mu`` (fedprox), ``server_optimizer`` (fedopt), ``server_momentum``, and for
+      the adaptive server optimizers ``server_tau`` (default 1e-3), ``server_b1`` (default
+      0 for adagrad, 0.9 otherwise), ``server_b2`` (default 0.99).
     mesh: optional ``clients`` mesh.
     dp: optional user-level DP settings.
     dropout: local dropout.
@@ -229,7 +275,14 @@ def from_config(
     "fedadagrad": "adagrad",
     "fedavgm": "momentum",
   }.get(name, cfg.get("server_optimizer", "sgd"))
-  server = server_optimizer(opt_name, slr, momentum=cfg.get("server_momentum", 0.9))
+  server = server_optimizer(
+    opt_name,
+    slr,
+    momentum=cfg.get("server_momentum", 0.9),
+    b1=cfg.get("server_b1", None),
+    b2=cfg.get("server_b2", 0.99),
+    eps=cfg.get("server_tau", 1e-3),
+  )
   return fed_opt(model, client_learning_rate=clr, server=server, name=name, dp=dp, **kw)
 
 
