@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
+from statsmodels.stats.meta_analysis import combine_effects
 
 from trustml.core.validation import ConfigError
 from trustml.fairness import association
@@ -139,6 +140,32 @@ def test_unequal_and_empty_sets_rejected():
     association.weat(rng.normal(size=(3, 4)), rng.normal(size=(4, 4)), np.eye(4), np.eye(4))
   with pytest.raises(ConfigError, match="empty"):
     association.weat(np.eye(4)[:2], np.eye(4)[2:], np.zeros((0, 4)), np.eye(4))
+
+
+def test_nan_embeddings_rejected_naming_the_set():
+  """One NaN vector used to give p = 0 silently."""
+  rng = np.random.default_rng(4)
+  x, y, a, b = (rng.normal(size=(4, 5)) for _ in range(4))
+  y[2, 3] = np.nan
+  with pytest.raises(ConfigError, match=r"WEAT set Y embeddings is invalid: must be finite"):
+    association.weat(x, y, a, b)
+  b[0, 0] = np.inf
+  with pytest.raises(ConfigError, match="WEAT set B embeddings"):
+    association.effect_size_and_variance(x, x, a, b)
+  with pytest.raises(ConfigError, match="s_values is invalid"):
+    association.permutation_p_value(np.array([1.0, np.nan, 0.0, 0.0]), 2)
+  with pytest.raises(ConfigError, match="effect_sizes is invalid"):
+    association.random_effects([0.1, np.nan], [0.1, 0.1])
+
+
+def test_random_effects_equals_statsmodels_and_truncates_tau2():
+  gen = np.random.default_rng(0)
+  es, v = gen.normal(0.5, 0.3, size=50), gen.uniform(0.01, 0.05, size=50)
+  r = association.random_effects(es, v)
+  sm = combine_effects(es, v, method_re="dl")
+  assert r.effect_size == pytest.approx(sm.mean_effect_re, rel=1e-12)
+  assert r.standard_error == pytest.approx(sm.sd_eff_w_re, rel=1e-12)
+  assert r.tau2 == pytest.approx(sm.tau2) and r.q == pytest.approx(sm.q)
 
 
 def test_random_effects_hand_computation():

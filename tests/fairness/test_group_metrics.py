@@ -1,9 +1,12 @@
 """Tests of trustml.fairness.group_metrics against scikit-learn and hand computations."""
 
+import fairlearn.metrics
 import numpy as np
 import pytest
+from scipy import stats
 from sklearn import metrics
 
+from trustml.core import rng as rng_lib
 from trustml.core.validation import ConfigError
 from trustml.fairness import group_metrics
 
@@ -20,12 +23,21 @@ def table():
   return labels, scores, groups, valid
 
 
-def test_roc_auc_equals_sklearn(table):
-  labels, scores, _, _ = table
-  assert group_metrics.roc_auc(labels, scores) == pytest.approx(
-    metrics.roc_auc_score(labels, scores), abs=1e-12
-  )
-  assert np.isnan(group_metrics.roc_auc([1, 1], [0.2, 0.3]))
+def test_overall_auc_is_sklearn_and_rejects_bad_input(table):
+  labels, scores, groups, valid = table
+  assert group_metrics.overall_auc(labels, scores) == metrics.roc_auc_score(labels, scores)
+  with pytest.raises(ConfigError, match="both classes"):
+    group_metrics.overall_auc([1, 1], [0.2, 0.3])
+  bad = scores.copy()
+  bad[7] = np.nan  # one NaN used to turn every AUC into NaN silently
+  with pytest.raises(ConfigError, match="scores is invalid: must be finite.*index 7"):
+    group_metrics.overall_auc(labels, bad)
+  with pytest.raises(ConfigError, match="scores is invalid: must be finite"):
+    group_metrics.bias_aucs(labels, bad, groups, valid)
+  with pytest.raises(ConfigError, match="labels has 400, scores has 399"):
+    group_metrics.bias_aucs(labels, scores[:-1], groups, valid)
+  with pytest.raises(ConfigError, match="labels has 400, valid has 10"):
+    group_metrics.bias_aucs(labels, scores, groups, valid[:10])
 
 
 def test_bias_aucs_equal_sklearn_on_subsets(table):
@@ -63,24 +75,20 @@ def test_empty_and_one_class_subgroups_rejected(table):
     group_metrics.bias_aucs(labels2, scores, one_class, valid)
 
 
-def test_generalized_mean_hand_tables():
+def test_gmb_hand_tables_and_scipy():
   # M_{-5}(0.5, 1.0) = ((0.5^-5 + 1) / 2)^(-1/5) = (33/2)^(-1/5)
-  assert group_metrics.generalized_mean([0.5, 1.0]) == pytest.approx((33 / 2) ** (-0.2))
-  assert group_metrics.generalized_mean([0.8, 0.8, 0.8]) == pytest.approx(0.8)
-  assert group_metrics.generalized_mean([1, 2, 4], p=0) == pytest.approx(2.0)
-  assert group_metrics.generalized_mean([1, 2, 3], p=1) == pytest.approx(2.0)
-  assert group_metrics.generalized_mean([1, 4], p=2) == pytest.approx(np.sqrt(8.5))
-  # p = -5 pulls towards the minimum: between min and arithmetic mean.
+  assert group_metrics.gmb([0.5, 1.0]) == pytest.approx((33 / 2) ** (-0.2))
+  assert group_metrics.gmb([0.8, 0.8, 0.8]) == pytest.approx(0.8)
+  assert group_metrics.gmb([1, 2, 4], p=0) == pytest.approx(2.0)
+  assert group_metrics.gmb([1, 4], p=2) == pytest.approx(np.sqrt(8.5))
   v = [0.6, 0.7, 0.9, 0.95]
-  assert min(v) < group_metrics.generalized_mean(v) < np.mean(v)
-  assert group_metrics.generalized_mean([0.0, 0.5]) == 0.0  # the p < 0 limit
-  assert group_metrics.generalized_mean([1e-9, 0.5]) < 1e-8
+  assert group_metrics.gmb(v) == stats.pmean(v, -5)
+  assert group_metrics.gmb([0.0, 0.5]) == 0.0  # the p < 0 limit
+  for bad in ([-0.1, 0.5], [], [np.nan, 0.5]):
+    with pytest.raises(ConfigError):
+      group_metrics.gmb(bad)
   with pytest.raises(ConfigError):
-    group_metrics.generalized_mean([-0.1, 0.5])
-  with pytest.raises(ConfigError):
-    group_metrics.generalized_mean([0.0, 0.5], p=0)
-  with pytest.raises(ConfigError):
-    group_metrics.generalized_mean([])
+    group_metrics.gmb([0.0, 0.5], p=0)
 
 
 def test_parity_and_odds_hand_table():
@@ -93,6 +101,21 @@ def test_parity_and_odds_hand_table():
   assert group_metrics.equalized_odds_difference(labels, preds, group) == pytest.approx(0.5)
   acc = group_metrics.per_group_accuracy(labels, preds, group)
   assert acc == {0: 0.5, 1: 1.0}
+  # fairlearn-style sensitive features (strings) give the same numbers as fairlearn itself.
+  names = np.array(["f", "f", "f", "f", "m", "m", "m", "m", "x", "x"])
+  keep = group >= 0
+  assert group_metrics.equalized_odds_difference(
+    labels[keep], preds[keep], names[keep]
+  ) == fairlearn.metrics.equalized_odds_difference(
+    labels[keep], preds[keep], sensitive_features=names[keep]
+  )
+  frame = group_metrics.per_group_table(labels, preds, names)
+  assert frame.by_group["accuracy"].to_dict() == {"f": 0.5, "m": 1.0, "x": 0.0}
+  assert frame.by_group["count"].to_dict() == {"f": 4, "m": 4, "x": 2}
+  with pytest.raises(ConfigError, match="labels has 10, predictions has 9"):
+    group_metrics.equalized_odds_difference(labels, preds[:-1], group)
+  with pytest.raises(ConfigError, match=r"sensitive_features with shape \(9,\)"):
+    group_metrics.demographic_parity_difference(preds, group[:-1])
   preds2 = np.array([1, 1, 1, 0, 0, 0, 0, 0, 1, 1])
   assert group_metrics.demographic_parity_difference(preds2, group) == pytest.approx(0.75)
   with pytest.raises(ConfigError, match="two groups"):
@@ -108,6 +131,12 @@ def test_bootstrap_ci_covers_and_is_deterministic():
   assert lo < x.mean() < hi
   se = x.std(ddof=1) / np.sqrt(x.size)  # normal approx: width ~ 2 * 1.96 * se
   assert (hi - lo) == pytest.approx(2 * 1.96 * se, rel=0.25)
+  ref = stats.bootstrap(
+    (x,), np.mean, n_resamples=300, method="percentile", rng=rng_lib.numpy_rng(3, "bootstrap")
+  ).confidence_interval
+  assert lo == pytest.approx(ref.low) and hi == pytest.approx(ref.high)
+  with pytest.raises(ConfigError, match="arrays\\[0\\] has 500, arrays\\[1\\] has 3"):
+    group_metrics.bootstrap_ci(np.mean, [x, x[:3]])
 
 
 def test_hatexplain_protocol():

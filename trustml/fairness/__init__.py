@@ -4,7 +4,7 @@ counterfactual role-reversal distillation and generation disparity.
 Modules:
   sensitivity: prediction sensitivity and accumulated prediction sensitivity (APS).
   counterfactual: involutive gender swapping (text and token ids), counterfactual gap.
-  group_metrics: subgroup / BPSN / BNSP AUCs, generalized mean, parity gaps, bootstrap CIs.
+  group_metrics: subgroup / BPSN / BNSP AUCs, generalized mean (scipy.stats.pmean), parity gaps and per-group tables (fairlearn), bootstrap CIs (scipy.stats.bootstrap).
   association: WEAT, SEAT and CEAT (DerSimonian–Laird random effects).
   experiment: the library functions behind ``launch/fairness.py``.
   distill: counterfactual role-reversal knowledge distillation (objective and mitigations).
@@ -29,7 +29,7 @@ from trustml.fairness.counterfactual import (
   swap_text,
   swap_token_ids,
 )
-from trustml.fairness.group_metrics import bias_aucs, bootstrap_ci, generalized_mean
+from trustml.fairness.group_metrics import bias_aucs, bootstrap_ci, gmb, per_group_table
 from trustml.fairness.sensitivity import ApsOptions, accumulated_prediction_sensitivity
 
 __all__ = [
@@ -44,10 +44,11 @@ __all__ = [
   "crr",
   "distill",
   "experiment",
-  "generalized_mean",
+  "gmb",
   "generation",
   "group_metrics",
   "load_gender_pairs",
+  "per_group_table",
   "random_effects",
   "seat",
   "sensitivity",

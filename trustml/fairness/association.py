@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import stats
+from statsmodels.stats import meta_analysis
 
 from trustml.core import rng as rng_lib
 from trustml.core import validation
@@ -93,7 +94,7 @@ class CeatResult:
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-  x = np.asarray(x, dtype=np.float64)
+  x = validation.finite_array("embedding set", x)
   if x.ndim != 2:
     raise validation.ConfigError(f"embedding set shape {x.shape} is invalid: must be [n, d]")
   return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
@@ -103,6 +104,8 @@ def _check_sets(x, y, a, b) -> None:
   for name, s in (("X", x), ("Y", y), ("A", a), ("B", b)):
     if len(s) == 0:
       raise validation.ConfigError(f"WEAT set {name} is empty")
+    if isinstance(s, np.ndarray) and np.issubdtype(s.dtype, np.number):  # not word lists
+      validation.finite_array(f"WEAT set {name} embeddings", s)
   if len(x) != len(y):
     raise validation.ConfigError(
       f"WEAT target sets are invalid: X has {len(x)} items and Y has {len(y)}; they must be equal"
@@ -229,7 +232,10 @@ def random_effects(
   variances: Sequence[float] | np.ndarray,
   alternative: str = "greater",
 ) -> CeatResult:
-  """DerSimonian–Laird random-effects pooling (the CEAT combined effect size).
+  """DerSimonian–Laird random-effects pooling (the CEAT combined effect size) by statsmodels.
+
+  ``statsmodels.stats.meta_analysis.combine_effects(method_re="dl")`` computes the pooled
+  effect, its standard error, ``Q`` and ``τ²`` (the formulas of the module docstring).
 
   Args:
     effect_sizes: ``[N]`` per-sample effect sizes.
@@ -243,23 +249,30 @@ def random_effects(
     ConfigError: on empty input, mismatched lengths, non-positive variances, bad alternative.
   """
   validation.one_of("alternative", alternative, ALTERNATIVES)
-  es = np.asarray(effect_sizes, dtype=np.float64)
-  v = np.asarray(variances, dtype=np.float64)
+  es = validation.finite_array("effect_sizes", effect_sizes)
+  v = validation.finite_array("variances", variances)
   if es.ndim != 1 or es.shape != v.shape or es.size == 0:
     raise validation.ConfigError("effect_sizes and variances must be equal-length non-empty [N]")
   if (v <= 0).any():
     raise validation.ConfigError("variances are invalid: must be > 0")
-  w = 1.0 / v
-  fixed = float((w * es).sum() / w.sum())
-  q = float((w * (es - fixed) ** 2).sum())
-  c = w.sum() - (w**2).sum() / w.sum()
-  tau2 = max(0.0, (q - (es.size - 1)) / c) if c > 0 else 0.0
-  w_star = 1.0 / (v + tau2)
-  ces = float((w_star * es).sum() / w_star.sum())
-  se = float(math.sqrt(1.0 / w_star.sum()))
-  z = ces / se
+  if es.size == 1:  # statsmodels needs two studies for Q; one sample is its own fixed effect
+    res = dict(ces=float(es[0]), se=float(math.sqrt(v[0])), q=0.0, tau2=0.0, fixed=float(es[0]))
+  else:
+    with np.errstate(invalid="ignore"):  # statsmodels takes sqrt of an untruncated τ² < 0
+      r = meta_analysis.combine_effects(es, v, method_re="dl")
+    # DerSimonian–Laird truncates τ² at 0; statsmodels 0.15 reports the raw moment estimate,
+    # and with τ² = 0 the random-effects pool is the fixed-effect one.
+    tau2 = max(float(r.tau2), 0.0)
+    res = dict(
+      ces=float(r.mean_effect_re if tau2 > 0 else r.mean_effect_fe),
+      se=float(r.sd_eff_w_re if tau2 > 0 else r.sd_eff_w_fe),
+      q=float(r.q),
+      tau2=tau2,
+      fixed=float(r.mean_effect_fe),
+    )
+  z = res["ces"] / res["se"]
   p = float(stats.norm.sf(z) if alternative == "greater" else 2 * stats.norm.sf(abs(z)))
-  return CeatResult(ces, se, p, q, float(tau2), fixed, es, v)
+  return CeatResult(res["ces"], res["se"], p, res["q"], res["tau2"], res["fixed"], es, v)
 
 
 def ceat(
@@ -291,6 +304,7 @@ def ceat(
     for i, arr in enumerate(contexts[name]):
       if np.asarray(arr).ndim != 2 or len(arr) == 0:
         raise validation.ConfigError(f"contexts[{name!r}][{i}] is invalid: needs [n>=1, d]")
+      validation.finite_array(f"contexts[{name!r}][{i}]", arr)
   _check_sets(*(contexts[k] for k in ("X", "Y", "A", "B")))
   gen = rng_lib.numpy_rng(seed, "ceat")
   es, var = [], []

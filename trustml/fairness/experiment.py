@@ -346,7 +346,7 @@ def hatexplain_eval(config, prepared, params) -> tuple[dict[str, Any], dict[str,
     out = group_metrics.bias_aucs(y, s, mem, val, check=False)
     if any(np.isnan(out[m]).any() for m in group_metrics.METHODS):
       return np.full(3, np.nan)
-    return np.array([group_metrics.generalized_mean(out[m]) for m in group_metrics.METHODS])
+    return np.array([group_metrics.gmb(out[m]) for m in group_metrics.METHODS])
 
   lo, hi = group_metrics.bootstrap_ci(
     gmb, [labels, scores, member, valid], num_samples=fc.bootstrap_samples, seed=config.seed
@@ -359,7 +359,7 @@ def hatexplain_eval(config, prepared, params) -> tuple[dict[str, Any], dict[str,
   for g in np.unique(single[single >= 0]):  # Parity gaps: groups with both classes only.
     if len(np.unique(labels[single == g])) < 2:
       single[single == g] = -1
-  summary["bias_auc/overall_auc"] = group_metrics.roc_auc(labels, scores)
+  summary["bias_auc/overall_auc"] = group_metrics.overall_auc(labels, scores)
   summary["bias_auc/dp_difference"] = group_metrics.demographic_parity_difference(pred, single)
   summary["bias_auc/eo_difference"] = group_metrics.equalized_odds_difference(labels, pred, single)
   summary["bias_auc/accuracy"] = float((pred == labels).mean())

@@ -18,14 +18,22 @@ annotators; the 10 most frequent such communities (``None`` and ``Other`` exclud
 subgroups; posts with none of those majority targets are left out of both subgroup and
 background.
 
-All statistics here are NumPy/SciPy; scores come from JAX models elsewhere.
+All statistics here call well-kept libraries: ``sklearn.metrics.roc_auc_score`` (the one AUROC
+of the project, argument order ``(labels, scores)``), ``scipy.stats.pmean`` (generalized mean),
+``scipy.stats.bootstrap`` (percentile CIs) and fairlearn's ``MetricFrame`` /
+``demographic_parity_difference`` / ``equalized_odds_difference`` for per-group tables; group
+inputs are fairlearn-style ``sensitive_features`` (any hashable labels per row). Scores come
+from JAX models elsewhere; a NaN/inf score or a length mismatch raises a ``ConfigError`` naming
+the input.
 """
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
+import fairlearn.metrics
 import numpy as np
 from scipy import stats
+from sklearn import metrics
 
 from trustml.core import rng as rng_lib
 from trustml.core import validation
@@ -36,24 +44,11 @@ EXCLUDED_TARGETS = ("None", "Other")
 METHODS = ("subgroup", "bpsn", "bnsp")
 
 
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-  """Area under the ROC curve (Mann–Whitney U with mid-ranks for ties).
-
-  Args:
-    labels: ``[N]`` binary {0, 1}.
-    scores: ``[N]`` real scores, higher = more positive.
-
-  Returns:
-    The AUC, or NaN if only one class is present.
-  """
-  labels = np.asarray(labels).astype(bool)
-  scores = np.asarray(scores, dtype=np.float64)
-  n_pos = int(labels.sum())
-  n_neg = labels.size - n_pos
-  if n_pos == 0 or n_neg == 0:
+def _auc_or_nan(labels: np.ndarray, scores: np.ndarray) -> float:
+  """``sklearn.metrics.roc_auc_score``, NaN when only one class is present."""
+  if len(np.unique(labels)) < 2:
     return float("nan")
-  ranks = stats.rankdata(scores)
-  return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+  return float(metrics.roc_auc_score(labels, scores))
 
 
 def bias_auc_subsets(
@@ -82,8 +77,13 @@ def bias_auc_subsets(
   }
 
 
-def _check_groups(labels, in_groups, valid, group_names):
+def _check_groups(labels, in_groups, valid, group_names, scores=None):
   y = np.asarray(labels)
+  if scores is not None:
+    validation.finite_array("scores", scores, ndim=1)
+    validation.same_length(labels=y, scores=scores)
+  if valid is not None:
+    validation.same_length(labels=y, valid=valid)
   m = np.asarray(in_groups).astype(bool)
   if m.ndim != 2 or m.shape[0] != y.shape[0]:
     raise validation.ConfigError(
@@ -135,115 +135,148 @@ def bias_aucs(
     only possible with ``check=False``).
 
   Raises:
-    ConfigError: on an empty subgroup or a subset with a single class (when ``check``).
+    ConfigError: on an empty subgroup, a subset with a single class, a non-finite score or
+      a length mismatch (when ``check``).
   """
   if check:
-    _check_groups(labels, in_groups, valid, group_names)
+    _check_groups(labels, in_groups, valid, group_names, scores)
   y = np.asarray(labels)
   s = np.asarray(scores, dtype=np.float64)
   m = np.asarray(in_groups).astype(bool)
   out = {k: np.empty(m.shape[1]) for k in METHODS}
   for j in range(m.shape[1]):
     for method, mask in bias_auc_subsets(y, m[:, j], valid).items():
-      out[method][j] = roc_auc(y[mask], s[mask])
+      out[method][j] = _auc_or_nan(y[mask], s[mask])
   return out
 
 
-def generalized_mean(values: Sequence[float] | np.ndarray, p: float = -5.0) -> float:
-  """Power mean ``(1/N Σ v^p)^(1/p)`` (geometric mean for ``p == 0``).
-
-  Args:
-    values: positive numbers (e.g. per-group AUCs).
-    p: the power; Borkan et al. use ``-5``.
-
-  Returns:
-    The generalized mean.
-
-    For ``p < 0`` a zero entry gives 0 (the limit of the power mean as that entry -> 0).
+def overall_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+  """``sklearn.metrics.roc_auc_score(labels, scores)`` after checking the inputs.
 
   Raises:
-    ConfigError: if ``values`` is empty, or has negative entries with ``p <= 0`` (or a zero
-      entry with ``p == 0``).
-
-  Example:
-    >>> round(generalized_mean([0.5, 1.0], p=-1), 4)  # harmonic mean
-    0.6667
+    ConfigError: on non-finite scores, a length mismatch or a single class.
   """
-  v = np.asarray(values, dtype=np.float64)
-  if v.size == 0:
-    raise validation.ConfigError("values is invalid: must be non-empty")
-  if p <= 0 and ((v < 0).any() or (p == 0 and (v == 0).any())):
-    raise validation.ConfigError(f"values are invalid: must be > 0 for p={p}")
-  if p < 0 and (v == 0).any():
-    return 0.0
-  if p == 0:
-    return float(np.exp(np.log(v).mean()))
-  return float(np.mean(v**p) ** (1.0 / p))
+  s = validation.finite_array("scores", scores, ndim=1)
+  validation.same_length(labels=labels, scores=s)
+  if len(np.unique(labels)) < 2:
+    raise validation.ConfigError("labels are invalid: both classes must occur")
+  return float(metrics.roc_auc_score(labels, s))
 
 
-def _group_rates(values: np.ndarray, group_ids: np.ndarray, where: np.ndarray | None = None):
-  rates = {}
-  for g in np.unique(group_ids):
-    mask = group_ids == g
-    if where is not None:
-      mask = mask & where
-    if mask.any():
-      rates[int(g)] = float(values[mask].mean())
-  return rates
+def _sensitive(sensitive_features, n: int) -> np.ndarray:
+  """Fairlearn-style sensitive features as a 1-D object array; rows to ignore are ``None``.
+
+  Integer ids ``< 0`` (the project's "no single group" code) are mapped to ``None``.
+  """
+  sf = np.asarray(sensitive_features)
+  if sf.ndim != 1 or sf.shape[0] != n:
+    raise validation.ConfigError(
+      f"sensitive_features with shape {sf.shape} is invalid: must be [{n}] (one per row)"
+    )
+  out = sf.astype(object)
+  if np.issubdtype(sf.dtype, np.integer):
+    out[sf < 0] = None
+  return out
 
 
-def _check_binary(name: str, x: np.ndarray) -> np.ndarray:
+def _binary(name: str, x) -> np.ndarray:
   x = np.asarray(x)
   if not np.isin(x, (0, 1)).all():
     raise validation.ConfigError(f"{name} is invalid: must be binary 0/1")
-  return x.astype(np.float64)
+  return x.astype(int)
 
 
-def _valid_group_ids(group_ids: np.ndarray) -> np.ndarray:
-  ids = np.asarray(group_ids)
-  if len(np.unique(ids[ids >= 0])) < 2:
-    raise validation.ConfigError("group_ids is invalid: need at least two groups (ids >= 0)")
-  return ids
+def _rows_with_groups(sensitive_features, n: int):
+  sf = _sensitive(sensitive_features, n)
+  keep = np.array([v is not None for v in sf])
+  if len(set(sf[keep].tolist())) < 2:
+    raise validation.ConfigError(
+      "sensitive_features is invalid: need at least two groups (integer ids < 0 are ignored)"
+    )
+  return keep, sf
 
 
-def demographic_parity_difference(predictions: np.ndarray, group_ids: np.ndarray) -> float:
-  """Largest minus smallest per-group positive-prediction rate (ids < 0 are ignored).
+def demographic_parity_difference(predictions: np.ndarray, sensitive_features) -> float:
+  """Largest minus smallest per-group selection rate (fairlearn's definition and code).
+
+  Args:
+    predictions: ``[N]`` binary predictions.
+    sensitive_features: ``[N]`` group of each row (any labels; integer ids < 0 are ignored).
 
   Raises:
-    ConfigError: if predictions are not binary or fewer than two groups are present.
+    ConfigError: if predictions are not binary, lengths differ or fewer than two groups occur.
   """
-  ids = _valid_group_ids(group_ids)
-  rates = _group_rates(_check_binary("predictions", predictions), ids, ids >= 0)
-  return max(rates.values()) - min(rates.values())
+  yhat = _binary("predictions", predictions)
+  keep, sf = _rows_with_groups(sensitive_features, len(yhat))
+  return float(
+    fairlearn.metrics.demographic_parity_difference(
+      yhat[keep], yhat[keep], sensitive_features=sf[keep].tolist()
+    )
+  )
 
 
 def equalized_odds_difference(
-  labels: np.ndarray, predictions: np.ndarray, group_ids: np.ndarray
+  labels: np.ndarray, predictions: np.ndarray, sensitive_features
 ) -> float:
-  """``max(TPR gap, FPR gap)`` across groups (the Fairlearn definition; ids < 0 ignored).
+  """``max(TPR gap, FPR gap)`` across groups (fairlearn's definition and code).
 
   Raises:
-    ConfigError: if inputs are not binary, fewer than two groups, or a group lacks a class.
+    ConfigError: if inputs are not binary, lengths differ, fewer than two groups occur or a
+      group lacks a class.
   """
-  ids = _valid_group_ids(group_ids)
-  y = _check_binary("labels", labels)
-  yhat = _check_binary("predictions", predictions)
-  gaps = []
-  for cls in (1.0, 0.0):
-    rates = _group_rates(yhat, ids, (ids >= 0) & (y == cls))
-    if len(rates) < len(np.unique(ids[ids >= 0])):
-      raise validation.ConfigError(f"a group has no examples with label {int(cls)}")
-    gaps.append(max(rates.values()) - min(rates.values()))
-  return float(max(gaps))
+  y = _binary("labels", labels)
+  yhat = _binary("predictions", predictions)
+  validation.same_length(labels=y, predictions=yhat)
+  keep, sf = _rows_with_groups(sensitive_features, len(y))
+  for g in set(sf[keep].tolist()):
+    in_g = keep & (sf == g)
+    if len(np.unique(y[in_g])) < 2:
+      raise validation.ConfigError(f"group {g!r} has examples of one label only")
+  return float(
+    fairlearn.metrics.equalized_odds_difference(
+      y[keep], yhat[keep], sensitive_features=sf[keep].tolist()
+    )
+  )
+
+
+def per_group_table(
+  labels: np.ndarray,
+  predictions: np.ndarray,
+  sensitive_features,
+  metric_fns: Mapping[str, Callable[[np.ndarray, np.ndarray], float]] | None = None,
+) -> fairlearn.metrics.MetricFrame:
+  """A fairlearn ``MetricFrame`` of per-group metrics (default: accuracy and count).
+
+  Args:
+    labels: ``[N]`` true labels.
+    predictions: ``[N]`` predicted labels.
+    sensitive_features: ``[N]`` group of each row (integer ids < 0 are left out).
+    metric_fns: name -> ``fn(y_true, y_pred)``.
+
+  Returns:
+    The ``MetricFrame`` (``.by_group``, ``.difference()``, ...).
+
+  Raises:
+    ConfigError: on a length mismatch.
+  """
+  validation.same_length(labels=labels, predictions=predictions)
+  sf = _sensitive(sensitive_features, len(np.asarray(labels)))
+  keep = np.array([v is not None for v in sf])
+  fns = metric_fns or {"accuracy": metrics.accuracy_score, "count": fairlearn.metrics.count}
+  return fairlearn.metrics.MetricFrame(
+    metrics=dict(fns),
+    y_true=np.asarray(labels)[keep],
+    y_pred=np.asarray(predictions)[keep],
+    sensitive_features=sf[keep].tolist(),
+  )
 
 
 def per_group_accuracy(
-  labels: np.ndarray, predictions: np.ndarray, group_ids: np.ndarray
-) -> dict[int, float]:
-  """Accuracy of each group id (ids < 0 ignored)."""
-  ids = np.asarray(group_ids)
-  correct = (np.asarray(labels) == np.asarray(predictions)).astype(np.float64)
-  return _group_rates(correct, ids, ids >= 0)
+  labels: np.ndarray, predictions: np.ndarray, sensitive_features
+) -> dict[object, float]:
+  """Accuracy of each group (fairlearn ``MetricFrame``; integer ids < 0 ignored)."""
+  frame = per_group_table(labels, predictions, sensitive_features)
+  return {g: float(v) for g, v in frame.by_group["accuracy"].items()}
 
 
 def bootstrap_ci(
@@ -254,12 +287,12 @@ def bootstrap_ci(
   confidence: float = 0.95,
   seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Percentile bootstrap confidence interval of a statistic over resampled examples.
+  """Percentile bootstrap CI by ``scipy.stats.bootstrap``, rows of ``arrays`` resampled together.
 
   Args:
-    statistic_fn: ``statistic_fn(*resampled_arrays) -> float or array``; may return NaN (e.g.
-      a one-class resample), such resamples are ignored.
-    arrays: equal-length arrays resampled together (rows with replacement).
+    statistic_fn: ``statistic_fn(*resampled_arrays) -> float or array``; it may return NaN
+      (e.g. a one-class resample): such resamples are left out of the percentiles.
+    arrays: equal-length arrays (any trailing shape) resampled together by row.
     num_samples: bootstrap resamples.
     confidence: two-sided level in (0, 1).
     seed: root seed; the stream ``"bootstrap"`` is used.
@@ -272,19 +305,44 @@ def bootstrap_ci(
   """
   validation.positive_int("num_samples", num_samples)
   validation.in_range("confidence", confidence, 0.0, 1.0)
-  n = len(arrays[0])
-  if any(len(a) != n for a in arrays):
-    raise validation.ConfigError("arrays are invalid: must all have the same length")
-  generator = rng_lib.numpy_rng(seed, "bootstrap")
-  draws = []
-  for _ in range(num_samples):
-    idx = generator.integers(0, n, size=n)
-    draws.append(np.asarray(statistic_fn(*(np.asarray(a)[idx] for a in arrays)), np.float64))
-  draws = np.stack(draws)
-  alpha = (1.0 - confidence) / 2
-  low = np.nanquantile(draws, alpha, axis=0)
-  high = np.nanquantile(draws, 1.0 - alpha, axis=0)
-  return low, high
+  validation.same_length(**{f"arrays[{i}]": a for i, a in enumerate(arrays)})
+  arrays = [np.asarray(a) for a in arrays]
+
+  def on_rows(idx):
+    return np.asarray(statistic_fn(*(a[idx] for a in arrays)), np.float64)
+
+  res = stats.bootstrap(
+    (np.arange(len(arrays[0])),),
+    on_rows,
+    vectorized=False,
+    n_resamples=num_samples,
+    confidence_level=confidence,
+    method="percentile",
+    rng=rng_lib.numpy_rng(seed, "bootstrap"),
+  )
+  low, high = res.confidence_interval
+  draws = np.moveaxis(np.asarray(res.bootstrap_distribution), -1, 0)
+  if np.isnan(draws).any():  # scipy's percentiles propagate NaN: leave undefined resamples out
+    alpha = (1.0 - confidence) / 2
+    low = np.nanquantile(draws, alpha, axis=0)
+    high = np.nanquantile(draws, 1.0 - alpha, axis=0)
+  return np.asarray(low), np.asarray(high)
+
+
+def gmb(values: Sequence[float] | np.ndarray, p: float = -5.0) -> float:
+  """Borkan et al.'s generalized mean of per-group AUCs: ``scipy.stats.pmean(values, p)``.
+
+  Raises:
+    ConfigError: if ``values`` is empty or not finite, or has negative entries (or a zero
+      entry with ``p == 0``).
+  """
+  v = validation.finite_array("values", values, ndim=1)
+  if v.size == 0:
+    raise validation.ConfigError("values is invalid: must be non-empty")
+  if (v < 0).any() or (p == 0 and (v == 0).any()):
+    raise validation.ConfigError(f"values are invalid: must be > 0 for p={p}")
+  with np.errstate(divide="ignore"):
+    return float(stats.pmean(v, p))
 
 
 # --- HateXplain protocol ------------------------------------------------------------------
@@ -334,7 +392,7 @@ def toxic_from_annotations(annotator_labels: Sequence[Sequence[int]]) -> np.ndar
 
 def summarize_bias_aucs(per_group: Mapping[str, np.ndarray], p: float = -5.0) -> dict[str, float]:
   """Generalized means of per-group bias AUCs, keyed ``bias_auc/gmb_<method>``."""
-  return {f"bias_auc/gmb_{m}": generalized_mean(per_group[m], p) for m in METHODS}
+  return {f"bias_auc/gmb_{m}": gmb(per_group[m], p) for m in METHODS}
 
 
 __all__ = [
@@ -345,11 +403,12 @@ __all__ = [
   "bootstrap_ci",
   "demographic_parity_difference",
   "equalized_odds_difference",
-  "generalized_mean",
+  "gmb",
   "majority_targets",
   "membership",
+  "overall_auc",
   "per_group_accuracy",
-  "roc_auc",
+  "per_group_table",
   "summarize_bias_aucs",
   "top_communities",
   "toxic_from_annotations",
