@@ -14,11 +14,10 @@ def test_auroc_and_roc_match_sklearn(seed):
   labels = rng.integers(0, 2, 500)
   scores = rng.normal(size=500) + 0.7 * labels
   scores[:50] = np.round(scores[:50], 1)  # some ties
-  assert metrics.auroc(scores, labels) == pytest.approx(
-    skm.roc_auc_score(labels, scores), abs=1e-12
-  )
   fpr, tpr, _ = skm.roc_curve(labels, scores, drop_intermediate=False)
   curve = metrics.roc_curve(scores, labels)
+  assert curve.auc == skm.roc_auc_score(labels, scores)
+  assert curve.auc == pytest.approx(np.trapezoid(curve.tpr, curve.fpr), abs=1e-12)
   np.testing.assert_allclose(curve.fpr, fpr)
   np.testing.assert_allclose(curve.tpr, tpr)
 
@@ -91,5 +90,7 @@ def test_plot_roc_writes_png(tmp_path):
 def test_roc_rejects_bad_input():
   with pytest.raises(ConfigError):
     metrics.roc_curve([1, 2], [1, 1])
-  with pytest.raises(ConfigError):
+  with pytest.raises(ConfigError, match="scores is invalid: must be finite"):
     metrics.roc_curve([1, np.nan], [1, 0])
+  with pytest.raises(ConfigError, match="scores has 3, labels has 2"):
+    metrics.roc_curve([1, 2, 3], [1, 0])

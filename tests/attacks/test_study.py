@@ -21,7 +21,7 @@ def test_public_api():
     "shadow",
     "study",
   ]
-  assert set(attacks.metrics.__all__) >= {"roc_curve", "auroc", "tpr_at_fpr", "plot_roc"}
+  assert set(attacks.metrics.__all__) >= {"roc_curve", "tpr_at_fpr", "plot_roc"}
   assert set(attacks.audit.__all__) >= {"clopper_pearson", "threshold_audit", "one_run_audit"}
   assert set(attacks.lira.__all__) >= {"lira_scores", "logit_scaled_confidence", "shadow_masks"}
   assert set(attacks.exposure.__all__) >= {"SecretSpace", "exact_exposure", "extrapolated_exposure"}

@@ -249,7 +249,7 @@ def attack(
       name = f"LiRA {a.lira_variant}"
     curve = metrics.roc_curve(scores, cset.audit_included)
     curves[name] = curve
-    out["mia/auc"] = float(np.trapezoid(curve.tpr, curve.fpr))
+    out["mia/auc"] = curve.auc
     out["mia/num_members"] = int(cset.audit_included.sum())
     out["mia/num_nonmembers"] = int(m - cset.audit_included.sum())
     out["mia/balanced_accuracy"] = metrics.balanced_accuracy(curve)
@@ -287,7 +287,7 @@ def attack(
     s_out = _log_odds(model, params, {k: prepared.eval[k][take_out] for k in keys})
     real = metrics.roc_curve(np.r_[s_in, s_out], np.r_[np.ones(n_real), np.zeros(n_real)])
     curves["real data, loss threshold"] = real
-    out["mia/real_auc"] = float(np.trapezoid(real.tpr, real.fpr))
+    out["mia/real_auc"] = real.auc
     out["mia/real_advantage"] = metrics.membership_advantage(real)
   # --- Exposure and extraction of each secret canary.
   if cset.secrets:

@@ -1,12 +1,14 @@
-"""Membership-inference metrics: ROC, AUROC, balanced accuracy, TPR at low FPR, ROC plots.
+"""Membership-inference metrics: ROC (with its AUROC), balanced accuracy, TPR at low FPR, ROC plots.
 
 Scores are "higher means member". Everything here is NumPy: JAX produces the scores, this module
 turns them into statistics (house rule: JAX for scores, NumPy/SciPy for statistics).
 
-The ROC is the full step curve over every distinct threshold, starting at ``(0, 0)`` (threshold
-``+inf``) and ending at ``(1, 1)``; its trapezoidal area equals scikit-learn's
-``roc_auc_score`` (ties count one half). ``tpr_at_fpr`` reads the curve by linear interpolation
-along the ROC polyline, which is the TPR a randomised threshold achieves at exactly that FPR.
+The ROC is scikit-learn's full curve (``sklearn.metrics.roc_curve(drop_intermediate=False)``):
+one point per distinct threshold, starting at ``(0, 0)`` (threshold ``+inf``) and ending at
+``(1, 1)``. Its area is ``sklearn.metrics.roc_auc_score`` (ties count one half), stored on the
+curve as ``auc``: the project's one AUROC (fairness uses the same call). ``tpr_at_fpr`` reads the
+curve by linear interpolation along the ROC polyline, which is the TPR a randomised threshold
+achieves at exactly that FPR.
 """
 
 import dataclasses
@@ -15,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import ArrayLike
+from sklearn import metrics as skm
 
 from trustml.core import validation
 
@@ -28,22 +31,19 @@ class RocCurve:
     tpr: true-positive rates, non-decreasing, from 0 to 1.
     thresholds: the threshold of each point (predict member iff ``score >= threshold``);
       the first is ``+inf``.
+    auc: ``sklearn.metrics.roc_auc_score`` of the scores and labels.
   """
 
   fpr: np.ndarray
   tpr: np.ndarray
   thresholds: np.ndarray
+  auc: float
 
 
 def _scores_labels(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-  scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+  scores = validation.finite_array("scores", np.asarray(scores, dtype=np.float64).reshape(-1))
   labels = np.asarray(labels).reshape(-1).astype(bool)
-  if scores.shape != labels.shape:
-    raise validation.ConfigError(
-      f"scores and labels must have the same length: got {scores.shape[0]} and {labels.shape[0]}"
-    )
-  if not np.all(np.isfinite(scores)):
-    raise validation.ConfigError("scores must be finite (no NaN or inf)")
+  validation.same_length(scores=scores, labels=labels)
   if labels.all() or not labels.any():
     raise validation.ConfigError("labels must contain both members (1) and non-members (0)")
   return scores, labels
@@ -67,29 +67,9 @@ def roc_curve(scores: ArrayLike, labels: ArrayLike) -> RocCurve:
     [0.0, 1.0, 1.0]
   """
   scores, labels = _scores_labels(scores, labels)
-  order = np.argsort(-scores, kind="mergesort")
-  s, y = scores[order], labels[order]
-  last_of_run = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
-  tp = np.cumsum(y)[last_of_run]
-  fp = np.cumsum(~y)[last_of_run]
-  tpr = np.r_[0.0, tp / labels.sum()]
-  fpr = np.r_[0.0, fp / (~labels).sum()]
-  thresholds = np.r_[np.inf, s[last_of_run]]
-  return RocCurve(fpr=fpr, tpr=tpr, thresholds=thresholds)
-
-
-def auroc(scores: ArrayLike, labels: ArrayLike) -> float:
-  """Area under the ROC curve (trapezoidal; ties count one half).
-
-  Args:
-    scores: ``[N]`` attack scores.
-    labels: ``[N]`` membership labels.
-
-  Returns:
-    AUROC in ``[0, 1]``; 0.5 is chance.
-  """
-  curve = roc_curve(scores, labels)
-  return float(np.trapezoid(curve.tpr, curve.fpr))
+  fpr, tpr, thresholds = skm.roc_curve(labels, scores, drop_intermediate=False)
+  auc = float(skm.roc_auc_score(labels, scores))
+  return RocCurve(fpr=fpr, tpr=tpr, thresholds=thresholds, auc=auc)
 
 
 def tpr_at_fpr(curve: RocCurve, fpr: float) -> float:
@@ -205,9 +185,10 @@ def plot_roc(
   grid = np.logspace(-5, 0, 400)
   ax.plot(grid, grid, ":", color="gray", label="chance")
   for name, curve in curves.items():
-    auc = float(np.trapezoid(curve.tpr, curve.fpr))
     ax.plot(
-      np.maximum(curve.fpr, 1e-5), np.maximum(curve.tpr, 1e-5), label=f"{name} (AUC {auc:.3f})"
+      np.maximum(curve.fpr, 1e-5),
+      np.maximum(curve.tpr, 1e-5),
+      label=f"{name} (AUC {curve.auc:.3f})",
     )
   resolution = min(
     (float(c.fpr[c.fpr > 0].min()) for c in curves.values() if (c.fpr > 0).any()), default=None
@@ -240,7 +221,6 @@ def plot_roc(
 
 __all__ = [
   "RocCurve",
-  "auroc",
   "balanced_accuracy",
   "dp_tradeoff_bound",
   "membership_advantage",
