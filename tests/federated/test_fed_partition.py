@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from sklearn.cluster import KMeans
 
 from trustml.core.validation import ConfigError
 from trustml.federated import partition
@@ -83,6 +84,9 @@ def test_iid_quantity_cluster_natural():
   # Clusters are recovered exactly, and with tiny alpha each client mostly holds one cluster.
   pseudo = np.asarray(c.params["pseudo_labels"]["train"])
   assert len({tuple(np.unique(pseudo[np.arange(300) % 3 == k])) for k in range(3)}) == 3
+  # The pseudo-labels are sklearn's KMeans assignment (up to cluster renaming).
+  ref = KMeans(n_clusters=3, n_init=10, random_state=0).fit(emb["train"]).labels_
+  assert len(set(zip(ref.tolist(), pseudo.tolist(), strict=True))) == 3
   ids = {"train": np.array([5, 5, 7, 9, 9, 9, -1]), "test": np.array([9, 7, 11])}
   n = partition.natural(ids, min_examples=2)
   assert n.client_ids.tolist() == [5, 9]
@@ -99,7 +103,10 @@ def test_iid_quantity_cluster_natural():
     lambda: partition.quantity_skew({"train": 10}, 5, 0.0, seed=0),
     lambda: partition.iid({"train": 10}, 11, seed=0),
     lambda: partition.natural({"train": np.array([1, 1])}, min_examples=3),
-    lambda: partition.kmeans(np.zeros((3, 2)), 4, seed=0),
+    lambda: partition.cluster_skew({"train": np.zeros((3, 2))}, 2, 1.0, num_clusters=4, seed=0),
+    lambda: partition.cluster_skew(
+      {"train": np.full((8, 2), np.nan)}, 2, 1.0, num_clusters=2, seed=0
+    ),
   ],
 )
 def test_bad_input(fn):

@@ -10,7 +10,7 @@ every split, so a client's test data looks like its train data.
 * :func:`dirichlet_label` -- FedNLP label skew: ``q_k ~ Dir(alpha * p)`` with ``p`` the global
   label prior, equal client sizes, filled label by label with back-fill when a label runs out.
 * :func:`quantity_skew` -- client shares ``~ Dir(beta * 1)``; labels IID.
-* :func:`cluster_skew` -- k-means on sentence embeddings, cluster id as pseudo-label, then
+* :func:`cluster_skew` -- ``sklearn.cluster.KMeans`` on sentence embeddings, cluster id as pseudo-label, then
   :func:`dirichlet_label` on the pseudo-labels.
 """
 
@@ -18,6 +18,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from sklearn import cluster
 
 from trustml.core import rng as rng_lib
 from trustml.core import validation
@@ -285,43 +286,16 @@ def quantity_skew(
   )
 
 
-def kmeans(x: np.ndarray, k: int, *, seed: int, iters: int = 50) -> tuple[np.ndarray, np.ndarray]:
-  """Lloyd's k-means with k-means++ seeding (float64 NumPy).
-
-  Args:
-    x: ``[N, D]`` points.
-    k: clusters, ``1 <= k <= N``.
-    seed: seed of the initialisation.
-    iters: Lloyd iterations.
-
-  Returns:
-    ``(centroids [k, D], assignment [N])``.
-  """
-  x = np.asarray(x, dtype=np.float64)
+def _kmeans(x: np.ndarray, k: int, *, seed: int) -> cluster.KMeans:
+  """``sklearn.cluster.KMeans`` (k-means++ seeding, 10 restarts) fitted on ``x``."""
+  x = validation.finite_array("partition embeddings", x, ndim=2)
   validation.positive_int("partition.num_clusters", k)
   if k > len(x):
     raise validation.ConfigError(
       f"partition.num_clusters={k} is invalid: must be <= {len(x)} points"
     )
-  gen = rng_lib.numpy_rng(seed, "partition/kmeans")
-  cents = [x[gen.integers(len(x))]]
-  d2 = ((x - cents[0]) ** 2).sum(-1)
-  for _ in range(1, k):
-    p = d2 / d2.sum() if d2.sum() > 0 else np.full(len(x), 1 / len(x))
-    cents.append(x[gen.choice(len(x), p=p)])
-    d2 = np.minimum(d2, ((x - cents[-1]) ** 2).sum(-1))
-  c = np.stack(cents)
-  assign = np.zeros(len(x), dtype=np.int64)
-  for _ in range(iters):
-    dist = (x**2).sum(-1)[:, None] - 2 * x @ c.T + (c**2).sum(-1)[None]
-    new = dist.argmin(-1)
-    for j in range(k):
-      if np.any(new == j):
-        c[j] = x[new == j].mean(0)
-    if np.array_equal(new, assign):
-      break
-    assign = new
-  return c, assign
+  state = int(rng_lib.numpy_rng(seed, "partition/kmeans").integers(2**31 - 1))
+  return cluster.KMeans(n_clusters=k, n_init=10, random_state=state).fit(x)
 
 
 def cluster_skew(
@@ -348,12 +322,11 @@ def cluster_skew(
     ConfigError: on invalid ``alpha``, ``num_clients`` or ``num_clusters``.
   """
   validation.positive("partition.alpha", alpha)
-  cents, _ = kmeans(embeddings_by_split["train"], num_clusters, seed=seed)
+  km = _kmeans(embeddings_by_split["train"], num_clusters, seed=seed)
   pseudo = {}
   for split, emb in embeddings_by_split.items():
-    emb = np.asarray(emb, dtype=np.float64)
-    dist = (emb**2).sum(-1)[:, None] - 2 * emb @ cents.T + (cents**2).sum(-1)[None]
-    pseudo[split] = dist.argmin(-1)
+    emb = validation.finite_array(f"partition embeddings ({split})", emb, ndim=2)
+    pseudo[split] = km.predict(emb).astype(np.int64)
   base = dirichlet_label(pseudo, num_clients, alpha, seed=seed)
   params = dict(
     base.params, num_clusters=num_clusters, pseudo_labels={k: v.tolist() for k, v in pseudo.items()}
@@ -366,7 +339,6 @@ __all__ = [
   "cluster_skew",
   "dirichlet_label",
   "iid",
-  "kmeans",
   "natural",
   "quantity_skew",
   "statistics",
