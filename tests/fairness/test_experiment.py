@@ -48,6 +48,28 @@ def test_invalid_configs_rejected_before_compute(mutate, match):
     experiment.validate(config)
 
 
+def test_unknown_seat_test_and_empty_community_rejected_before_training(
+  shared_data_dir, monkeypatch
+):
+  """The bias-AUC config used to train 962 steps before failing on these."""
+  from trustml.train import loop  # noqa: PLC0415
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("training started before validation")
+
+  monkeypatch.setattr(loop, "fit", no_training)
+  config = association_config.get_config("smoke")
+  config.data.dir = str(shared_data_dir)
+  config.fairness.seat_tests = ("sent-weat-nope",)
+  with pytest.raises(ConfigError, match="seat test 'sent-weat-nope' is unknown"):
+    experiment.run(config, "/nonexistent/never-written")
+  config = bias_auc_hatexplain.get_config("smoke")
+  config.data.dir = str(shared_data_dir)
+  config.fairness.communities = ("Women", "Martians")
+  with pytest.raises(ConfigError, match="communities entry 'Martians' is invalid: it is empty"):
+    experiment.run(config, "/nonexistent/never-written")
+
+
 def test_unknown_config_arg_rejected():
   with pytest.raises(ConfigError, match="not a known field"):
     aps_config.get_config("reduce=l2")

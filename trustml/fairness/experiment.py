@@ -31,7 +31,7 @@ import numpy as np
 from scipy import stats
 
 from trustml.core import validation
-from trustml.data import batching
+from trustml.data import batching, sources
 from trustml.fairness import association, counterfactual, group_metrics, sensitivity
 from trustml.models import registry
 from trustml.train import evaluate, experiment, loop, writers
@@ -89,6 +89,28 @@ def validate(config: Any) -> None:
     specs = parse_study_models(fc.study_models)
     if len(specs) < 2:
       raise validation.ConfigError("fairness.study_models is invalid: need at least 2 models")
+  if fc.task in ("association", "study"):  # unknown SEAT/CEAT tests fail here, not after training
+    if not fc.seat_tests:
+      raise validation.ConfigError("fairness.seat_tests=() is invalid: name at least one test")
+    for name in (*fc.seat_tests, *([fc.ceat_test] if fc.ceat_test else [])):
+      association.load_seat_test(name, config.data.dir or None)
+  if fc.task in ("bias_auc", "study") and fc.communities:
+    _check_communities(config)
+
+
+def _check_communities(config: Any) -> None:
+  """Rejects configured HateXplain communities that no test post targets (before training)."""
+  test = sources.load_dataset(config.data).split("test")
+  if "groups_majority" not in test:
+    raise validation.ConfigError("data.name='hatexplain' test split lacks majority targets")
+  names = list(config.fairness.communities)
+  member = group_metrics.membership([tuple(t) for t in test["groups_majority"]], names)
+  for name, count in zip(names, member.sum(0), strict=True):
+    if count == 0:
+      raise validation.ConfigError(
+        f"fairness.communities entry {name!r} is invalid: it is empty (no test post has it as "
+        "a majority target)"
+      )
 
 
 # --- shared helpers -----------------------------------------------------------------------
