@@ -1,6 +1,4 @@
-"""Mechanism oracles: float64 per-example loop, clipping bound, ghost == naive, padding, NaN."""
-
-import logging
+"""Mechanism oracles: float64 per-example loop, clipping bound, padding, NaN (ghost: test_ghost.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +8,7 @@ import pytest
 from scipy import stats
 
 from trustml.models import registry
-from trustml.privacy import clipping, ghost, mechanism, noise, per_example
+from trustml.privacy import clipping, mechanism, noise, per_example
 
 B, T, V, C = 6, 8, 40, 3
 SMALL = dict(
@@ -117,44 +115,6 @@ def test_noise_has_the_stated_std_and_depends_on_the_key():
   _close(out, again, 0)
   assert not np.allclose(np.asarray(out["a"]), np.asarray(other["a"]))
   assert not np.allclose(np.asarray(out["a"][:100, 0]), np.asarray(out["b"][:100]))
-
-
-@pytest.mark.parametrize(
-  "name,how",
-  [
-    ("bag", "flat"),
-    ("cnn", "per_layer"),
-    ("transformer", "flat"),
-    ("transformer", "per_layer"),
-    ("transformer_ordered", "per_layer"),
-    ("causal_lm", "flat"),
-  ],
-)
-def test_ghost_equals_naive_clipped_sum_float64(name, how, caplog):
-  with jax.enable_x64(True):
-    model, params = _model(name, x64=True)
-    batch = _batch()
-    ghost._warned.clear()
-    loss = model.per_example_loss
-    with caplog.at_level(logging.WARNING):
-      got, st = jax.jit(lambda p, b: ghost.clipped_sum(loss, p, b, 0.3, clipping=how))(
-        params, batch
-      )
-
-    @jax.jit
-    def naive(p, b):
-      grads, _ = per_example.per_example_grads(loss, p, b)
-      return clipping.clipped_sum(grads, 0.3, b["weight"], how)
-
-    ref, st_ref = naive(params, batch)
-    _close(got, ref, 1e-11)
-    assert float(st["num_clipped"]) == float(st_ref["num_clipped"]) > 0
-    uncovered = ghost.plan(model.per_example_loss, params, batch).uncovered
-    if name == "causal_lm":  # Tied embedding (Embed.attend): loud, correct fallback.
-      assert ("embed", "embedding") in uncovered
-      assert "naive per-example gradients" in caplog.text
-    else:
-      assert uncovered == ()
 
 
 @pytest.mark.parametrize("mech", ["dp_sgd", "edp_sgd"])

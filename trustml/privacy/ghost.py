@@ -1,32 +1,26 @@
-"""eDP-SGD: the clipped per-example gradient sum without per-example gradients.
+"""eDP-SGD: the clipped per-example gradient sum in one forward and one backward pass.
 
-Book-keeping ghost clipping (Bu et al. 2022, "mixed ghost norm"), on the Flax Linen layers of
-:mod:`trustml.models`:
+Book-keeping ghost clipping (Bu et al. 2022, "mixed ghost norm") on any Flax Linen model:
 
-1. **One forward pass** under ``flax.linen.intercept_methods``: every ``nn.Dense``,
-   ``nn.Embed``, ``nn.LayerNorm`` and ``nn.Conv`` ``__call__`` records its input activation
-   ``a`` and adds a zero perturbation ``z`` to its output.
-2. **One VJP with respect to the perturbations only** (parameters closed over, so no weight
-   gradient is formed) gives the per-position output gradients ``g = ∂Σ_j L_j/∂z``. Examples do
-   not interact (no batch norm), so row ``i`` of ``g`` is example ``i``'s own output gradient.
-3. **Per-example squared norms per parameter leaf** from ``(a, g)``:
+1. **Plan** (shapes only): one traced forward under ``flax.linen.intercept_methods`` records
+   every call of a layer with a rule (``nn.Dense``, ``nn.DenseGeneral`` — hence
+   ``nn.MultiHeadDotProductAttention`` —, ``nn.Einsum``, ``nn.Conv``, ``nn.Embed.__call__`` and
+   ``nn.Embed.attend``, ``nn.LayerNorm``, ``nn.RMSNorm``, ``nn.GroupNorm``) and maps each
+   parameter leaf to its uses (:mod:`trustml.privacy.ghost_rules`). A leaf with a rule for
+   every use is *covered*; every other leaf (a raw ``self.param`` read directly and
+   broadcast, a layer called without a batch axis, an unknown layer) is *residual*.
+2. **One VJP** with respect to zero perturbations added to the outputs of the recorded calls
+   (parameters closed over: no weight gradient is formed) gives each call's output gradient
+   ``g``; row ``i`` is example ``i``'s own gradient (examples do not interact). Residual leaves
+   get a per-example copy ``P[i] = p``: the forward then runs per example under ``vmap``
+   (same arithmetic as the batched forward) and the same VJP returns ``∂L_i/∂P[i]``, the
+   per-example gradient of every residual leaf — summed over all its uses — with no second
+   backward pass. The warning names each residual leaf and the memory its copies cost.
+3. **Per-example squared norms** per leaf from the recorded ``(x, g)``; **clip factors** from
+   :func:`trustml.privacy.clipping.clip_factors`; the **clipped sum** per leaf directly from
+   ``(x, g)`` (one einsum per kernel, one scatter-add per table).
 
-   * Dense kernel: ghost norm ``Σ_{t,s} (a_t·a_s)(g_t·g_s)`` when ``T(d_in+d_out) ≤ d_in·d_out``,
-     else the per-example ``a_iᵀ g_i`` is materialised (the cheaper of the two, per layer);
-     bias ``||Σ_t g_t||²``;
-   * Embed table: ``Σ_{t,s} [id_t = id_s] g_t·g_s`` (a ``T×T`` gram masked by token equality;
-     a vocab×dim per-example gradient is never formed);
-   * LayerNorm, Conv (small): per-example gradients via the layer's own VJP per example.
-
-4. **Clip factors** ``c_i`` (:func:`trustml.privacy.clipping.clip_factors`) and the **clipped
-   sum per layer directly** from the stored ``(a, g)``: Dense ``Σ_i c_i a_iᵀ g_i`` as one
-   einsum, Embed a scatter-add of ``c_i g_{i,t}`` into the table rows, small layers a tensordot.
-   No second backward pass.
-
-Any parameter not covered by a rule — a layer called twice (weight tying, e.g. the causal LM's
-``Embed.attend``), a layer whose call has no batch axis, a raw ``self.param``, a Haiku model —
-falls back to naive per-example gradients (``vmap(grad)``) for exactly those leaves, with a
-warning. The result is the same clipped sum as the naive path (tested).
+The result equals the naive ``vmap(grad)`` clipped sum (float64 oracle tests).
 """
 
 import dataclasses
@@ -38,23 +32,35 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from trustml.core.types import Batch, Params
 from trustml.privacy import clipping as clipping_lib
-from trustml.privacy import per_example
+from trustml.privacy import ghost_rules as rules
 
-RULE_TYPES = (nn.Dense, nn.Embed, nn.LayerNorm, nn.Conv)
+SMALL_TYPES = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)
+RULE_TYPES = (nn.Dense, nn.DenseGeneral, nn.Einsum, nn.Embed, nn.Conv, *SMALL_TYPES)
 Path = tuple[str, ...]
 _warned: set[str] = set()
 
 
+@dataclasses.dataclass(frozen=True)
+class Small:
+  """A normalisation layer's leaves: per-example gradients from the layer's own VJP."""
+
+  paths: tuple
+  module: Any
+
+
 @dataclasses.dataclass
-class _CallRecord:
+class _Call:
   path: Path
-  module: nn.Module
-  in_shape: tuple[int, ...]
-  out_shape: tuple[int, ...]
+  module: Any
+  method: str
+  kwargs: dict
+  in_shape: tuple
   in_dtype: Any
+  out_shape: tuple
   out_dtype: Any
 
 
@@ -62,60 +68,146 @@ class _CallRecord:
 class _State:
   calls: list = dataclasses.field(default_factory=list)
   other_uses: set = dataclasses.field(default_factory=set)
-  perturb: list | None = None  # Per-call perturbation (None = no perturbation for that call).
+  perturb: list | None = None  # Per call: a zero perturbation of its output, or None.
   inputs: list = dataclasses.field(default_factory=list)
+  active: list = dataclasses.field(default_factory=list)  # Paths inside a recorded call.
 
 
-def _make_interceptor(state: _State):
-  def interceptor(next_fun, args, kwargs, context):
+def _interceptor(state: _State):
+  def intercept(next_fun, args, kwargs, context):
     mod = context.module
-    if not isinstance(mod, RULE_TYPES) or mod.scope is None:
+    if not isinstance(mod, RULE_TYPES) or mod.scope is None or context.method_name == "setup":
       return next_fun(*args, **kwargs)
     path = tuple(mod.scope.path)
-    if context.method_name == "setup":
+    method = context.method_name
+    if path in state.active:  # A helper method called by the layer itself.
       return next_fun(*args, **kwargs)
-    if context.method_name != "__call__":
+    if method not in ("__call__", "attend") or (
+      method == "attend" and not isinstance(mod, nn.Embed)
+    ):
       state.other_uses.add(path)
       return next_fun(*args, **kwargs)
-    x = args[0] if args else kwargs.get("inputs")
-    out = next_fun(*args, **kwargs)
+    x = args[0] if args else kwargs.get("inputs", kwargs.get("query"))
+    state.active.append(path)
+    try:
+      out = next_fun(*args, **kwargs)
+    finally:
+      state.active.pop()
     idx = len(state.calls)
+    extra = {k: v for k, v in kwargs.items() if k == "einsum_str"}
+    if len(args) > 1 and isinstance(mod, nn.Einsum):
+      extra["einsum_str"] = args[1]
     state.calls.append(
-      _CallRecord(
-        path, mod.clone(parent=None), tuple(x.shape), tuple(out.shape), x.dtype, out.dtype
-      )
+      _Call(path, mod.clone(parent=None), method, extra, x.shape, x.dtype, out.shape, out.dtype)
     )
     if state.perturb is not None:
       state.inputs.append(x)
-      z = state.perturb[idx]
-      if z is not None:
-        out = out + z
+      if state.perturb[idx] is not None:
+        out = out + state.perturb[idx]
     return out
 
-  return interceptor
+  return intercept
 
 
 def _flatten(params: Params) -> dict[Path, jax.Array]:
   return flax.traverse_util.flatten_dict(params)
 
 
+def _padding(mod: nn.Conv, n: int, kernel_size: tuple):
+  pad = mod.padding
+  if isinstance(pad, str):
+    if pad in ("SAME", "VALID"):
+      return pad
+    if pad == "CAUSAL" and n == 1:
+      dil = mod.kernel_dilation or 1
+      dil = dil if isinstance(dil, int) else dil[0]
+      return ((dil * (kernel_size[0] - 1), 0),)
+    return None
+  if isinstance(pad, int):
+    return ((pad, pad),) * n
+  pairs = tuple((p, p) if isinstance(p, int) else tuple(p) for p in pad)
+  return pairs if len(pairs) == n else None
+
+
+def _tuple(v, n: int) -> tuple:
+  if v is None:
+    return (1,) * n
+  return (v,) * n if isinstance(v, int) else tuple(v)
+
+
+def _call_uses(call: _Call, leaves: Mapping[Path, jax.Array], size: int) -> list | None:
+  """The rule uses of one recorded call, or None (its leaves become residual)."""
+  own = {p[-1]: p for p in leaves if p[:-1] == call.path}
+  mod, x_shape = call.module, call.in_shape
+  if not own or not x_shape or x_shape[0] != size or call.out_shape[:1] != (size,):
+    return None
+  bias = own.get("bias")
+  bias_shape = None if bias is None else leaves[bias].shape
+  if isinstance(mod, nn.Embed):
+    if set(own) != {"embedding"}:
+      return None
+    if call.method == "attend":
+      return [rules.Attend(own["embedding"])] if len(x_shape) >= 2 else None
+    ok = jnp.issubdtype(call.in_dtype, jnp.integer)
+    return [rules.Lookup(own["embedding"])] if ok else None
+  if isinstance(mod, SMALL_TYPES):
+    return [Small(tuple(own.values()), mod)]
+  if "kernel" not in own or set(own) - {"kernel", "bias"}:
+    return None
+  kshape = leaves[own["kernel"]].shape
+  if isinstance(mod, nn.Dense):
+    eq = rules.dense_equation(len(x_shape))
+  elif isinstance(mod, nn.DenseGeneral):
+    if mod.batch_dims not in ((), None):
+      return None
+    axis = (mod.axis,) if isinstance(mod.axis, int) else tuple(mod.axis)
+    axis = tuple(a % len(x_shape) for a in axis)
+    if 0 in axis:
+      return None
+    feats = (mod.features,) if isinstance(mod.features, int) else tuple(mod.features)
+    eq = rules.dense_general_equation(len(x_shape), axis, len(feats))
+  elif isinstance(mod, nn.Einsum):
+    eq = call.kwargs.get("einsum_str") or mod.einsum_str
+    if eq is None:
+      return None
+  elif type(mod) is nn.Conv:
+    n = len(kshape) - 2
+    ks = tuple(kshape[:-2])
+    pad = _padding(mod, n, ks)
+    if len(x_shape) != n + 2 or mod.feature_group_count != 1 or mod.mask is not None or pad is None:
+      return None
+    return rules.conv_uses(
+      call.path,
+      x_shape,
+      kshape,
+      strides=_tuple(mod.strides, n),
+      padding=pad,
+      input_dilation=_tuple(mod.input_dilation, n),
+      kernel_dilation=_tuple(mod.kernel_dilation, n),
+      bias=bias,
+    )
+  else:
+    return None
+  return rules.einsum_uses(call.path, eq, x_shape, kshape, bias, bias_shape)
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """Which parameter leaves each recorded layer call covers, and which need the fallback.
+  """Rule coverage of a model's parameter leaves.
 
   Attributes:
-    calls: the recorded layer calls in execution order.
-    covered: per call index, the covered leaf paths (empty tuple: not covered).
-    uncovered: leaf paths handled by the naive per-example fallback.
+    calls: recorded layer calls, in execution order.
+    uses: per call, its rule uses of covered leaves (empty: the call is not perturbed).
+    uncovered: residual leaves (per-example copies under ``vmap``; see the module docstring).
   """
 
   calls: tuple
-  covered: tuple
+  uses: tuple
   uncovered: tuple
 
 
 def plan(loss_fn: Callable[..., jax.Array], params: Params, batch: Batch, rng=None) -> Plan:
-  """Traces one forward pass (shapes only) and decides rule coverage.
+  """Traces one forward pass (shapes only) and decides which leaves the rules cover.
 
   Args:
     loss_fn: ``loss_fn(params, batch, rng) -> [B]``.
@@ -127,106 +219,93 @@ def plan(loss_fn: Callable[..., jax.Array], params: Params, batch: Batch, rng=No
     The :class:`Plan`.
   """
   state = _State()
-  with nn.intercept_methods(_make_interceptor(state)):
+  with nn.intercept_methods(_interceptor(state)):
     jax.eval_shape(lambda p, b: loss_fn(p, b, rng), params, batch)
   size = batch["weight"].shape[0]
   leaves = _flatten(params)
-  counts: dict[Path, int] = {}
-  for rec in state.calls:
-    counts[rec.path] = counts.get(rec.path, 0) + 1
-  covered = []
-  done: set[Path] = set()
-  for rec in state.calls:
-    own = tuple(p for p in leaves if p[: len(rec.path)] == rec.path and len(p) == len(rec.path) + 1)
-    ok = (
-      counts[rec.path] == 1
-      and rec.path not in state.other_uses
-      and len(rec.in_shape) >= 1
-      and len(rec.out_shape) >= 2
-      and rec.in_shape[0] == size
-      and rec.out_shape[0] == size
-      and bool(own)
-    )
-    if isinstance(rec.module, nn.Embed):
-      ok = ok and jnp.issubdtype(rec.in_dtype, jnp.integer)
-    if isinstance(rec.module, nn.Dense):
-      ok = ok and set(k[-1] for k in own) <= {"kernel", "bias"}
-    covered.append(own if ok else ())
-    if ok:
-      done.update(own)
-  uncovered = tuple(p for p in leaves if p not in done)
-  return Plan(tuple(state.calls), tuple(covered), uncovered)
+  per_call = [_call_uses(c, leaves, size) for c in state.calls]
+  bad: set[Path] = set()
+  for call, uses in zip(state.calls, per_call, strict=True):
+    if uses is None or call.path in state.other_uses:
+      bad.update(p for p in leaves if p[:-1] == call.path)
+  kinds: dict[Path, set] = {}
+  for uses in per_call:
+    for u in uses or ():
+      for p in u.paths if isinstance(u, Small) else (u.path,):
+        kinds.setdefault(p, set()).add(type(u))
+  for p, k in kinds.items():  # A leaf mixing a lookup with a dense form: no rule.
+    if (k & {rules.Lookup, rules.Attend}) and (k - {rules.Lookup, rules.Attend}):
+      bad.add(p)
+  covered = set(kinds) - bad
+
+  def keep(u):
+    return all(p in covered for p in u.paths) if isinstance(u, Small) else u.path in covered
+
+  uses = tuple(tuple(u for u in (us or ()) if keep(u)) for us in per_call)
+  uncovered = tuple(p for p in leaves if p not in covered)
+  return Plan(tuple(state.calls), uses, uncovered)
 
 
-def _warn_fallback(uncovered: tuple) -> None:
-  names = ", ".join("/".join(p) for p in uncovered)
+def _warn_residual(uncovered: tuple, leaves: Mapping, size: int) -> None:
+  parts = []
+  for p in uncovered:
+    n = int(np.prod(leaves[p].shape))
+    parts.append(f"{'/'.join(p)} ({size} x {n} floats = {size * n * 4 / 2**20:.1f} MB)")
+  names = ", ".join(parts)
   if names not in _warned:
     _warned.add(names)
     logging.warning(
-      "eDP-SGD: no ghost-norm rule covers %s; using naive per-example gradients (vmap) for "
-      "these parameters (correct, but slower and more memory).",
+      "eDP-SGD: no ghost-norm rule covers %s; their per-example gradients are materialised "
+      "(per-example parameter copies, forward under vmap, one backward: correct; extra memory "
+      "as listed, extra time by bench/dp_step.py --models=transformer_rawparam).",
       names,
     )
 
 
-def _dense_sq(a, g, has_bias):
-  b = a.shape[0]
-  dt = jnp.promote_types(jnp.promote_types(a.dtype, g.dtype), jnp.float32)
-  a = a.reshape(b, -1, a.shape[-1]).astype(dt)
-  g = g.reshape(b, -1, g.shape[-1]).astype(dt)
-  t, d_in, d_out = a.shape[1], a.shape[2], g.shape[2]
-  if t == 1:
-    kernel = jnp.sum(a[:, 0] ** 2, -1) * jnp.sum(g[:, 0] ** 2, -1)
-  elif t * (d_in + d_out) <= d_in * d_out:
-    aa = jnp.einsum("btd,bsd->bts", a, a)
-    gg = jnp.einsum("btd,bsd->bts", g, g)
-    kernel = jnp.sum(aa * gg, axis=(1, 2))
-  else:
-    kernel = jnp.sum(jnp.square(jnp.einsum("btd,bte->bde", a, g)), axis=(1, 2))
-  out = {"kernel": kernel}
-  if has_bias:
-    out["bias"] = jnp.sum(jnp.square(g.sum(1)), -1)
-  return out
+def _run(loss_fn, params, batch, rng, pl: Plan):
+  """One forward + one VJP: losses, recorded inputs, output gradients, residual gradients."""
+  leaves = _flatten(params)
+  size = batch["weight"].shape[0]
+  zs = [
+    jnp.zeros(c.out_shape, c.out_dtype) if u else None
+    for c, u in zip(pl.calls, pl.uses, strict=True)
+  ]
+  res = {"/".join(p): jnp.broadcast_to(leaves[p], (size,) + leaves[p].shape) for p in pl.uncovered}
+
+  def batched(zs, res):
+    del res
+    state = _State(perturb=zs)
+    with nn.intercept_methods(_interceptor(state)):
+      losses = loss_fn(params, batch, rng)
+    return losses.sum(), (losses, state.inputs)
+
+  def one(z_i, res_i, ex_i, index):
+    flat = dict(leaves)
+    for p in pl.uncovered:
+      flat[p] = res_i["/".join(p)]
+    p_i = flax.traverse_util.unflatten_dict(flat)
+    key = None if rng is None else jax.random.fold_in(rng, index)
+    state = _State(perturb=[None if z is None else z[None] for z in z_i])
+    with nn.intercept_methods(_interceptor(state)):
+      loss = loss_fn(p_i, jax.tree.map(lambda v: v[None], ex_i), key)[0]
+    return loss, [x[0] for x in state.inputs]
+
+  def vmapped(zs, res):
+    losses, inputs = jax.vmap(one)(zs, res, batch, jnp.arange(size))
+    return losses.sum(), (losses, inputs)
+
+  forward = vmapped if pl.uncovered else batched
+  _, vjp_fn, (losses, inputs) = jax.vjp(forward, zs, res, has_aux=True)
+  grads_out, res_grads = vjp_fn(jnp.ones((), losses.dtype))
+  return losses, inputs, grads_out, {p: res_grads["/".join(p)] for p in pl.uncovered}
 
 
-def _dense_sum(a, g, f_kernel, f_bias):
-  b = a.shape[0]
-  a = a.reshape(b, -1, a.shape[-1])
-  g = g.reshape(b, -1, g.shape[-1])
-  out = {"kernel": jnp.einsum("btd,bte->de", a * f_kernel[:, None, None].astype(a.dtype), g)}
-  if f_bias is not None:
-    out["bias"] = jnp.einsum("bte,b->e", g, f_bias.astype(g.dtype))
-  return out
+def _small_per_example(module, layer_params: dict, x: jax.Array, g: jax.Array) -> dict:
+  def one(x_i, g_i):
+    _, vjp = jax.vjp(lambda p: module.apply({"params": p}, x_i[None]), layer_params)
+    return vjp(g_i[None])[0]
 
-
-def _embed_sq(ids, g):
-  b = ids.shape[0]
-  ids = ids.reshape(b, -1)
-  g = g.reshape(b, ids.shape[1], -1).astype(jnp.promote_types(g.dtype, jnp.float32))
-  if ids.shape[1] == 1:
-    return jnp.sum(g[:, 0] ** 2, -1)
-  gg = jnp.einsum("btd,bsd->bts", g, g)
-  same = ids[:, :, None] == ids[:, None, :]
-  return jnp.sum(jnp.where(same, gg, 0.0), axis=(1, 2))
-
-
-def _embed_sum(ids, g, factor, table_shape, dtype):
-  b = ids.shape[0]
-  ids = ids.reshape(-1)
-  rows = (g.reshape(b, -1, g.shape[-1]) * factor[:, None, None].astype(g.dtype)).reshape(
-    -1, g.shape[-1]
-  )
-  return jnp.zeros(table_shape, dtype).at[ids].add(rows.astype(dtype))
-
-
-def _generic_per_example(module: nn.Module, layer_params, a, g):
-  """Per-example gradients of a small layer's params from its input and output gradient."""
-
-  def one(a_i, g_i):
-    _, vjp = jax.vjp(lambda p: module.apply({"params": p}, a_i[None]), layer_params)
-    return vjp(g_i[None].astype(jnp.result_type(g_i)))[0]
-
-  return jax.vmap(one)(a, g)
+  return jax.vmap(one)(x, g)
 
 
 def clipped_sum(
@@ -246,9 +325,8 @@ def clipped_sum(
     params: parameters (nested dict, e.g. Flax ``params``).
     batch: batch with leading axis B and ``weight`` ``[B]`` (0 = padding).
     l2_clip_norm: C > 0.
-    clipping: ``"flat"`` or ``"per_layer"`` (equal budget split, see
-      :mod:`trustml.privacy.clipping`).
-    rng: dropout key or None.
+    clipping: ``"flat"`` or ``"per_layer"`` (see :mod:`trustml.privacy.clipping`).
+    rng: dropout key or None (with residual leaves example ``i`` uses ``fold_in(rng, i)``).
 
   Returns:
     ``(sum_of_clipped_grads, stats)`` with ``stats`` as in
@@ -261,62 +339,62 @@ def clipped_sum(
     loss depends only on example i's inputs (true for the trustml models; not for batch norm).
   """
   pl = plan(loss_fn, params, batch, rng)
-  if pl.uncovered:
-    _warn_fallback(pl.uncovered)
   leaves = _flatten(params)
-  perturb = [
-    jnp.zeros(rec.out_shape, rec.out_dtype) if cov else None
-    for rec, cov in zip(pl.calls, pl.covered, strict=True)
-  ]
-
-  def forward(zs):
-    state = _State(perturb=zs)
-    with nn.intercept_methods(_make_interceptor(state)):
-      losses = loss_fn(params, batch, rng)
-    return losses.sum(), (losses, state.inputs)
-
-  _, vjp_fn, (losses, inputs) = jax.vjp(forward, perturb, has_aux=True)
-  (grads_out,) = vjp_fn(jnp.ones((), losses.dtype))
-
-  # Per-example squared norms per leaf.
-  sq: dict[Path, jax.Array] = {}
-  materialised: dict[Path, jax.Array] = {}
-  for idx, (rec, cov) in enumerate(zip(pl.calls, pl.covered, strict=True)):
-    if not cov:
-      continue
-    a, g = inputs[idx], grads_out[idx]
-    mod = rec.module
-    if isinstance(mod, nn.Dense):
-      has_bias = rec.path + ("bias",) in cov
-      for name, val in _dense_sq(a, g, has_bias).items():
-        sq[rec.path + (name,)] = val
-    elif isinstance(mod, nn.Embed):
-      sq[rec.path + ("embedding",)] = _embed_sq(a, g)
-    else:
-      layer_params = {p[-1]: leaves[p] for p in cov}
-      pe = _generic_per_example(mod, layer_params, a, g)
-      for name, val in pe.items():
-        materialised[rec.path + (name,)] = val
-        sq[rec.path + (name,)] = jnp.sum(jnp.square(val.reshape(val.shape[0], -1)), 1)
-
+  size = batch["weight"].shape[0]
   if pl.uncovered:
-    unc = pl.uncovered
+    _warn_residual(pl.uncovered, leaves, size)
+  losses, inputs, grads_out, materialised = _run(loss_fn, params, batch, rng, pl)
 
-    def select(p):
-      flat = _flatten(p)
-      return {"/".join(k): flat[k] for k in unc}
+  bilinear: dict[Path, dict] = {}  # path -> signature -> ([xe], [ge], to_leaf)
+  tables: dict[Path, dict] = {}
+  for idx, uses in enumerate(pl.uses):
+    x, g = inputs[idx], grads_out[idx]
+    for u in uses:
+      if isinstance(u, rules.Bilinear):
+        entry = bilinear.setdefault(u.path, {}).setdefault(u.signature, ([], [], u.to_leaf))
+        entry[0].append(u.x_fn(x))
+        entry[1].append(u.g_fn(g))
+      elif isinstance(u, rules.Lookup):
+        tables.setdefault(u.path, {"ids": [], "g": [], "x": [], "dl": []})
+        tables[u.path]["ids"].append(x.reshape(size, -1))
+        tables[u.path]["g"].append(g.reshape(size, -1, g.shape[-1]))
+      elif isinstance(u, rules.Attend):
+        tables.setdefault(u.path, {"ids": [], "g": [], "x": [], "dl": []})
+        tables[u.path]["x"].append(x.reshape(size, -1, x.shape[-1]))
+        tables[u.path]["dl"].append(g.reshape(size, -1, g.shape[-1]))
+      elif isinstance(u, rules.Reduce):
+        val = u.fn(g)
+        materialised[u.path] = materialised[u.path] + val if u.path in materialised else val
+      else:  # Small
+        pe = _small_per_example(u.module, {p[-1]: leaves[p] for p in u.paths}, x, g)
+        for p in u.paths:
+          val = pe[p[-1]]
+          materialised[p] = materialised[p] + val if p in materialised else val
 
-    def merge(p, s):
-      flat = dict(_flatten(p))
-      for k in unc:
-        flat[k] = s["/".join(k)]
-      return flax.traverse_util.unflatten_dict(flat)
+  ghost: dict[Path, tuple] = {}
+  for path, forms in bilinear.items():
+    if len(forms) == 1:
+      ((xs, gs, to_leaf),) = forms.values()
+      ghost[path] = (jnp.concatenate(xs, 1), jnp.concatenate(gs, 1), to_leaf)
+    else:  # Several einsum forms of one kernel: materialise each form's sum.
+      total = 0.0
+      for xs, gs, to_leaf in forms.values():
+        pe = rules.bilinear_per_example(jnp.concatenate(xs, 1), jnp.concatenate(gs, 1))
+        total = total + to_leaf(pe)
+      materialised[path] = total
+  tab = {
+    p: tuple(jnp.concatenate(v[k], 1) if v[k] else None for k in ("ids", "g", "x", "dl"))
+    for p, v in tables.items()
+  }
 
-    pe = per_example.per_example_grads_subset(loss_fn, params, batch, select, merge, rng)
-    for k in unc:
-      val = pe["/".join(k)]
-      materialised[k] = val
-      sq[k] = jnp.sum(jnp.square(val.reshape(val.shape[0], -1)), 1)
+  sq: dict[Path, jax.Array] = {}
+  for p, (xe, ge, _) in ghost.items():
+    sq[p] = rules.bilinear_sq(xe, ge)
+  for p, t in tab.items():
+    sq[p] = rules.table_sq(*t)
+  for p, val in materialised.items():
+    val = val.astype(jnp.promote_types(val.dtype, jnp.float32))
+    sq[p] = jnp.sum(jnp.square(val.reshape(size, -1)), 1)
 
   order = list(leaves)
   factors_list, stats = clipping_lib.clip_factors(
@@ -325,30 +403,23 @@ def clipped_sum(
   factors = dict(zip(order, factors_list, strict=True))
   valid = stats["valid"]
 
+  def zero(v):
+    return None if v is None else clipping_lib.zero_invalid(v, valid)
+
   out: dict[Path, jax.Array] = {}
-  for idx, (rec, cov) in enumerate(zip(pl.calls, pl.covered, strict=True)):
-    if not cov:
-      continue
-    mod = rec.module
-    if isinstance(mod, nn.Dense):
-      a = clipping_lib.zero_invalid(inputs[idx], valid)
-      g = clipping_lib.zero_invalid(grads_out[idx], valid)
-      bias_key = rec.path + ("bias",)
-      res = _dense_sum(
-        a, g, factors[rec.path + ("kernel",)], factors[bias_key] if bias_key in cov else None
-      )
-      for name, val in res.items():
-        out[rec.path + (name,)] = val.astype(leaves[rec.path + (name,)].dtype)
-    elif isinstance(mod, nn.Embed):
-      key = rec.path + ("embedding",)
-      g = clipping_lib.zero_invalid(grads_out[idx], valid)
-      out[key] = _embed_sum(inputs[idx], g, factors[key], leaves[key].shape, leaves[key].dtype)
-  for k, val in materialised.items():
-    f = factors[k]
-    out[k] = jnp.tensordot(f.astype(val.dtype), clipping_lib.zero_invalid(val, f > 0), axes=(0, 0))
+  for p, (xe, ge, to_leaf) in ghost.items():
+    out[p] = to_leaf(rules.bilinear_sum(zero(xe), zero(ge), factors[p]))
+  for p, (ids, g, x, dl) in tab.items():
+    out[p] = rules.table_sum(
+      ids, zero(g), zero(x), zero(dl), factors[p], leaves[p].shape, leaves[p].dtype
+    )
+  for p, val in materialised.items():
+    val = zero(val)
+    out[p] = jnp.tensordot(factors[p].astype(val.dtype), val, axes=(0, 0))
+  out = {k: out[k].astype(leaves[k].dtype).reshape(leaves[k].shape) for k in order}
   stats = dict(stats)
   stats["loss_sum"] = jnp.where(valid, losses, 0.0).sum()
-  return flax.traverse_util.unflatten_dict({k: out[k] for k in order}), stats
+  return flax.traverse_util.unflatten_dict(out), stats
 
 
-__all__ = ["Plan", "RULE_TYPES", "clipped_sum", "plan"]
+__all__ = ["Plan", "RULE_TYPES", "SMALL_TYPES", "clipped_sum", "plan"]

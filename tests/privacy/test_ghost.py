@@ -1,0 +1,215 @@
+"""Ghost clipping oracles: eDP clipped sum == naive vmap(grad) clipped sum in float64.
+
+Every rule of :mod:`trustml.privacy.ghost_rules` is exercised on a small Flax model (flat and
+per-layer clipping, with a padding row and clip norms that clip most examples), plus the
+residual path (raw ``self.param`` read directly and broadcast, a layer called without a batch
+axis, a layer with no rule), which must be exact too and warn with the leaf's name.
+"""
+
+import logging
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from trustml.models import registry
+from trustml.privacy import clipping, ghost, per_example
+
+B, T, V, C, D = 5, 6, 11, 3, 8
+
+
+def _batch(seed=0, size=B):
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(2, T + 1, size)
+  mask = np.arange(T)[None] < lengths[:, None]
+  tokens = np.where(mask, rng.integers(1, 5, (size, T)), 0)  # Few ids: repeated tokens.
+  weight = np.ones(size, np.float32)
+  weight[1] = 0.0  # A padding row.
+  return {
+    "tokens": jnp.asarray(tokens, jnp.int32),
+    "mask": jnp.asarray(mask),
+    "label": jnp.asarray(rng.integers(0, C, size), jnp.int32),
+    "weight": jnp.asarray(weight),
+  }
+
+
+class RawParams(nn.Module):
+  """Positions and a scale as raw params, a shared Dense, a position Embed without batch axis."""
+
+  @nn.compact
+  def __call__(self, tokens, mask):
+    t = tokens.shape[1]
+    x = nn.Embed(V, D, name="embed")(tokens)
+    pos = self.param("pos", nn.initializers.normal(1.0), (T + 2, D))
+    x = x + pos[None, :t]
+    x = x + nn.Embed(T, D, name="pos_embed")(jnp.arange(t))  # No batch axis: residual.
+    x = x * self.param("scale", nn.initializers.normal(1.0), (D,))
+    mix = nn.Dense(D, name="mix")
+    x = mix(nn.tanh(mix(x)))  # One module, two calls.
+    x = nn.PReLU(name="prelu")(x)  # No rule: residual.
+    m = mask[..., None].astype(x.dtype)
+    pooled = (x * m).sum(1) / m.sum(1)
+    return nn.Dense(C, name="head")(pooled) + self.param("b", nn.initializers.normal(1.0), (C,))
+
+
+class Layers(nn.Module):
+  """Attention (DenseGeneral projections), Einsum, DenseGeneral, RMSNorm, LayerNorm."""
+
+  @nn.compact
+  def __call__(self, tokens, mask):
+    x = nn.Embed(V, D, name="embed")(tokens)
+    x = nn.RMSNorm(name="rms")(x)
+    att = nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=D, name="mha")
+    x = x + att(x, mask=nn.make_attention_mask(mask, mask))
+    x = nn.LayerNorm(name="ln")(x)
+    x = nn.Einsum((D, 2, 3), "btd,dhk->bthk", name="einsum")(x)
+    x = nn.gelu(x)
+    x = nn.DenseGeneral((2, 2), axis=(-2, -1), name="dense_general")(x)
+    x = x.reshape(x.shape[:2] + (4,))
+    m = mask[..., None].astype(x.dtype)
+    return nn.Dense(C, name="head")((x * m).sum(1))
+
+
+class Convs(nn.Module):
+  """1-D convolutions (causal, strided and dilated) and a 2-D convolution."""
+
+  @nn.compact
+  def __call__(self, tokens, mask):
+    x = nn.Embed(V, D, name="embed")(tokens) * mask[..., None]
+    a = nn.relu(nn.Conv(4, (3,), padding="CAUSAL", name="causal")(x))
+    b = nn.relu(nn.Conv(4, (2,), strides=2, padding="VALID", kernel_dilation=2, name="strided")(x))
+    c = nn.relu(nn.Conv(2, (2, 3), padding="SAME", name="image")(x[..., None]))
+    feats = jnp.concatenate([a.max(1), b.max(1), c.max((1, 2))], -1)
+    return nn.Dense(C, name="head")(feats)
+
+
+class Tied(nn.Module):
+  """One table: two lookups and two attends (logits), so every cross term is present."""
+
+  @nn.compact
+  def __call__(self, tokens, mask):
+    embed = nn.Embed(V, D, name="embed")
+    x = embed(tokens) + 0.5 * embed(jnp.flip(tokens, 1))
+    x = nn.tanh(nn.Dense(D, name="mix")(x))
+    states = embed.attend(x)  # [B, T, V]
+    pooled = embed.attend(x.mean(1))  # [B, V] (no position axis)
+    return states.mean(1)[:, :C] + pooled[:, :C]
+
+
+MODULES = {"raw": RawParams, "layers": Layers, "convs": Convs, "tied": Tied}
+RESIDUAL = {
+  "raw": {("pos",), ("scale",), ("b",), ("pos_embed", "embedding"), ("prelu", "negative_slope")},
+  "layers": set(),
+  "convs": set(),
+  "tied": set(),
+}
+
+
+def _loss_fn(module):
+  def loss(params, batch, rng=None):
+    del rng
+    logits = module.apply({"params": params}, batch["tokens"], batch["mask"])
+    logp = jax.nn.log_softmax(logits.astype(jnp.float64), -1)
+    nll = -jnp.take_along_axis(logp, batch["label"][:, None], -1)[:, 0]
+    return nll * batch["weight"]
+
+  return loss
+
+
+def _close(a, b, tol=1e-10):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=tol, rtol=tol)
+
+
+def _check(loss, params, batch, clip):
+  """Ghost (flat and per-layer) against the naive clipped sums, compiled as one function."""
+
+  @jax.jit
+  def both(p, b):
+    grads, _ = per_example.per_example_grads(loss, p, b)
+    out = []
+    for how in ("flat", "per_layer"):
+      out.append(ghost.clipped_sum(loss, p, b, clip, clipping=how))
+      out.append(clipping.clipped_sum(grads, clip, b["weight"], how))
+    return out
+
+  (g1, s1), (r1, t1), (g2, s2), (r2, t2) = both(params, batch)
+  for got, st, ref, st_ref in ((g1, s1, r1, t1), (g2, s2, r2, t2)):
+    _close(got, ref)
+    np.testing.assert_allclose(st["norms"], st_ref["norms"], rtol=1e-10)
+    assert float(st["num_clipped"]) == float(st_ref["num_clipped"]) > 0
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_rules_equal_naive_float64(name, caplog):
+  with jax.enable_x64(True):
+    module = MODULES[name]()
+    batch = _batch()
+    params = module.init(jax.random.key(0), batch["tokens"], batch["mask"])["params"]
+    params = jax.tree.map(lambda x: x.astype(jnp.float64), params)
+    loss = _loss_fn(module)
+    ghost._warned.clear()
+    with caplog.at_level(logging.WARNING):
+      _check(loss, params, batch, 0.05)
+    assert set(ghost.plan(loss, params, batch).uncovered) == RESIDUAL[name]
+    for path in RESIDUAL[name]:  # The warning names each residual leaf.
+      assert "/".join(path) in caplog.text
+    if not RESIDUAL[name]:
+      assert "no ghost-norm rule" not in caplog.text
+
+
+@pytest.mark.parametrize(
+  "name,extra",
+  [
+    ("bag", dict(embed_dim=8, hidden_dim=8)),
+    ("cnn", dict(embed_dim=8, num_filters=4, kernel_sizes=(2, 3))),
+    ("transformer", dict(embed_dim=8, num_layers=1, num_heads=2, mlp_dim=16, dropout_rate=0.0)),
+    (
+      "transformer",
+      dict(
+        embed_dim=8,
+        num_layers=1,
+        num_heads=2,
+        mlp_dim=16,
+        dropout_rate=0.0,
+        conv_kernel=3,
+        causal_attention=True,
+        pooling="max",
+      ),
+    ),
+    ("causal_lm", dict(embed_dim=8, num_layers=1, num_heads=2, mlp_dim=16)),
+  ],
+)
+def test_shipped_models_have_no_residual_leaf(name, extra, caplog):
+  with jax.enable_x64(True):
+    cfg = registry.default_model_config(name)
+    cfg.update(extra)
+    model = registry.build_model(cfg, vocab_size=V, num_classes=C, max_len=T)
+    batch = _batch()
+    params = jax.tree.map(lambda x: x.astype(jnp.float64), model.init(jax.random.key(1), batch))
+    ghost._warned.clear()
+    with caplog.at_level(logging.WARNING):
+      _check(model.per_example_loss, params, batch, 0.1)
+    assert ghost.plan(model.per_example_loss, params, batch).uncovered == ()
+    assert "no ghost-norm rule" not in caplog.text
+
+
+def test_nonfinite_example_is_dropped_with_residual_leaves():
+  with jax.enable_x64(True):
+    module = RawParams()
+    batch = _batch()
+    params = module.init(jax.random.key(0), batch["tokens"], batch["mask"])["params"]
+    loss = _loss_fn(module)
+    batch["poison"] = jnp.ones((B,)).at[3].set(jnp.nan)  # Example 3's loss is NaN.
+
+    def bad_loss(p, b, rng=None):
+      return loss(p, b, rng) * b["poison"]
+
+    got, st = jax.jit(lambda p, b: ghost.clipped_sum(bad_loss, p, b, 0.1))(params, batch)
+    assert float(st["num_nonfinite"]) == 1.0
+    assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(got))
+    batch_wo = dict(batch, weight=batch["weight"].at[3].set(0.0), poison=jnp.ones((B,)))
+    ref, _ = jax.jit(lambda p, b: ghost.clipped_sum(bad_loss, p, b, 0.1))(params, batch_wo)
+    _close(got, ref)

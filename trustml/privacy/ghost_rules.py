@@ -1,0 +1,321 @@
+"""Ghost-norm rules: per-example squared norms and clipped sums of a layer's parameters.
+
+A rule turns one recorded layer call — its input activation ``x`` and the output gradient
+``g = ∂Σ_j L_j/∂out`` (row ``i`` is example ``i``'s own gradient) — into *uses* of parameter
+leaves. Every linear layer is written as one einsum form ``x[b, T, H, I] · W[H, I, O] →
+out[b, T, H, O]`` (``T`` positions, ``H`` index shared by input, kernel and output, e.g. heads;
+``I`` contracted; ``O`` produced), so one rule covers ``nn.Dense``, ``nn.DenseGeneral``,
+``nn.Einsum``, ``nn.Conv`` (im2col patches) and their NNX twins:
+
+* per-example gradient ``G_i[h] = Σ_t x_{i,t,h}ᵀ g_{i,t,h}``;
+* squared norm by the ghost identity ``Σ_h Σ_{t,s} (x_t·x_s)(g_t·g_s)`` when
+  ``T(I + O) ≤ I·O``, else from the materialised ``G_i`` (the cheaper of the two);
+* clipped sum ``Σ_i c_i G_i`` as one einsum over the batch and positions.
+
+A leaf used several times (a module called twice, weight tying) is the *sum* of its uses:
+uses of one form are concatenated along ``T`` (the ghost identity then includes every cross
+term); the tied embedding (``Embed.__call__`` lookups plus ``Embed.attend`` logits) gets the
+exact cross term ``2 Σ_{t,s} dl_s[id_t] (g_t·x_s)`` without a vocab × dim gradient per example.
+"""
+
+import dataclasses
+import string
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_LETTERS = string.ascii_letters
+
+
+def _acc_dtype(*xs: jax.Array):
+  dt = jnp.float32
+  for x in xs:
+    dt = jnp.promote_types(dt, x.dtype)
+  return dt
+
+
+@dataclasses.dataclass(frozen=True)
+class Bilinear:
+  """A linear use ``out = x · W`` of kernel leaf ``path`` in einsum form.
+
+  Attributes:
+    path: the kernel leaf.
+    x_fn: ``x -> [B, T, H, I]``.
+    g_fn: ``g -> [B, T, H, O]``.
+    to_leaf: ``[..., H, I, O] -> [..., *kernel_shape]`` (leading axes kept).
+    signature: uses with equal signatures are concatenated along ``T``.
+  """
+
+  path: tuple
+  x_fn: Callable
+  g_fn: Callable
+  to_leaf: Callable
+  signature: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class Lookup:
+  """An embedding lookup ``out[b, t] = W[ids[b, t]]`` of table leaf ``path``."""
+
+  path: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class Attend:
+  """Logits against an embedding table, ``out = x · Wᵀ`` (``Embed.attend``)."""
+
+  path: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class Reduce:
+  """A leaf whose per-example gradient is a cheap function of ``g`` alone (biases).
+
+  Attributes:
+    path: the leaf.
+    fn: ``g -> [B, *leaf_shape]``.
+  """
+
+  path: tuple
+  fn: Callable
+
+
+def _ellipsis(lhs: str, ndim: int, used: str) -> str:
+  """Fresh letters standing for the ellipsis of the input operand ``lhs`` (``ndim`` axes)."""
+  if "..." not in lhs:
+    return ""
+  free = [c for c in _LETTERS if c not in used]
+  return "".join(free[: ndim - (len(lhs) - 3)])
+
+
+def einsum_uses(
+  path: Sequence[str],
+  equation: str,
+  x_shape: tuple,
+  kernel_shape: tuple,
+  bias: tuple | None = None,
+  bias_shape: tuple | None = None,
+) -> list | None:
+  """The uses of ``out = einsum(equation, x, kernel) (+ bias)``; None if not in einsum form.
+
+  Args:
+    path: the layer's parameter path (leaves ``path + ("kernel",)`` and the bias).
+    equation: ``"lhs,rhs->out"`` with the input first and the kernel second.
+    x_shape: input shape (axis 0 the batch).
+    kernel_shape: kernel shape.
+    bias: the bias leaf path or None.
+    bias_shape: the bias leaf shape.
+
+  Returns:
+    A list of :class:`Bilinear` / :class:`Reduce`, or None when the batch axis is not the
+    leading axis of input and output or the kernel has an axis the rule cannot express.
+  """
+  path = tuple(path)
+  equation = equation.replace(" ", "")
+  ins, out = equation.split("->")
+  lhs, rhs = ins.split(",")
+  used = lhs.replace(".", "") + rhs + out.replace(".", "")
+  ell = _ellipsis(lhs, len(x_shape), used)
+  lhs, out = lhs.replace("...", ell), out.replace("...", ell)
+  if "." in rhs or len(rhs) != len(kernel_shape) or len(lhs) != len(x_shape):
+    return None
+  b = lhs[0]
+  if not out or out[0] != b or b in rhs or len(set(lhs)) != len(lhs) or len(set(rhs)) != len(rhs):
+    return None
+  tok = [c for c in lhs[1:] if c in out and c not in rhs]
+  heads = [c for c in rhs if c in lhs and c in out]
+  cin = [c for c in rhs if c in lhs and c not in out]
+  cout = [c for c in rhs if c not in lhs and c in out]
+  if len(heads) + len(cin) + len(cout) != len(rhs):
+    return None
+  sizes = dict(zip(lhs, x_shape, strict=True)) | dict(zip(rhs, kernel_shape, strict=True))
+  n_t = int(np.prod([sizes[c] for c in tok])) if tok else 1
+  dims = tuple(int(np.prod([sizes[c] for c in grp])) if grp else 1 for grp in (heads, cin, cout))
+  h, i, o = dims
+  hio = "".join(heads + cin + cout)
+  x_eq = f"{lhs}->{b}{''.join(tok + heads + cin)}"
+  g_eq = f"{out}->{b}{''.join(tok + heads + cout)}"
+  leaf_eq = f"...{hio}->...{rhs}"
+  hio_shape = tuple(sizes[c] for c in heads + cin + cout)
+
+  def x_fn(x):
+    return jnp.einsum(x_eq, x).reshape(x.shape[0], n_t, h, i)
+
+  def g_fn(g):
+    return jnp.einsum(g_eq, g).reshape(g.shape[0], n_t, h, o)
+
+  def to_leaf(w):
+    return jnp.einsum(leaf_eq, w.reshape(w.shape[:-3] + hio_shape))
+
+  uses: list = [Bilinear(path + ("kernel",), x_fn, g_fn, to_leaf, ("einsum", dims, rhs, hio))]
+  if bias is not None:
+    bias_sub = "".join(c for c in out if c in rhs)
+    if tuple(sizes[c] for c in bias_sub) != tuple(bias_shape or ()):
+      return None
+    uses.append(Reduce(tuple(bias), lambda g, eq=f"{out}->{b}{bias_sub}": jnp.einsum(eq, g)))
+  return uses
+
+
+def dense_equation(ndim: int) -> str:
+  """The einsum form of ``x @ kernel`` over the last axis of an ``ndim``-d input."""
+  lead = _LETTERS[: ndim - 1]
+  return f"{lead}Y,YZ->{lead}Z"
+
+
+def dense_general_equation(ndim: int, axis: Sequence[int], n_features: int) -> str:
+  """The einsum form of ``DenseGeneral`` (no ``batch_dims``) contracting ``axis``."""
+  letters = _LETTERS[:ndim]
+  feats = _LETTERS[ndim : ndim + n_features]
+  free = "".join(c for k, c in enumerate(letters) if k not in axis)
+  return f"{letters},{''.join(letters[a] for a in axis)}{feats}->{free}{feats}"
+
+
+def conv_uses(
+  path: Sequence[str],
+  x_shape: tuple,
+  kernel_shape: tuple,
+  *,
+  strides: tuple,
+  padding,
+  input_dilation: tuple,
+  kernel_dilation: tuple,
+  bias: tuple | None,
+) -> list:
+  """Uses of an N-d convolution (one batch axis, channels last, one feature group).
+
+  The kernel ``[*k, C_in, C_out]`` acts as a Dense on im2col patches
+  (``lax.conv_general_dilated_patches``, features ordered ``(C_in, *k)``).
+  """
+  path = tuple(path)
+  n = len(kernel_shape) - 2
+  lhs_spec = (0, n + 1) + tuple(range(1, n + 1))
+  rhs_spec = (n + 1, n) + tuple(range(n))
+  numbers = jax.lax.ConvDimensionNumbers(lhs_spec, rhs_spec, lhs_spec)
+  c_in, c_out = kernel_shape[-2], kernel_shape[-1]
+  k = int(np.prod(kernel_shape[:-2]))
+
+  def x_fn(x):
+    p = jax.lax.conv_general_dilated_patches(
+      x,
+      tuple(kernel_shape[:-2]),
+      strides,
+      padding,
+      lhs_dilation=input_dilation,
+      rhs_dilation=kernel_dilation,
+      dimension_numbers=numbers,
+    )
+    return p.reshape(x.shape[0], -1, 1, c_in * k)
+
+  def g_fn(g):
+    return g.reshape(g.shape[0], -1, 1, c_out)
+
+  def to_leaf(w):
+    w = w.reshape(w.shape[:-3] + (c_in,) + tuple(kernel_shape[:-2]) + (c_out,))
+    return jnp.moveaxis(w, -n - 2, -2)
+
+  sig = ("conv", (1, c_in * k, c_out), tuple(kernel_shape), strides, str(padding))
+  uses: list = [Bilinear(path + ("kernel",), x_fn, g_fn, to_leaf, sig)]
+  if bias is not None:
+    uses.append(Reduce(tuple(bias), lambda g: g.reshape(g.shape[0], -1, c_out).sum(1)))
+  return uses
+
+
+# ---- Per-example squared norms and clipped sums of one leaf from its uses. ----
+
+
+def bilinear_sq(xe: jax.Array, ge: jax.Array) -> jax.Array:
+  """``||Σ_t x_tᵀ g_t||²`` per example for ``xe [B, T, H, I]``, ``ge [B, T, H, O]``."""
+  dt = _acc_dtype(xe, ge)
+  xe, ge = xe.astype(dt), ge.astype(dt)
+  t, i, o = xe.shape[1], xe.shape[3], ge.shape[3]
+  if t == 1:
+    return jnp.sum(jnp.sum(xe[:, 0] ** 2, -1) * jnp.sum(ge[:, 0] ** 2, -1), -1)
+  if t * (i + o) <= i * o:
+    xx = jnp.einsum("bthi,bshi->bhts", xe, xe)
+    gg = jnp.einsum("btho,bsho->bhts", ge, ge)
+    return jnp.sum(xx * gg, axis=(1, 2, 3))
+  return jnp.sum(jnp.square(jnp.einsum("bthi,btho->bhio", xe, ge)), axis=(1, 2, 3))
+
+
+def bilinear_per_example(xe: jax.Array, ge: jax.Array) -> jax.Array:
+  """Materialised ``[B, H, I, O]`` per-example gradients."""
+  return jnp.einsum("bthi,btho->bhio", xe, ge)
+
+
+def bilinear_sum(xe: jax.Array, ge: jax.Array, factor: jax.Array) -> jax.Array:
+  """``Σ_i c_i Σ_t x_{i,t}ᵀ g_{i,t}`` as ``[H, I, O]`` (the factor scales the narrower side)."""
+  f = factor.astype(xe.dtype)[:, None, None, None]
+  if xe.shape[-1] <= ge.shape[-1]:
+    return jnp.einsum("bthi,btho->hio", xe * f, ge)
+  return jnp.einsum("bthi,btho->hio", xe, ge * f.astype(ge.dtype))
+
+
+def table_sq(
+  ids: jax.Array | None, g: jax.Array | None, x: jax.Array | None, dl: jax.Array | None
+) -> jax.Array:
+  """Squared norm of a (possibly tied) table's per-example gradient.
+
+  The gradient is ``Σ_t onehot(id_t) g_tᵀ`` (lookups; ``ids [B, T]``, ``g [B, T, D]``) plus
+  ``Σ_s dl_sᵀ x_s`` (attend; ``x [B, S, D]``, logit gradients ``dl [B, S, V]``); either part
+  may be absent. The squared norm of the sum is the lookup gram masked by token equality, the
+  attend ghost norm, and twice the cross term ``Σ_{t,s} dl_s[id_t] (g_t·x_s)``.
+  """
+  total = 0.0
+  if ids is not None:
+    dt = _acc_dtype(g)
+    g = g.astype(dt)
+    if ids.shape[1] == 1:
+      total = jnp.sum(g[:, 0] ** 2, -1)
+    else:
+      gg = jnp.einsum("btd,bsd->bts", g, g)
+      total = jnp.sum(jnp.where(ids[:, :, None] == ids[:, None, :], gg, 0.0), axis=(1, 2))
+  if x is not None:
+    total = total + bilinear_sq(x[:, :, None], dl[:, :, None])
+  if ids is not None and x is not None:
+    dt = _acc_dtype(g, x, dl)
+    at_ids = jnp.take_along_axis(
+      dl, jnp.broadcast_to(ids[:, None, :], dl.shape[:2] + ids.shape[1:]), 2
+    )
+    gx = jnp.einsum("btd,bsd->bst", g.astype(dt), x.astype(dt))
+    total = total + 2.0 * jnp.sum(at_ids.astype(dt) * gx, axis=(1, 2))
+  return total
+
+
+def table_sum(
+  ids: jax.Array | None,
+  g: jax.Array | None,
+  x: jax.Array | None,
+  dl: jax.Array | None,
+  factor: jax.Array,
+  shape: tuple,
+  dtype,
+) -> jax.Array:
+  """``Σ_i c_i G_i`` of a (possibly tied) table: a scatter-add plus one ``[V, D]`` einsum."""
+  out = jnp.zeros(shape, dtype)
+  if ids is not None:
+    rows = g * factor.astype(g.dtype)[:, None, None]
+    out = out.at[ids.reshape(-1)].add(rows.reshape(-1, shape[-1]).astype(dtype))
+  if x is not None:
+    out = out + jnp.einsum("bsv,bsd->vd", dl, x * factor.astype(x.dtype)[:, None, None]).astype(
+      dtype
+    )
+  return out
+
+
+__all__ = [
+  "Attend",
+  "Bilinear",
+  "Lookup",
+  "Reduce",
+  "bilinear_per_example",
+  "bilinear_sq",
+  "bilinear_sum",
+  "conv_uses",
+  "dense_equation",
+  "dense_general_equation",
+  "einsum_uses",
+  "table_sq",
+  "table_sum",
+]
