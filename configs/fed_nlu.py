@@ -61,6 +61,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "kind": kind,  # natural | iid | dirichlet | quantity | cluster.
       "num_clients": a.clients,  # Clients of synthetic partitions.
       "alpha": a.alpha,  # Dirichlet concentration (label / cluster skew), > 0.
+      # fednlp (FedNLP's label_skew_process per split, default) | consistent (one mix per client
+      # for train and test, equal sizes, greedy refill).
+      "dirichlet_procedure": "fednlp",
       "beta": 0.5,  # Dirichlet concentration of client shares (quantity skew), > 0.
       "num_clusters": 8,  # k of k-means (cluster skew).
       "min_examples": 2 if kind == "natural" else 1,  # Natural clients need this many train rows.

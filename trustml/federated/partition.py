@@ -7,14 +7,16 @@ every split, so a client's test data looks like its train data.
 
 * :func:`natural` -- one client per value of a natural id column (users, speakers).
 * :func:`iid` -- a uniform random split into equal-size clients.
-* :func:`dirichlet_label` -- FedNLP label skew: ``q_k ~ Dir(alpha * p)`` with ``p`` the global
-  label prior, equal client sizes, filled label by label with back-fill when a label runs out.
+* :func:`dirichlet_label` -- label skew ``q_k ~ Dir(alpha * p)``; by default FedNLP's own
+  procedure (per split, proportional refill, last client takes the remainder), or trustml's
+  split-consistent variant (``procedure="consistent"``).
 * :func:`quantity_skew` -- client shares ``~ Dir(beta * 1)``; labels IID.
 * :func:`cluster_skew` -- ``sklearn.cluster.KMeans`` on sentence embeddings, cluster id as pseudo-label, then
   :func:`dirichlet_label` on the pseudo-labels.
 """
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -198,43 +200,159 @@ def _fill_by_label(
   return out
 
 
-def dirichlet_label(
-  labels_by_split: Mapping[str, np.ndarray], num_clients: int, alpha: float, *, seed: int
-) -> Partition:
-  """FedNLP label skew: ``q_k ~ Dir(alpha * p)``, equal sizes, label-by-label fill.
+DIRICHLET_PROCEDURES = ("fednlp", "consistent")
 
-  ``p`` is the global train label prior. Each client's mix ``q_k`` is drawn once and used for
-  every split, so splits are consistent. Large ``alpha`` approaches IID; small ``alpha`` gives
-  each client (nearly) one label.
+
+def _fednlp_batch_fill(
+  used: np.ndarray, pools: Sequence[np.ndarray], room: int, current: int
+) -> dict[int, int]:
+  """FedNLP's ``dynamic_batch_fill``: how many rows each other label gives to fill ``room``.
+
+  The labels other than ``current`` give in proportion to what they have left (ceil, smallest
+  remainders first), then a second pass spreads what is still unfilled the same way.
+  """
+  remain = {c: (0 if c == current else len(pools[c]) - int(used[c])) for c in range(len(pools))}
+  total = sum(v for v in remain.values() if v > 0)
+  if total <= 0:
+    return {c: max(v, 0) for c, v in remain.items()}
+  order = sorted(remain, key=lambda c: remain[c])  # stable: ties keep label order
+  original = dict(remain)
+  offset: dict[int, int] = {}
+  pointer = room
+  for c in order:
+    fill = min(math.ceil(original[c] / total * room), remain[c])
+    if pointer - fill <= 0:
+      offset[c] = pointer
+      pointer = 0
+      break
+    pointer -= fill
+    remain[c] -= fill
+    offset[c] = fill
+  if pointer > 0:
+    for c in order:
+      fill = min(math.ceil(original[c] / total * pointer), remain[c])
+      if pointer - fill <= 0:
+        offset[c] += pointer
+        pointer = 0
+        break
+      pointer -= fill
+      remain[c] -= fill
+      offset[c] += fill
+  return offset
+
+
+def _fednlp_label_skew(
+  labels: np.ndarray, num_classes: int, num_clients: int, alpha: float, gen: np.random.Generator
+) -> tuple[list[np.ndarray], np.ndarray]:
+  """FedNLP's ``label_skew_process`` (FedML-AI/FedNLP ``data/advanced_partition/niid_label.py``).
+
+  Client sizes ``int(N / K)``, the last client takes the remainder; each client draws its mix
+  ``q_k ~ Dir(alpha * p)`` and takes ``round(q_kc * size)`` rows of each label in label order
+  (the last label takes what is left of the size); a label that runs out is made up by the
+  other labels in proportion to what they have left (:func:`_fednlp_batch_fill`); the last
+  client also takes every row still unused.
+  """
+  n = len(labels)
+  prior = np.bincount(labels, minlength=num_classes) / max(n, 1)
+  pools = [gen.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
+  used = np.zeros(num_classes, dtype=np.int64)
+  conc = np.maximum(alpha * prior, 1e-12)
+  per_client, total = n // num_clients, n
+  out, mixes = [], []
+  for k in range(num_clients):
+    q = _stable_dirichlet(gen, conc)
+    mixes.append(q)
+    size = min(per_client, total)
+    if total < 2 * size:
+      size = total
+    total -= size
+    pointer = size
+    taken: list[np.ndarray] = []
+    for c in range(num_classes):
+      want = round(float(q[c]) * size)
+      if want >= pointer:
+        want, pointer = pointer, 0
+      else:
+        if c == num_classes - 1:
+          want = pointer
+        pointer -= want
+      start, end = int(used[c]), int(used[c]) + want
+      if end > len(pools[c]):
+        taken.append(pools[c][start:])
+        used[c] = len(pools[c])
+        for f, m in _fednlp_batch_fill(used, pools, end - len(pools[c]), c).items():
+          taken.append(pools[f][used[f] : used[f] + m])
+          used[f] += m
+      else:
+        taken.append(pools[c][start:end])
+        used[c] = end
+    if k == num_clients - 1:
+      for c in range(num_classes):
+        taken.append(pools[c][used[c] :])
+        used[c] = len(pools[c])
+    out.append(np.sort(np.concatenate(taken)).astype(np.int64))
+  return out, np.stack(mixes)
+
+
+def dirichlet_label(
+  labels_by_split: Mapping[str, np.ndarray],
+  num_clients: int,
+  alpha: float,
+  *,
+  seed: int,
+  procedure: str = "fednlp",
+) -> Partition:
+  """Dirichlet label skew ``q_k ~ Dir(alpha * p)`` (``p``: the split's label prior).
+
+  ``procedure="fednlp"`` (default) is FedNLP's ``label_skew_process`` run on each split on its
+  own, as FedNLP does (:func:`_fednlp_label_skew`): sizes ``int(N / K)`` with the remainder on
+  the last client, proportional refill of exhausted labels, and fresh mixes for the test split
+  (so a client's test mix is *not* its train mix). ``procedure="consistent"`` is trustml's
+  earlier variant: one mix per client (from the train prior) used for every split, equal
+  sizes (``N // K`` or ``+1``), largest-remainder rounding and a greedy refill from the
+  client's next-preferred label. Large ``alpha`` approaches IID; small ``alpha`` gives each
+  client (nearly) one label.
 
   Args:
     labels_by_split: split -> int labels ``[N_split]``; must contain ``"train"``.
     num_clients: number of clients ``K``.
     alpha: Dirichlet concentration, > 0.
     seed: partition seed.
+    procedure: ``"fednlp"`` or ``"consistent"``.
 
   Returns:
-    The partition; ``params["mixes"]`` holds the ``[K, C]`` label mixes.
+    The partition; ``params["mixes"]`` holds the ``[K, C]`` train label mixes.
 
   Raises:
-    ConfigError: if ``alpha <= 0`` or ``num_clients`` is invalid.
+    ConfigError: if ``alpha <= 0``, ``num_clients`` is invalid or the procedure is unknown.
   """
   validation.positive("partition.alpha", alpha)
+  validation.one_of("partition.dirichlet_procedure", procedure, DIRICHLET_PROCEDURES)
   _check_clients(num_clients, {s: len(v) for s, v in labels_by_split.items()})
   train = np.asarray(labels_by_split["train"], dtype=np.int64)
   num_classes = int(max(np.max(v) for v in labels_by_split.values() if len(v))) + 1
+  indices = {}
+  params: dict[str, object] = {"alpha": float(alpha), "seed": seed, "procedure": procedure}
+  if procedure == "fednlp":
+    for split, labels in labels_by_split.items():
+      gen = rng_lib.numpy_rng(seed, f"partition/dirichlet_fednlp/{split}")
+      indices[split], mixes = _fednlp_label_skew(
+        np.asarray(labels, dtype=np.int64), num_classes, num_clients, alpha, gen
+      )
+      if split == "train":
+        params["mixes"] = mixes.tolist()
+    return Partition(np.arange(num_clients), indices, "dirichlet", params)
   prior = np.bincount(train, minlength=num_classes) / len(train)
   gen = rng_lib.numpy_rng(seed, "partition/dirichlet")
   conc = np.maximum(alpha * prior, 1e-12)
   mixes = np.stack([_stable_dirichlet(gen, conc) for _ in range(num_clients)])
-  indices = {}
   for split, labels in labels_by_split.items():
     labels = np.asarray(labels, dtype=np.int64)
     split_gen = rng_lib.numpy_rng(seed, f"partition/dirichlet/{split}")
     indices[split] = _fill_by_label(
       labels, mixes, _equal_sizes(len(labels), num_clients), split_gen
     )
-  params = {"alpha": float(alpha), "seed": seed, "mixes": mixes.tolist()}
+  params["mixes"] = mixes.tolist()
   return Partition(np.arange(num_clients), indices, "dirichlet", params)
 
 
@@ -335,6 +453,7 @@ def cluster_skew(
 
 
 __all__ = [
+  "DIRICHLET_PROCEDURES",
   "Partition",
   "cluster_skew",
   "dirichlet_label",

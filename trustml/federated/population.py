@@ -54,6 +54,11 @@ def validate(config: Any) -> None:
     validation.positive_int("partition.num_clients", p.num_clients)
   if p.kind in ("dirichlet", "cluster"):
     validation.positive("partition.alpha", p.alpha)
+    validation.one_of(
+      "partition.dirichlet_procedure",
+      p.get("dirichlet_procedure", "fednlp"),
+      partition.DIRICHLET_PROCEDURES,
+    )
   if p.kind == "quantity":
     validation.positive("partition.beta", p.beta)
   if p.kind == "cluster":
@@ -145,7 +150,11 @@ def build(
     part = partition.quantity_skew(n, p.num_clients, p.beta, seed=seed)
   elif p.kind == "dirichlet":
     part = partition.dirichlet_label(
-      {"train": train["label"], "test": evals["label"]}, p.num_clients, p.alpha, seed=seed
+      {"train": train["label"], "test": evals["label"]},
+      p.num_clients,
+      p.alpha,
+      seed=seed,
+      procedure=p.get("dirichlet_procedure", "fednlp"),
     )
   else:
     emb = {
