@@ -63,6 +63,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   # Privacy: non-private by default (configs/dp_nlu.py switches the DP engine on).
   config.privacy = ml_collections.ConfigDict({"mechanism": "none"})
+  # Devices: batch split over the mesh's data axis (--config.mesh.num_devices=0: all, of all
+  # processes); fsdp=True splits large parameters and optimizer moments over it too.
+  config.mesh = train_config.default_mesh_config()
   if a.smoke:
     config.text.vocab_size = 500
     config.text.max_len = 16

@@ -13,6 +13,13 @@
   eval_batch_size: evaluation batch size.
   max_to_keep: checkpoints kept.
 
+``mesh`` fields (optional section; missing fields take :data:`MESH_FIELDS`):
+  num_devices: global devices the trainers use (0 = all devices of all processes).
+  model: size of the mesh's ``model`` axis (1 = pure data parallelism).
+  fsdp: split large parameters and optimizer moments over ``data`` instead of replicating.
+  The ``data`` axis size (:func:`num_data_shards`) = num_devices / model; a step's batch rows
+  are split over it, so they must be a multiple of it.
+
 ``text`` fields:
   kind: ``word`` | ``char`` tokenizer.
   vocab_size: vocabulary cap including 4 specials.
@@ -44,6 +51,7 @@ TRAIN_FIELDS = dict(
   eval_batch_size=256,
   max_to_keep=2,
 )
+MESH_FIELDS = dict(num_devices=0, model=1, fsdp=False)
 TEXT_FIELDS = dict(kind="word", vocab_size=8000, min_count=1, max_len=32, lowercase=True)
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")
 SCHEDULES = ("constant", "cosine")
@@ -61,6 +69,63 @@ def default_text_config(**overrides: Any) -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict(dict(TEXT_FIELDS))
   cfg.update(overrides)
   return cfg
+
+
+def default_mesh_config(**overrides: Any) -> ml_collections.ConfigDict:
+  """The ``mesh`` section with defaults (see module docstring)."""
+  cfg = ml_collections.ConfigDict(dict(MESH_FIELDS))
+  cfg.update(overrides)
+  return cfg
+
+
+def mesh_fields(config: Any) -> dict[str, Any]:
+  """The ``mesh`` section of a full config (defaults where it or a field is missing)."""
+  out = dict(MESH_FIELDS)
+  section = config.get("mesh", None) if hasattr(config, "get") else None
+  if section is not None:
+    out.update(dict(section))
+  return out
+
+
+def validate_mesh(cfg: Mapping[str, Any]) -> None:
+  """Validates the ``mesh`` section (device counts against the visible devices too).
+
+  Raises:
+    ConfigError: naming the field and the allowed range.
+  """
+  validation.known_fields("mesh", cfg.keys(), MESH_FIELDS)
+  fields = dict(MESH_FIELDS, **dict(cfg))
+  n = validation.non_negative_int("mesh.num_devices", fields["num_devices"])
+  model = validation.positive_int("mesh.model", fields["model"])
+  if not isinstance(fields["fsdp"], bool):
+    raise validation.ConfigError(f"mesh.fsdp={fields['fsdp']!r} is invalid: True or False")
+  import jax  # noqa: PLC0415  (config validation stays importable without a backend)
+
+  visible = jax.device_count()
+  total = n or visible
+  if total > visible:
+    raise validation.ConfigError(
+      f"mesh.num_devices={n} is invalid: only {visible} devices are visible"
+    )
+  if total % model:
+    raise validation.ConfigError(
+      f"mesh.model={model} is invalid: must divide the {total} devices of the mesh"
+    )
+  if total % jax.process_count():
+    raise validation.ConfigError(
+      f"mesh.num_devices={n} is invalid: must be a multiple of the {jax.process_count()} processes"
+    )
+
+
+def num_data_shards(config: Any) -> int:
+  """Size of the ``data`` mesh axis a full config trains on (rows of a step split this way).
+
+  The DP sampler's cap (``trustml.privacy.config``) uses ``physical batch x num_data_shards``.
+  """
+  fields = mesh_fields(config)
+  import jax  # noqa: PLC0415
+
+  return int(fields["num_devices"] or jax.device_count()) // int(fields["model"])
 
 
 def validate_train(cfg: Mapping[str, Any]) -> None:
@@ -126,12 +191,17 @@ def make_optimizer(cfg: Mapping[str, Any], total_steps: int) -> optax.GradientTr
 
 
 __all__ = [
+  "MESH_FIELDS",
   "OPTIMIZERS",
   "SCHEDULES",
+  "default_mesh_config",
   "default_text_config",
   "default_train_config",
   "make_optimizer",
+  "mesh_fields",
+  "num_data_shards",
   "num_train_steps",
+  "validate_mesh",
   "validate_text",
   "validate_train",
 ]

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from trustml.core import validation
+from trustml.core import distributed, validation
 from trustml.data import batching, dataset, tokenizers
 from trustml.models import contract, registry
 from trustml.train import config as train_config
 
-SECTIONS = ("seed", "data", "text", "model", "train", "privacy")
+SECTIONS = ("seed", "data", "text", "model", "train", "privacy", "mesh")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +54,8 @@ def validate_spine(config: Any, extra_sections: tuple[str, ...] = ()) -> None:
   validation.non_negative_int("seed", config.seed)
   train_config.validate_text(config.text)
   train_config.validate_train(config.train)
+  if "mesh" in config:
+    train_config.validate_mesh(config.mesh)
   registry.validate_model_config(config.model)
   from trustml.data import sources  # Imported lazily: sources pull in TFDS.
 
@@ -72,9 +74,13 @@ def _tokenizer(config: Any, ds: dataset.TextDataset, workdir: str | os.PathLike 
     min_count=config.text.min_count,
     lowercase=config.text.lowercase,
   )
-  if path is not None:
+  if path is not None and distributed.is_main_process():
+    # Every process builds the same tokenizer; process 0 writes it, atomically, so another
+    # process never reads a half-written file.
     path.parent.mkdir(parents=True, exist_ok=True)
-    tok.save(path)
+    tmp = path.with_suffix(".json.tmp")
+    tok.save(tmp)
+    os.replace(tmp, path)
   return tok
 
 

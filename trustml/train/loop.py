@@ -30,7 +30,7 @@ from absl import logging
 from trustml.core import rng as rng_lib
 from trustml.data import batching
 from trustml.models import contract
-from trustml.train import checkpoint, evaluate, experiment, writers
+from trustml.train import checkpoint, evaluate, experiment, parallel, writers
 from trustml.train import config as train_config
 
 GradFn = Callable[[Any, Mapping[str, jax.Array], jax.Array], tuple[Any, Mapping[str, jax.Array]]]
@@ -89,9 +89,28 @@ def mean_loss_grad_fn(model: contract.Model) -> GradFn:
 
 
 def make_train_step(
-  grad_fn: GradFn, optimizer: optax.GradientTransformation, seed: int
+  grad_fn: GradFn,
+  optimizer: optax.GradientTransformation,
+  seed: int,
+  *,
+  placement: parallel.DataParallel | None = None,
+  state: TrainState | None = None,
+  batch: Mapping[str, Any] | None = None,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Mapping[str, jax.Array]]]:
-  """The jitted step ``(state, batch) -> (state, aux)`` (state donated)."""
+  """The jitted step ``(state, batch) -> (state, aux)`` (state donated).
+
+  Args:
+    grad_fn: the gradient function, written over the global batch.
+    optimizer: the optax optimizer.
+    seed: root seed (step keys).
+    placement: jit with explicit shardings on this mesh (batch over ``data``, state
+      replicated or FSDP); ``None``: plain ``jax.jit`` on the default device.
+    state: a placed state (its shardings), needed with ``placement``.
+    batch: an example host batch (its keys and ranks), needed with ``placement``.
+
+  Returns:
+    The jitted step.
+  """
   streams = rng_lib.RngStreams(seed)
 
   def step_fn(state: TrainState, batch):
@@ -101,7 +120,9 @@ def make_train_step(
     params = optax.apply_updates(state.params, updates)
     return TrainState(state.step + 1, params, opt_state), aux
 
-  return jax.jit(step_fn, donate_argnums=0)
+  if placement is None:
+    return jax.jit(step_fn, donate_argnums=0)
+  return placement.jit_step(step_fn, state, batch)
 
 
 def init_state(
@@ -166,7 +187,10 @@ def fit(
     def batch_fn(step: int) -> Mapping[str, np.ndarray]:
       return batching.shuffled_batch(train_arrays, bs, seed, step)
 
-  state = init_state(model, optimizer, batch_fn(0), seed)
+  first_batch = batch_fn(0)
+  placement = parallel.DataParallel.from_config(config)  # Mesh over all processes' devices.
+  placement.check_rows(first_batch)  # Rows must split over the data shards: before compute.
+  state = placement.place_state(init_state(model, optimizer, first_batch, seed))
   ckpt = checkpoint.Checkpointer(workdir, max_to_keep=int(config.train.max_to_keep))
   wall_before = 0.0
   restored = ckpt.restore_latest(state)
@@ -176,7 +200,14 @@ def fit(
     if ledger is not None and "ledger" in extra:
       ledger.load_state_dict(extra["ledger"])
     logging.info("Resumed %s from step %d", workdir, step0)
-  step_fn = make_train_step(grad_fn or mean_loss_grad_fn(model), optimizer, seed)
+  step_fn = make_train_step(
+    grad_fn or mean_loss_grad_fn(model),
+    optimizer,
+    seed,
+    placement=placement,
+    state=state,
+    batch=first_batch,
+  )
   writer = writers.MetricWriter(workdir)
   start = int(state.step)
   t0 = time.perf_counter()
@@ -206,7 +237,7 @@ def fit(
         stopped_reason = reason
         logging.warning("Stopping before step %d: %s", step, reason)
         break
-    state, aux = step_fn(state, batch_fn(step))
+    state, aux = step_fn(state, placement.place_batch(batch_fn(step)))
     step += 1
     if ledger is not None:
       ledger.record(step - 1, jax.device_get(aux))
@@ -234,7 +265,7 @@ def fit(
       save(step)
       writer.close()
       ckpt.close()
-      return Outcome({"train/interrupted_at": step}, state, prepared)
+      return Outcome({"train/interrupted_at": step}, placement.gathered(state), prepared)
   if stopped_reason:
     save(step)
   wall = wall_before + time.perf_counter() - t0
@@ -251,6 +282,7 @@ def fit(
       "data/num_eval": batching.num_examples(prepared.eval),
       "model/name": model.name,
       "model/num_params": num_params(state.params),
+      "train/num_devices": placement.mesh.size,
     }
   )
   if stopped_reason:
@@ -260,7 +292,7 @@ def fit(
   writers.write_summary(workdir, summary)
   writer.close()
   ckpt.close()
-  return Outcome(summary, state, prepared)
+  return Outcome(summary, placement.gathered(state), prepared)
 
 
 def train(config: Any, workdir: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
