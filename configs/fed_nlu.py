@@ -77,6 +77,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "beta": 1.0,  # Activity exponent.
       "mode": "poisson" if a.dp else "without_replacement",  # without_replacement | poisson.
       "weighting": "num_examples",  # num_examples | uniform | inverse_probability (ignored under DP).
+      # self_normalized (divide by the sampled weight sum, Hajek) | fixed_denominator (divide by
+      # sum_i pi_i w_i, Horvitz-Thompson, exactly unbiased; ignored under DP).
+      "estimator": "self_normalized",
     }
   )
   # The FL algorithm (trustml.federated.algorithms).

@@ -74,3 +74,27 @@ def test_bad_input():
     selection.inclusion_probabilities(selection.Sampler("uniform", 2), np.array([3, 0, 2]))
   with pytest.raises(ConfigError, match="weighting"):
     selection.aggregation_weights("bogus", SIZES)
+
+
+def test_fixed_denominator_is_exactly_unbiased_and_self_normalized_is_not():
+  """Uniform m=2 of N=6 (all 15 subsets equally likely), num_examples weights: enumeration."""
+  import itertools  # noqa: PLC0415
+
+  n = np.array([1.0, 2.0, 3.0, 5.0, 8.0, 40.0])
+  delta = np.log(n) + np.array([0.3, -0.2, 0.1, 0.0, 0.4, -0.1])  # correlated with size
+  target = (n * delta).sum() / n.sum()
+  pi = selection.inclusion_probabilities(selection.Sampler("uniform", 2), n)
+  d = selection.fixed_denominator("num_examples", n, pi)
+  assert d == pytest.approx(2 / 6 * n.sum())
+  subsets = [list(s) for s in itertools.combinations(range(6), 2)]
+  fixed = np.mean([(n[s] * delta[s]).sum() / d for s in subsets])
+  ratio = np.mean([(n[s] * delta[s]).sum() / n[s].sum() for s in subsets])
+  assert fixed == pytest.approx(target, rel=1e-12)
+  assert abs(ratio - target) > 0.05  # the self-normalised (Hajek) round is biased here
+  # inverse_probability: D = sum n exactly, whatever the sampler (capped pi included).
+  act = selection.Sampler("activity", 3, beta=1.0)
+  pi_a = selection.inclusion_probabilities(act, n)
+  assert pi_a.max() == 1.0  # the heavy client is capped
+  assert selection.fixed_denominator("inverse_probability", n, pi_a) == n.sum()
+  with pytest.raises(ConfigError, match="sizes has 6, inclusion has 5"):
+    selection.fixed_denominator("uniform", n, pi_a[:5])

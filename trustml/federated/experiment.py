@@ -115,6 +115,10 @@ class _Rounds:
     if self.dp is not None:
       all_w = dp_lib.capped_weights(sizes[eligible], self.dp.weight_cap)
       scalars["denominator"] = float(pi.sum() / len(eligible) * all_w.sum())
+    elif self.config.selection.get("estimator", "self_normalized") == "fixed_denominator":
+      scalars["fixed_denominator"] = selection.fixed_denominator(
+        self.config.selection.weighting, sizes[eligible], pi
+      )
     packed["scalars"] = scalars
     if self.controls is not None:
       idx = np.concatenate([sel, np.zeros(total_c - real, np.int64)])

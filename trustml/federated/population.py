@@ -67,6 +67,9 @@ def validate(config: Any) -> None:
   s = config.selection
   selection.Sampler(s.sampler, s.num_clients_per_round, s.beta, s.mode).validate(1 << 62)
   validation.one_of("selection.weighting", s.weighting, selection.WEIGHTINGS)
+  validation.one_of(
+    "selection.estimator", s.get("estimator", "self_normalized"), selection.ESTIMATORS
+  )
   algorithms.validate_config(dict(config.algorithm.to_dict(), dp_enabled=bool(config.dp.enabled)))
   f = config.federated
   validation.positive_int("federated.rounds", f.rounds)

@@ -204,7 +204,9 @@ def _server_step(spec, state: ServerState, sums, key, scalars):
   metrics = {"train/loss": loss_sum / jnp.maximum(num_real, 1.0), "fed/num_clients": num_real}
   clip_norm = state.l2_clip_norm
   if spec.dp is None:
-    mean_delta = jax.tree.map(lambda s: s / jnp.maximum(wtotal, 1e-12), wsum)
+    # Self-normalised (Hajek) by default; a fixed Horvitz-Thompson denominator when packed.
+    denom = scalars.get("fixed_denominator", jnp.maximum(wtotal, 1e-12))
+    mean_delta = jax.tree.map(lambda s: s / denom, wsum)
   else:
     noise_key = jax.random.fold_in(jax.random.fold_in(key, 2), 0)
     count_key = jax.random.fold_in(jax.random.fold_in(key, 2), 1)

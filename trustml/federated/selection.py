@@ -16,12 +16,23 @@ Aggregation weighting is an explicit choice (:func:`aggregation_weights`):
 * ``"uniform"``: ``w_i = 1``.
 * ``"inverse_probability"``: ``w_i = n_i / pi_i`` (Hajek / Horvitz-Thompson).
 
-Unbiased pairs for the example-weighted objective ``sum_i n_i F_i / sum_i n_i``:
-``uniform`` + ``num_examples`` (ratio estimator; exactly unbiased with a fixed denominator
-``m/N * sum n``), ``activity(beta=1)`` + ``uniform`` (each sampled client already counts
-``n_i`` times through its inclusion probability), and any sampler + ``inverse_probability``.
-``activity(beta=1)`` + ``num_examples`` counts ``n_i`` twice (targets ``n_i^2``-weighting) and
-is biased towards heavy clients, which is sometimes what an activity study wants to measure.
+Estimators (``selection.estimator``). Outside DP the round divides the weighted sum of the
+sampled deltas by the *sampled* weight sum (``estimator="self_normalized"``, the default): a
+ratio (Hájek) estimator, consistent but biased for a finite number of clients per round (the
+audit's simulation shaped like the embedded corpus: bias -0.41, about 0.5 sd). With
+``estimator="fixed_denominator"`` it divides by the expected weight sum
+``D = sum_i pi_i w_i`` over the eligible population (:func:`fixed_denominator`), the
+Horvitz-Thompson form, which is exactly unbiased for ``sum_i pi_i w_i Delta_i / D``:
+
+* ``uniform`` + ``num_examples``: ``D = m / N * sum n``, target the example-weighted objective
+  ``sum_i n_i F_i / sum_i n_i``;
+* ``activity(beta=1)`` + ``uniform``: ``pi_i w_i = pi_i``, which is proportional to ``n_i`` only
+  while no ``pi_i`` is capped at 1; once a heavy client is capped (always taken) it counts
+  ``1`` instead of ``c n_i`` and the target is no longer the example-weighted objective;
+* any sampler + ``inverse_probability``: ``pi_i w_i = n_i`` exactly, capped or not.
+
+``activity(beta=1)`` + ``num_examples`` weights ``n_i`` twice (targets ``n_i^2``-weighting) and
+leans towards heavy clients, which is sometimes what an activity study wants to measure.
 """
 
 import dataclasses
@@ -34,6 +45,7 @@ from trustml.core import validation
 SAMPLERS = ("uniform", "activity")
 MODES = ("without_replacement", "poisson")
 WEIGHTINGS = ("num_examples", "uniform", "inverse_probability")
+ESTIMATORS = ("self_normalized", "fixed_denominator")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,12 +187,44 @@ def aggregation_weights(
   return w.astype(np.float32)
 
 
+def fixed_denominator(weighting: str, sizes: np.ndarray, inclusion: np.ndarray) -> float:
+  """The Horvitz-Thompson denominator ``D = sum_i pi_i w_i`` over the eligible population.
+
+  Dividing ``sum_{i in S} w_i Delta_i`` by ``D`` (instead of by ``sum_{i in S} w_i``) gives an
+  exactly unbiased estimate of ``sum_i pi_i w_i Delta_i / D`` under any sampler with inclusion
+  probabilities ``pi_i``.
+
+  Args:
+    weighting: the aggregation weighting (see :func:`aggregation_weights`).
+    sizes: ``n_i`` of every eligible client ``[N]``.
+    inclusion: ``pi_i`` of every eligible client ``[N]``.
+
+  Returns:
+    ``D`` (float).
+
+  Raises:
+    ConfigError: on an unknown weighting or mismatched lengths.
+
+  Example:
+    >>> fixed_denominator("num_examples", np.array([2, 6]), np.array([0.5, 0.5]))
+    4.0
+  """
+  validation.same_length(sizes=sizes, inclusion=inclusion)
+  pi = np.asarray(inclusion, dtype=np.float64)
+  w = aggregation_weights(weighting, sizes, pi).astype(np.float64)
+  if weighting == "inverse_probability":  # exact n_i, without the float32 round trip
+    return float(np.asarray(sizes, dtype=np.float64).sum())
+  return float((pi * w).sum())
+
+
 __all__ = [
+  "ESTIMATORS",
   "MODES",
   "SAMPLERS",
   "WEIGHTINGS",
   "Sampler",
   "aggregation_weights",
+  "fixed_denominator",
   "inclusion_probabilities",
   "sample",
 ]
