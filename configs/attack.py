@@ -112,8 +112,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   if a.smoke:
     config.canaries.num_audit = 32
-    config.canaries.repeats = min(a.repeats, 4)
-    config.canaries.num_secret = min(a.secrets, 2)
+    keys = config_args.given(arg)  # Explicit args win over the smoke sizes.
+    config.canaries.repeats = config_args.smoke_value(a, keys, "repeats", min(a.repeats, 4))
+    config.canaries.num_secret = config_args.smoke_value(a, keys, "secrets", min(a.secrets, 2))
     config.attack.extraction_restarts = 4
     config.attack.extraction_steps = 10
     config.attack.exposure_chunk_size = 2048

@@ -26,24 +26,32 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   mine = [p for p in parts if p.split("=")[0].strip() in own]
   rest = [p for p in parts if p.split("=")[0].strip() not in own]
   a = config_args.parse_arg(",".join(mine), **own)
-  base_arg = ",".join(["data=tiny_shakespeare", "per_round=10", "rounds=40"] + rest)
-  config = fed_nlu.get_config(base_arg)
-  smoke = config.federated.rounds == 3 and "smoke" in rest
-  config.data.min_speeches = a.min_speeches if not smoke else 60  # Drop speakers with fewer.
+  keys = config_args.given(",".join(rest))
+  smoke = "smoke" in keys  # Explicit; the smoke sizes never override an explicit arg.
+  defaults = (
+    [] if smoke else [d for d in ("per_round=10", "rounds=40") if d[: d.index("=")] not in keys]
+  )
+  config = fed_nlu.get_config(",".join(["data=tiny_shakespeare", *defaults, *rest]))
+  mine_keys = config_args.given(",".join(mine))
+
+  def pick(key: str, small):  # The smoke size unless the arg set this key explicitly.
+    return small if smoke and key not in mine_keys else a[key]
+
+  config.data.min_speeches = pick("min_speeches", 60)  # Drop speakers with fewer.
   config.data.test_fraction = 0.2  # Each speaker's last 20% of speeches are held out.
   # Character (or word) tokenizer built on the training speeches; BOS/EOS added per speech.
   config.text.kind = a.tokenizer
   config.text.lowercase = a.tokenizer == "word"
   config.text.vocab_size = 128 if a.tokenizer == "char" else 6000
-  config.text.max_len = a.max_len if not smoke else 32
+  config.text.max_len = pick("max_len", 32)
   # Small causal transformer with tied embeddings.
   from trustml.models import registry  # pylint: disable=g-import-not-at-top
 
   config.model = registry.default_model_config("causal_lm")
-  config.model.embed_dim = a.width if not smoke else 16  # Model width.
-  config.model.num_layers = a.layers if not smoke else 1  # Transformer blocks.
-  config.model.num_heads = 4 if not smoke and a.width % 4 == 0 else 2  # Attention heads.
-  config.model.mlp_dim = 2 * a.width if not smoke else 32  # MLP width.
+  config.model.embed_dim = pick("width", 16)  # Model width.
+  config.model.num_layers = pick("layers", 1)  # Transformer blocks.
+  config.model.num_heads = 4 if config.model.embed_dim % 4 == 0 and not smoke else 2  # Attention heads.
+  config.model.mlp_dim = 2 * config.model.embed_dim  # MLP width.
   config.partition.kind = "natural"  # One client per speaker.
   config.partition.min_examples = 2
   config.algorithm.client_learning_rate = 0.3

@@ -143,10 +143,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.num_steps = a.rounds * a.per_round * 2
   config.train.batch_size = 16
   config.train.eval_every = max(a.rounds * a.per_round * 2 // 10, 1)
-  if a.smoke:
-    config.partition.num_clients = min(a.clients, 12)
-    config.selection.num_clients_per_round = min(a.per_round, 4)
-    config.federated.rounds = 3
+  if a.smoke:  # Shrinks what the arg did not set explicitly (clients=1000,smoke keeps 1000).
+    keys = config_args.given(arg)
+    config.partition.num_clients = config_args.smoke_value(a, keys, "clients", min(a.clients, 12))
+    config.selection.num_clients_per_round = config_args.smoke_value(
+      a, keys, "per_round", min(a.per_round, 4)
+    )
+    config.federated.rounds = config_args.smoke_value(a, keys, "rounds", 3)
     config.federated.batch_size = 8
     config.federated.max_local_steps = 2
     config.federated.eval_every = 1

@@ -49,7 +49,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.selection.weighting = "num_examples" if a.sampler == "uniform" else "uniform"
   config.federated.setting = a.setting
   config.continual.deletion_policy = a.policy
-  config.continual.num_periods = a.periods if config.federated.rounds != 3 else 3
+  smoke = "smoke" in config_args.given(",".join(rest))  # Explicit periods=N wins over smoke.
+  config.continual.num_periods = (
+    3 if smoke and "periods" not in config_args.given(",".join(mine)) else a.periods
+  )
   if a.cap:
     config.continual.storage_cap = a.cap
   return config

@@ -25,17 +25,43 @@ _SUMMARIZE = flags.DEFINE_string("summarize", None, "Sweep directory with result
 def main(argv: list[str]) -> None:
   del argv
   from trustml.attacks import experiment, study  # pylint: disable=g-import-not-at-top
+  from trustml.core import logs  # pylint: disable=g-import-not-at-top
   from trustml.core.validation import ConfigError  # pylint: disable=g-import-not-at-top
 
   if _SUMMARIZE.value:
     out = study.summarize_dir(_SUMMARIZE.value)
-  elif not _WORKDIR.value:
+    print(json.dumps(out, indent=1, default=str))
+    print(f"done: study of {out['num_rows']} ε-sweep runs; table in {_SUMMARIZE.value}/study.md")
+    return
+  if not _WORKDIR.value:
     raise ConfigError("workdir=None is invalid: pass --workdir (or --summarize)")
-  elif _CONFIG.value is not None:
+  if _CONFIG.value is not None:
     out = experiment.run(_CONFIG.value, _WORKDIR.value)
   else:
+    _check_finished_run(_WORKDIR.value)
     out = experiment.attack_workdir(_WORKDIR.value)
   print(json.dumps(out, indent=1, default=str))
+  print(logs.summary_line(out, _WORKDIR.value))
+
+
+def _check_finished_run(workdir: str) -> None:
+  """Rejects attacking a workdir that holds no trained run (before any compute)."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+
+  from trustml.core.validation import ConfigError  # pylint: disable=g-import-not-at-top
+
+  cli.check_workdir(workdir, must_exist=True)
+  path = pathlib.Path(workdir)
+  if not (path / "config.json").exists():
+    raise ConfigError(
+      f"workdir={workdir!r} is invalid: it holds no run (no config.json); "
+      "pass --config to train one there"
+    )
+  if not any((path / "checkpoints").glob("[0-9]*")):
+    raise ConfigError(
+      f"workdir={workdir!r} is invalid: it holds no checkpoint yet; "
+      "rerun its training with --config"
+    )
 
 
 if __name__ == "__main__":

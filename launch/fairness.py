@@ -14,7 +14,7 @@ prints one ``error: ...`` line and exits 1 before any compute.
 
 import json
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from launch import cli
@@ -25,11 +25,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 
 def main(argv: list[str]) -> None:
   del argv
-  from trustml.fairness import experiment  # noqa: PLC0415  (keeps --help fast)
+  from trustml.core import logs  # noqa: PLC0415  (keeps --help fast)
+  from trustml.fairness import experiment  # noqa: PLC0415
 
   summary = experiment.run(_CONFIG.value, _WORKDIR.value)
-  logging.info("summary: %s", summary)
   print(json.dumps({k: v for k, v in summary.items() if "/" in k}, indent=1, default=str))
+  print(logs.summary_line(summary, _WORKDIR.value))
 
 
 if __name__ == "__main__":

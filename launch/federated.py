@@ -10,12 +10,11 @@ Writes config.json, metrics.jsonl, summary.json, checkpoints/ and plots/ to --wo
 """
 
 import json
-import sys
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from trustml.core.validation import ConfigError
+from launch import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path.py:arg).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
@@ -23,14 +22,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 
 def main(argv: list[str]) -> None:
   del argv
+  from trustml.core import logs  # pylint: disable=g-import-not-at-top
   from trustml.federated import experiment  # pylint: disable=g-import-not-at-top
 
-  try:
-    summary = experiment.run(_CONFIG.value, _WORKDIR.value)
-  except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-  logging.info("summary: %s", summary)
+  summary = experiment.run(_CONFIG.value, _WORKDIR.value)
   print(
     json.dumps(
       {k: v for k, v in summary.items() if "/" in k and k != "fed/eval_curve"},
@@ -38,15 +33,8 @@ def main(argv: list[str]) -> None:
       default=str,
     )
   )
-
-
-def _entry() -> None:
-  try:
-    app.run(main)
-  except ConfigError as e:  # Raised while the config file itself is loaded.
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  print(logs.summary_line(summary, _WORKDIR.value))
 
 
 if __name__ == "__main__":
-  _entry()
+  cli.run(main)

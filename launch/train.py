@@ -19,6 +19,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 
 def main(argv: list[str]) -> None:
   del argv
+  from trustml.core import logs
+
   config = _CONFIG.value
   if config.privacy.mechanism != "none":
     from trustml.privacy import training
@@ -29,6 +31,7 @@ def main(argv: list[str]) -> None:
 
     summary = loop.train(config, _WORKDIR.value)
   print(json.dumps(summary, indent=1, default=str))
+  print(logs.summary_line(summary, _WORKDIR.value))
 
 
 if __name__ == "__main__":

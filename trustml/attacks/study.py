@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from trustml.core import validation
+
 COLUMNS = (
   ("privacy/epsilon", "ε"),
   ("eval/accuracy", "accuracy"),
@@ -123,13 +125,23 @@ def summarize_dir(sweep_dir: str) -> dict[str, Any]:
 
   Returns:
     The correlations (as :func:`summarize`).
+
+  Raises:
+    ConfigError: if ``sweep_dir`` is not a directory or holds no finished run.
   """
   root = pathlib.Path(sweep_dir)
+  if not root.is_dir():
+    raise validation.ConfigError(f"summarize={sweep_dir!r} is invalid: not a directory")
   table = []
   for path in sorted(root.glob("*/summary.json")):
     row = json.loads(path.read_text())
     row["name"] = path.parent.name
     table.append(row)
+  if not table:
+    raise validation.ConfigError(
+      f"summarize={sweep_dir!r} is invalid: no <run>/summary.json under it "
+      "(run launch.sweep with --launcher=launch.attack into it first)"
+    )
   corr = summarize(table)
   md = to_markdown(table) + "\n\nSpearman ρ(ε, measure) over the ε-sweep rows:\n\n"
   md += "\n".join(

@@ -75,4 +75,42 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return out
 
 
-__all__ = ["parse_arg"]
+def given(arg: str | None) -> frozenset[str]:
+  """The keys written explicitly in a config argument (``"clients=1000,smoke"`` -> both).
+
+  A ``smoke`` variant shrinks only what the user did not set: ``fed_nlu.py:clients=1000,smoke``
+  keeps 1000 clients.
+
+  Args:
+    arg: the string after ``:`` in ``--config=path.py:arg`` (or ``None``).
+
+  Returns:
+    The keys, without values.
+
+  Example:
+    >>> sorted(given("data=snips,smoke"))
+    ['data', 'smoke']
+  """
+  return frozenset(
+    part.partition("=")[0].strip() for part in (arg or "").split(",") if part.strip()
+  )
+
+
+def smoke_value(args: Any, keys: frozenset[str], key: str, small: Any) -> Any:
+  """``small`` under ``smoke`` unless ``key`` was given explicitly, else ``args[key]``.
+
+  Args:
+    args: the parsed arguments (with a boolean ``smoke``).
+    keys: :func:`given` of the argument string.
+    key: the argument.
+    small: its smoke-size value.
+
+  Returns:
+    The value to use.
+  """
+  if args.smoke and key not in keys:
+    return small
+  return args[key]
+
+
+__all__ = ["given", "parse_arg", "smoke_value"]

@@ -160,6 +160,37 @@ def known_fields(
       )
 
 
+def warn_large_delta(field: str, delta: Any, num_units: int, units: str = "examples") -> bool:
+  """Logs a warning when a DP δ exceeds ``1 / num_units`` (and says so).
+
+  A mechanism that publishes one random unit (example, user) in the clear is (0, 1/N)-DP, so
+  a δ above 1/N permits that; the usual choice is δ < 1/N.
+
+  Args:
+    field: dotted name of δ (``"privacy.delta"``, ``"dp.delta"``).
+    delta: the δ of the run.
+    num_units: N, the units of privacy in the data (training examples, users).
+    units: what the units are, for the message.
+
+  Returns:
+    Whether the warning was issued.
+  """
+  from absl import logging  # noqa: PLC0415  (validation stays importable without absl set up)
+
+  if num_units <= 0 or float(delta) <= 1.0 / num_units:
+    return False
+  logging.warning(
+    "%s=%g is larger than 1/N = 1/%d (%s): such a δ allows releasing one of them in the clear; "
+    "choose δ < %.2g",
+    field,
+    float(delta),
+    num_units,
+    units,
+    1.0 / num_units,
+  )
+  return True
+
+
 __all__ = [
   "ConfigError",
   "finite_array",

@@ -2,8 +2,10 @@
 
 ``train`` fields:
   batch_size: examples per step (physical batch).
-  num_steps: optimizer steps (used when ``num_epochs`` is 0).
-  num_epochs: if > 0, steps = ceil(num_epochs * num_train_examples / batch_size).
+  num_steps: optimizer steps, used when ``num_epochs`` is 0 (0 = unset).
+  num_epochs: if > 0, steps = ceil(num_epochs * num_train_examples / batch_size). One of the
+    two must be > 0: ``num_epochs=0`` with ``num_steps`` unset is rejected, never a hidden
+    default step count.
   optimizer: ``adam`` | ``adamw`` | ``sgd`` | ``momentum``.
   learning_rate: peak learning rate.
   weight_decay: decoupled weight decay (``adamw``).
@@ -38,7 +40,7 @@ from trustml.core import validation
 
 TRAIN_FIELDS = dict(
   batch_size=64,
-  num_steps=1000,
+  num_steps=0,
   num_epochs=0.0,
   optimizer="adam",
   learning_rate=1e-3,
@@ -136,8 +138,13 @@ def validate_train(cfg: Mapping[str, Any]) -> None:
   """
   validation.known_fields("train", cfg.keys(), TRAIN_FIELDS)
   validation.positive_int("train.batch_size", cfg["batch_size"])
-  validation.positive_int("train.num_steps", cfg["num_steps"])
+  validation.non_negative_int("train.num_steps", cfg["num_steps"])
   validation.non_negative("train.num_epochs", cfg["num_epochs"])
+  if not cfg["num_epochs"] and not cfg["num_steps"]:
+    raise validation.ConfigError(
+      f"train.num_epochs={cfg['num_epochs']!r} is invalid: must be > 0, or set "
+      "train.num_steps > 0 to train for a fixed number of steps"
+    )
   validation.one_of("train.optimizer", cfg["optimizer"], OPTIMIZERS)
   validation.positive("train.learning_rate", cfg["learning_rate"])
   validation.non_negative("train.weight_decay", cfg["weight_decay"])

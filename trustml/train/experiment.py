@@ -84,6 +84,32 @@ def _tokenizer(config: Any, ds: dataset.TextDataset, workdir: str | os.PathLike 
   return tok
 
 
+def check_train_split(config: Any, num_train: int) -> None:
+  """Checks the config against the size of the training split, before any compute.
+
+  Rejects a batch larger than the training split, and warns when a DP run's δ exceeds 1/N
+  (a mechanism that releases one example in the clear is (0, 1/N)-DP, so such a δ promises
+  little).
+
+  Args:
+    config: the full config (``train.batch_size``; ``privacy.delta`` when DP is on).
+    num_train: examples in the training split.
+
+  Raises:
+    ConfigError: if ``train.batch_size`` exceeds ``num_train``.
+  """
+  bs = int(config.train.batch_size)
+  if bs > num_train:
+    raise validation.ConfigError(
+      f"train.batch_size={bs} is invalid: must be <= the {num_train} training examples of "
+      f"data.name={config.data.name!r}"
+    )
+  privacy = config.get("privacy", None)
+  if privacy is None or privacy.get("mechanism", "none") == "none" or "delta" not in privacy:
+    return
+  validation.warn_large_delta("privacy.delta", privacy.delta, num_train, "training examples")
+
+
 def prepare(config: Any, workdir: str | os.PathLike | None = None) -> Prepared:
   """Loads data, tokenizes and builds the model described by ``config``.
 
@@ -97,6 +123,7 @@ def prepare(config: Any, workdir: str | os.PathLike | None = None) -> Prepared:
   from trustml.data import sources
 
   ds = sources.load_dataset(config.data)
+  check_train_split(config, len(ds.train["text"]))
   tok = _tokenizer(config, ds, workdir)
   lm = config.model.name == "causal_lm"
   train = batching.encode_split(ds.train, tok, config.text.max_len, lm=lm)
@@ -108,4 +135,4 @@ def prepare(config: Any, workdir: str | os.PathLike | None = None) -> Prepared:
   return Prepared(dataset=ds, tokenizer=tok, train=train, eval=evals, model=model)
 
 
-__all__ = ["SECTIONS", "Prepared", "prepare", "validate_spine"]
+__all__ = ["SECTIONS", "Prepared", "check_train_split", "prepare", "validate_spine"]
