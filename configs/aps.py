@@ -14,7 +14,7 @@ Args (comma-separated after ``:``):
   data: dataset of the task classifier (default synthetic).
   model: bag | cnn | transformer (task classifier).
   reduction, abs_of, normalize, class_weighting, outputs: APS modelling choices
-    (trustml.fairness.sensitivity.ApsOptions; defaults grad_input, jacobian, l1, predicted, probs).
+    (trustml.fairness.sensitivity.ApsOptions; defaults l1 (Jacobian magnitude per token), jacobian, l1, predicted, probs).
   smoke: shrink everything.
   seed: root seed.
 """
@@ -37,7 +37,9 @@ def fairness_section(a: ml_collections.ConfigDict, task: str) -> ml_collections.
   fc.protected_num_epochs = 3.0  # Training epochs of the protected-status classifier.
   fc.aps = ml_collections.ConfigDict(
     {
-      "reduction": a.get("reduction", "grad_input"),  # grad_input | sum | l1 | l2 over embed dim.
+      # Input feature of PS = w'|J|v: l1 (a token, sum_d |df/de_td|: Krishna et al.'s Jacobian
+      # magnitude) | per_dimension (each embedding coordinate) | l2 | sum | grad_input.
+      "reduction": a.get("reduction", "l1"),
       "abs_of": a.get("abs_of", "jacobian"),  # jacobian (w'|J|v) | score (|w'Jv|).
       "normalize": a.get("normalize", "l1"),  # l1 | max | none: normalisation of v.
       "class_weighting": a.get("class_weighting", "predicted"),  # predicted | probs | uniform.
@@ -74,7 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     model="bag",
     smoke=False,
     seed=0,
-    reduction="grad_input",
+    reduction="l1",
     abs_of="jacobian",
     normalize="l1",
     class_weighting="predicted",

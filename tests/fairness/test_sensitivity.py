@@ -54,6 +54,7 @@ def closed_form(tp, pp, batch, opts: sensitivity.ApsOptions):
         "sum": jac.sum(-1),
         "l1": np.abs(jac).sum(-1),
         "l2": np.sqrt((jac**2).sum(-1)),
+        "per_dimension": jac.reshape(jac.shape[0], -1),
       }[opts.reduction]
       return red, (z if outputs == "logits" else p)
 
@@ -80,6 +81,8 @@ def closed_form(tp, pp, batch, opts: sensitivity.ApsOptions):
     sensitivity.ApsOptions(reduction="sum", abs_of="score", class_weighting="probs"),
     sensitivity.ApsOptions(reduction="l1", normalize="max", class_weighting="uniform"),
     sensitivity.ApsOptions(reduction="l2", normalize="none", outputs="logits"),
+    sensitivity.ApsOptions(reduction="per_dimension"),
+    sensitivity.ApsOptions(reduction="grad_input"),
   ],
 )
 def test_ps_closed_form_linear(setup, opts):
@@ -98,6 +101,24 @@ def test_aps_is_weighted_mean_and_padding_ignored(setup):
   want = closed_form(tp, pp, batch, sensitivity.ApsOptions())[:-1]
   np.testing.assert_allclose(per_ex, np.concatenate([want, want]), rtol=2e-4)
   assert aps == pytest.approx(want.mean(), rel=2e-4)
+
+
+def test_default_is_the_jacobian_magnitude_not_grad_input(setup):
+  """Audit D3: the default PS is wᵀ|∂f/∂e|v (l1 over D), which scales with the embedding
+  parametrisation; grad × input (kept as an option) does not."""
+  task, prot, tp, pp, batch = setup
+  assert sensitivity.ApsOptions().reduction == "l1"
+  scaled = {"embed": {"embedding": tp["embed"]["embedding"] * 2}, "W": tp["W"] / 2, "b": tp["b"]}
+  aps = {}
+  for red in ("l1", "grad_input"):
+    o = sensitivity.ApsOptions(reduction=red)
+    a1, _ = sensitivity.accumulated_prediction_sensitivity(task, tp, prot, pp, [batch], o)
+    a2, _ = sensitivity.accumulated_prediction_sensitivity(task, scaled, prot, pp, [batch], o)
+    aps[red] = (a1, a2)
+  assert aps["l1"][1] == pytest.approx(aps["l1"][0] / 2, rel=1e-4)  # same function, half APS
+  assert aps["grad_input"][1] == pytest.approx(aps["grad_input"][0], rel=1e-4)
+  default, _ = sensitivity.accumulated_prediction_sensitivity(task, tp, prot, pp, [batch])
+  assert default == pytest.approx(aps["l1"][0])
 
 
 def test_protected_weights_ignore_padding_tokens(setup):

@@ -3,24 +3,31 @@
 After Krishna et al., "Measuring Fairness of Text Classifiers via Prediction Sensitivity"
 (ACL 2022). For one example ``x`` with token embeddings ``e ∈ R^{T×D}``:
 
-* ``J(x) ∈ R^{C×T}``: the Jacobian of the task outputs ``f(x) ∈ R^C`` (class probabilities by
-  default) with respect to the token embeddings, reduced over the embedding dimension ``D``
-  so that each token is one input feature.
-* ``w ∈ R^C``: class weighting: the one-hot predicted class (default) or the predicted
+* ``J(x)``: the Jacobian of the task outputs ``f(x) ∈ R^C`` (class probabilities by default)
+  with respect to the input features. Krishna et al. define ``PS = wᵀ |J| v`` with ``|J|`` the
+  element-wise magnitude of ``∂f/∂x``; for text the input is the token-embedding matrix.
+* ``w ∈ R^C``: class weighting: the one-hot predicted class (default), the predicted
   probabilities, or uniform.
-* ``v ∈ R^T``: feature weighting from a *protected-status model* ``g`` (a second classifier
-  that predicts the protected attribute, e.g. gender): the absolute reduced input gradient of
-  ``g``'s predicted-class probability, normalised (default: to sum 1 over valid tokens).
+* ``v``: feature weighting from a *protected-status model* ``g`` (a second classifier that
+  predicts the protected attribute, e.g. gender): the magnitude of the input gradient of
+  ``g``'s predicted-class probability, reduced like ``J`` and normalised (default: to sum 1
+  over the valid features).
 * prediction sensitivity ``PS(x) = wᵀ |J(x)| v``; ``APS`` is its weighted mean over a dataset.
 
-Modelling choices are parameters (:class:`ApsOptions`); defaults are marked:
+Modelling choices are parameters (:class:`ApsOptions`); the defaults follow the paper's
+Jacobian magnitude:
 
-* ``reduction`` over ``D``: ``"grad_input"`` (default; ``Σ_d e_td ∂f/∂e_td``, the first-order
-  change of ``f`` when token ``t`` is removed), ``"sum"`` (``Σ_d ∂f/∂e_td``), ``"l1"``
-  (``Σ_d |∂f/∂e_td|``) or ``"l2"`` (``‖∂f/∂e_t‖₂``).
+* ``reduction`` — what one input feature is. ``"l1"`` (default): a token, with feature value
+  ``Σ_d |∂f/∂e_td|`` (the Jacobian magnitude summed over its embedding coordinates);
+  ``"per_dimension"``: every embedding coordinate ``(t, d)`` is its own feature (``J`` is
+  ``[C, T·D]`` and so is ``v``); ``"l2"``: ``‖∂f/∂e_t‖₂``; ``"sum"``: ``Σ_d ∂f/∂e_td``;
+  ``"grad_input"``: ``Σ_d e_td ∂f/∂e_td`` (gradient × input, the first-order change of ``f``
+  when token ``t`` is zeroed; trustml's earlier default, invariant to rescaling the
+  embeddings, which ``|∂f/∂e|`` is not: doubling the table and halving the next layer halves
+  the l1 APS).
 * ``abs_of``: ``"jacobian"`` (default; ``wᵀ|J|v``) or ``"score"`` (``|wᵀ J v|``: signed token
   contributions may cancel).
-* ``normalize`` for ``v``: ``"l1"`` (default), ``"max"`` or ``"none"``.
+* ``normalize`` for ``v``: ``"l1"`` (default, ``v`` sums to 1), ``"max"`` or ``"none"``.
 * ``outputs``: ``"probs"`` (default) or ``"logits"``.
 
 Gradients are computed with ``jax.jacrev`` per example, ``vmap``ped over the batch and jitted.
@@ -38,7 +45,7 @@ from trustml.core import validation
 from trustml.core.types import Batch, Params
 from trustml.models import contract
 
-REDUCTIONS = ("grad_input", "sum", "l1", "l2")
+REDUCTIONS = ("l1", "per_dimension", "l2", "sum", "grad_input")
 ABS_OF = ("jacobian", "score")
 NORMALIZE = ("l1", "max", "none")
 CLASS_WEIGHTINGS = ("predicted", "probs", "uniform")
@@ -57,7 +64,7 @@ class ApsOptions:
     outputs: differentiate probabilities or logits.
   """
 
-  reduction: str = "grad_input"
+  reduction: str = "l1"
   abs_of: str = "jacobian"
   normalize: str = "l1"
   class_weighting: str = "predicted"
@@ -86,7 +93,9 @@ def _outputs_fn(model: contract.Model, params: Params, example: Batch, outputs: 
 
 
 def _reduce(jac: jax.Array, emb: jax.Array, reduction: str) -> jax.Array:
-  """``[C, T, D]`` Jacobian -> ``[C, T]``."""
+  """``[C, T, D]`` Jacobian -> ``[C, F]`` features (``F = T``, or ``T·D`` per dimension)."""
+  if reduction == "per_dimension":
+    return jac.reshape(jac.shape[0], -1)
   if reduction == "grad_input":
     return jnp.einsum("ctd,td->ct", jac, emb)
   if reduction == "sum":
@@ -100,10 +109,10 @@ def token_jacobian(
   model: contract.Model,
   params: Params,
   example: Batch,
-  reduction: str = "grad_input",
+  reduction: str = "l1",
   outputs: str = "probs",
 ) -> tuple[jax.Array, jax.Array]:
-  """Reduced Jacobian ``[C, T]`` of one example's outputs, and those outputs ``[C]``.
+  """Reduced Jacobian ``[C, F]`` of one example's outputs, and those outputs ``[C]``.
 
   Args:
     model: a classifier Model.
@@ -113,28 +122,26 @@ def token_jacobian(
     outputs: ``"probs"`` or ``"logits"``.
 
   Returns:
-    ``(J, f)``; padding tokens have ``J[:, t] == 0``.
+    ``(J, f)``; features of padding tokens are 0.
   """
   batch1 = jax.tree.map(lambda a: a[None], example)
   emb = model.embed(params, batch1)[0]
   f = _outputs_fn(model, params, batch1, outputs)
   jac = jax.jacrev(f)(emb)  # [C, T, D]
-  reduced = _reduce(jac, emb, reduction) * example["mask"].astype(jnp.float32)[None]
-  return reduced, f(emb)
+  jac = jac * example["mask"].astype(jnp.float32)[None, :, None]
+  return _reduce(jac, emb, reduction), f(emb)
 
 
 def protected_weights(
   model: contract.Model, params: Params, example: Batch, options: ApsOptions
 ) -> jax.Array:
-  """``v ∈ R^T``: normalised absolute reduced input gradient of the protected-status model.
+  """``v ∈ R^F``: normalised magnitude of the protected-status model's reduced input gradient.
 
   The gradient is that of the protected model's predicted-class probability (logit when
   ``options.outputs == "logits"``).
   """
   jac, out = token_jacobian(model, params, example, options.reduction, options.outputs)
-  grad = jnp.abs(jac[jnp.argmax(out)])
-  mask = example["mask"].astype(jnp.float32)
-  grad = grad * mask
+  grad = jnp.abs(jac[jnp.argmax(out)])  # padding features are already 0
   if options.normalize == "l1":
     return grad / jnp.maximum(grad.sum(), 1e-12)
   if options.normalize == "max":
