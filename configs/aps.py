@@ -48,7 +48,9 @@ def fairness_section(a: ml_collections.ConfigDict, task: str) -> ml_collections.
   )
   fc.num_examples = 1000  # Evaluation examples used for APS and the counterfactual gap.
   fc.eval_split = ""  # Split evaluated ('' = the dataset's eval split).
-  fc.her_counterpart = "his"  # 'her' <-> 'his' (default) or 'him' in the gender swap.
+  # Gender swap of her/his/him: pos (a next-token part-of-speech rule: her -> his before an
+  # open-class word, else him; him -> her) | his | him (her always paired with that one).
+  fc.her_counterpart = "pos"
   fc.bootstrap_samples = 1000  # Bootstrap resamples for confidence intervals.
   fc.communities = ()  # HateXplain subgroups (() = top_k most frequent majority targets).
   fc.top_k = 10  # Number of communities when computed.

@@ -83,6 +83,22 @@ def test_swap_involution_random_strings(pairs):
     assert counterfactual.swap_texts([counterfactual.swap_text(text, pairs)], pairs)[0] == text
 
 
+def test_pronoun_rule_swaps_object_pronouns(pairs):
+  """The matching leaves 'him' unswapped; the next-token rule covers object pronouns."""
+  swap = lambda t: counterfactual.swap_text(t, pairs, pronoun_rule=True)  # noqa: E731
+  assert counterfactual.swap_text("She told him.", pairs) == "He told him."  # the matching
+  assert swap("She told him.") == "He told her."
+  assert swap("He told her.") == "She told him."
+  assert swap("He gave her the book") == "She gave him the book"
+  assert swap("She took her book to him") == "He took his book to her"
+  assert swap("HIS dog; it is his.") == "HER dog; it is hers."
+  assert swap("Her, not his!") == "Him, not hers!"
+  for text in ("She told him.", "He gave her the book", "She took her book to him", "his."):
+    assert swap(swap(text)) == text
+  # The documented misreading: object pronoun before a bare noun.
+  assert swap(swap("gave him flowers")) == "gave his flowers"
+
+
 def test_non_involutive_pairs_rejected():
   with pytest.raises(ConfigError, match="involution"):
     counterfactual.swap_text("he", {"he": "she", "she": "it"})
@@ -90,6 +106,7 @@ def test_non_involutive_pairs_rejected():
     counterfactual.swap_text("he", {"He": "She", "She": "He"})
   with pytest.raises(ConfigError, match="her_counterpart"):
     counterfactual.load_gender_pairs(her_counterpart="hers")
+  assert counterfactual.load_gender_pairs(her_counterpart="pos")["her"] == "his"
 
 
 def test_build_matching_prefers_support_then_order():

@@ -13,9 +13,19 @@ when no data directory is available. The raw lists are not a matching (``her`` i
 against both ``him`` and ``his``; ``lady`` against ``gentleman`` and ``lord``), so
 :func:`build_matching` keeps, greedily, the pairs listed most often (ties: first listed)
 whose words are both still free. ``her`` is ambiguous (object ``him`` / possessive ``his``):
-an involution must pick one; the default pairs it with ``his`` (the far more frequent
-masculine form), leaving ``him`` unswapped. Set ``her_counterpart="him"`` for the other
-choice.
+a word matching must pick one, so the matching pairs it with ``his`` (the far more frequent
+masculine form; ``her_counterpart="him"`` for the other choice).
+
+With ``pronoun_rule=True`` (the configs' default, ``fairness.her_counterpart="pos"``) the four
+pronouns are swapped by part of speech, read from the next token: ``him -> her``,
+``hers -> his``; ``her -> his`` when the next word (directly after whitespace) is an
+open-class word (``her book``), else ``her -> him`` (``told her .``, ``gave her the``,
+end of text, punctuation); likewise ``his -> her`` before an open-class word and
+``his -> hers`` otherwise (``it is his .``). The closed class is :data:`CLOSED_CLASS`
+(articles, determiners, prepositions, conjunctions, pronouns, auxiliaries, common adverbs).
+The rule errs on object pronouns directly followed by a noun phrase without a determiner
+(``gave him flowers -> gave her flowers -> gave his flowers``), so with it the swap is an
+involution everywhere except there. Token-id swaps (:func:`swap_token_ids`) use the matching.
 
 The counterfactual gap of a classifier ``f`` on ``x`` is ``|f(x) - f(x')|``; for class
 probability vectors it is the total-variation distance ``0.5 * sum_c |p_c(x) - p_c(x')|``,
@@ -39,7 +49,18 @@ SWAP_FILES = ("generalized_swaps.txt", "extra_gendered_words.txt")
 THIRD_PARTY_FILE = (
   pathlib.Path(__file__).resolve().parents[2] / "third_party" / "gender_pairs" / "gender_pairs.tsv"
 )
-HER_COUNTERPARTS = ("his", "him")
+HER_COUNTERPARTS = ("pos", "his", "him")  # "pos": the matching uses "his" + the pronoun rule
+PRONOUNS = ("her", "his", "him", "hers")
+CLOSED_CLASS = frozenset(
+  """a an the this that these those some any no every each all both either neither my your his
+  her its our their me him us them i you he she it we they who whom what which whose myself
+  himself herself to of in on at for with from by about into onto over under after before up
+  down out off back around through across along as than like near without within and or but so
+  if because when while though although whether nor is was are were be been being am will
+  would can could shall should may might must do does did has have had not again too very
+  now then there here also just only even still yet yesterday today tomorrow tonight always
+  never often once twice""".split()
+)
 
 # Maximal runs of letters (any script); digits, apostrophes and punctuation split words.
 _WORD_RE = re.compile(r"[^\W\d_]+")
@@ -65,7 +86,8 @@ def build_matching(
   Args:
     raw_pairs: lower-case ``(a, b)`` pairs, possibly repeated in both directions and possibly
       conflicting (a word listed against two counterparts).
-    her_counterpart: ``"his"`` or ``"him"``: which masculine form ``her`` is paired with.
+    her_counterpart: ``"his"`` or ``"him"``: which masculine form ``her`` is paired with
+      (``"pos"`` pairs it with ``"his"``; the pronoun rule then decides per occurrence).
 
   Returns:
     A symmetric dict (``m[m[w]] == w`` for every key ``w``, and ``m[w] != w``).
@@ -74,6 +96,7 @@ def build_matching(
     ConfigError: if ``her_counterpart`` is not ``"his"`` or ``"him"``.
   """
   validation.one_of("her_counterpart", her_counterpart, HER_COUNTERPARTS)
+  her_counterpart = "his" if her_counterpart == "pos" else her_counterpart
   support: dict[frozenset, int] = {}
   first_seen: dict[frozenset, int] = {}
   for i, (a, b) in enumerate(raw_pairs):
@@ -103,7 +126,8 @@ def load_gender_pairs(
 
   Args:
     data_dir: the configured data directory (``data.dir``); ``None`` resolves the default.
-    her_counterpart: ``"his"`` (default) or ``"him"``; see the module docstring.
+    her_counterpart: ``"his"`` (default), ``"him"`` or ``"pos"`` (as ``"his"``; pass
+      ``pronoun_rule=True`` to the swap); see the module docstring.
 
   Returns:
     dict word -> counterpart, symmetric, lower case, letters only.
@@ -192,7 +216,41 @@ def swap_word(word: str, pairs: Mapping[str, str]) -> str:
   return out
 
 
-def swap_text(text: str, pairs: Mapping[str, str]) -> str:
+def _pronoun_target(word: str, next_word: str | None) -> str:
+  """The counterpart of one of :data:`PRONOUNS` (lower case) by the next-token rule."""
+  open_next = next_word is not None and next_word.lower() not in CLOSED_CLASS
+  if word == "him":
+    return "her"
+  if word == "hers":
+    return "his"
+  if word == "his":
+    return "her" if open_next else "hers"
+  return "his" if open_next else "him"
+
+
+def _swap(text: str, pairs: Mapping[str, str], pronoun_rule: bool) -> str:
+  if not pronoun_rule:
+    return _WORD_RE.sub(lambda m: swap_word(m.group(0), pairs), text)
+  matches = list(_WORD_RE.finditer(text))
+  out, pos = [], 0
+  for i, m in enumerate(matches):
+    word = m.group(0)
+    low = word.lower()
+    if low in PRONOUNS:
+      nxt = None
+      if i + 1 < len(matches) and not text[m.end() : matches[i + 1].start()].strip():
+        nxt = matches[i + 1].group(0)
+      target = _pronoun_target(low, nxt)
+      new = swap_word(word, {low: target, target: low})
+    else:
+      new = swap_word(word, pairs)
+    out.append(text[pos : m.start()] + new)
+    pos = m.end()
+  out.append(text[pos:])
+  return "".join(out)
+
+
+def swap_text(text: str, pairs: Mapping[str, str], *, pronoun_rule: bool = False) -> str:
   """Replaces every gendered word of ``text`` by its counterpart, preserving case.
 
   Words are maximal runs of letters, so ``"He's"`` becomes ``"She's"`` and ``"Mr."`` becomes
@@ -201,9 +259,12 @@ def swap_text(text: str, pairs: Mapping[str, str]) -> str:
   Args:
     text: input string.
     pairs: an involutive lower-case word map (from :func:`load_gender_pairs`).
+    pronoun_rule: swap her/his/him/hers by the next-token rule of the module docstring
+      instead of the matching.
 
   Returns:
-    The counterfactual string; ``swap_text(swap_text(t, p), p) == t``.
+    The counterfactual string; ``swap_text(swap_text(t, p), p) == t`` (with the pronoun rule:
+    except where the rule misreads an object pronoun before a bare noun).
 
   Raises:
     ConfigError: if ``pairs`` is not an involution.
@@ -214,13 +275,15 @@ def swap_text(text: str, pairs: Mapping[str, str]) -> str:
     'She told HER brother.'
   """
   check_pairs(pairs)
-  return _WORD_RE.sub(lambda m: swap_word(m.group(0), pairs), text)
+  return _swap(text, pairs, pronoun_rule)
 
 
-def swap_texts(texts: Iterable[str], pairs: Mapping[str, str]) -> list[str]:
+def swap_texts(
+  texts: Iterable[str], pairs: Mapping[str, str], *, pronoun_rule: bool = False
+) -> list[str]:
   """:func:`swap_text` over a sequence (validates ``pairs`` once)."""
   check_pairs(pairs)
-  return [_WORD_RE.sub(lambda m: swap_word(m.group(0), pairs), t) for t in texts]
+  return [_swap(t, pairs, pronoun_rule) for t in texts]
 
 
 def count_swappable(text: str, pairs: Mapping[str, str]) -> int:
@@ -329,6 +392,9 @@ def counterfactual_gap(scores: jax.typing.ArrayLike, cf_scores: jax.typing.Array
 
 
 __all__ = [
+  "CLOSED_CLASS",
+  "HER_COUNTERPARTS",
+  "PRONOUNS",
   "build_matching",
   "check_pairs",
   "count_swappable",

@@ -205,15 +205,24 @@ def _eval_subset(config: Any, prepared: experiment.Prepared) -> dict[str, np.nda
 
 
 def counterfactual_scores(
-  model, params, prepared, texts: Sequence[str], pairs: Mapping[str, str], batch_size: int
+  model,
+  params,
+  prepared,
+  texts: Sequence[str],
+  pairs: Mapping[str, str],
+  batch_size: int,
+  pronoun_rule: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Class probabilities on ``texts`` and on their gender-swapped counterfactuals.
+
+  ``pronoun_rule`` swaps her/his/him/hers by the next-token rule of
+  :mod:`trustml.fairness.counterfactual` (``fairness.her_counterpart="pos"``).
 
   Returns:
     ``(probs [N, C], cf_probs [N, C], changed [N] bool)`` where ``changed`` marks texts that
     contain at least one swappable word.
   """
-  swapped = counterfactual.swap_texts(texts, pairs)
+  swapped = counterfactual.swap_texts(texts, pairs, pronoun_rule=pronoun_rule)
   changed = np.array([a != b for a, b in zip(texts, swapped, strict=True)])
   p = _probs(model, params, _encode(prepared, texts), batch_size)
   q = _probs(model, params, _encode(prepared, swapped), batch_size)
@@ -224,7 +233,8 @@ def aps_and_gap(config, prepared, params, prot_model, prot_params, texts, pairs,
   """Per-example APS and counterfactual gap on the texts that contain gendered words."""
   fc = config.fairness
   bs = int(config.train.eval_batch_size)
-  p, q, changed = counterfactual_scores(prepared.model, params, prepared, texts, pairs, bs)
+  rule = fc.her_counterpart == "pos"
+  p, q, changed = counterfactual_scores(prepared.model, params, prepared, texts, pairs, bs, rule)
   if score_fn is not None:
     gap = counterfactual.counterfactual_gap(score_fn(p), score_fn(q))
   else:
