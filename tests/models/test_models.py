@@ -227,3 +227,41 @@ def test_windows_dense_equals_conv(width, causal):
   kernel = p["params"]["kernel"]  # [width, 3, 4]
   dense = layers.windows(x, width, causal) @ kernel.reshape(width * 3, 4) + p["params"]["bias"]
   np.testing.assert_allclose(dense, conv.apply(p, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", registry.MODEL_NAMES)
+def test_token_states_are_the_vectors_pooling_reads(name):
+  """Oracle per architecture: pooling the token states gives the pooled representation
+  (bag: the masked mean of embeddings, before its MLP; CNN: max over time; transformer: mean;
+  causal LM: the final states the LM head reads)."""
+  m = _model(name)
+  batch = make_batch(4, T, V, C, seed=2)
+  p = m.init(jax.random.key(0), batch)
+  states = np.asarray(m.token_states(p, batch))
+  mask = np.asarray(batch["mask"], bool)
+  assert states.shape[:2] == (4, T) and np.all(states[~mask] == 0)
+  mean = states.sum(1) / mask.sum(1, keepdims=True)
+  if name == "bag":
+    emb = np.asarray(m.embed(p, batch))
+    np.testing.assert_allclose(states, emb * mask[..., None], rtol=1e-6)
+  elif name == "cnn":
+    np.testing.assert_allclose(states.max(1), m.pooled(p, batch), rtol=1e-5, atol=1e-6)
+  elif name == "transformer":
+    np.testing.assert_allclose(mean, m.pooled(p, batch), rtol=1e-5, atol=1e-5)
+  else:  # the LM head is the tied embedding table applied to each state
+    logits = states @ np.asarray(m.embedding_table(p)).T
+    np.testing.assert_allclose(logits[mask], np.asarray(m.apply(p, batch))[mask], atol=1e-4)
+  # Context: in a transformer a token's state depends on the other tokens; in a bag it does not.
+  other = dict(batch, tokens=np.where(np.arange(T) == 0, 5, batch["tokens"]).astype(np.int32))
+  moved = np.asarray(m.token_states(p, other))
+  changed = not np.allclose(moved[:, 1:][mask[:, 1:]], states[:, 1:][mask[:, 1:]], atol=1e-6)
+  assert changed == (name in ("transformer", "causal_lm", "cnn"))
+
+
+def test_haiku_token_states():
+  m = haiku_adapter.haiku_bag_classifier(V, C)
+  batch = make_batch(4, T, V, C)
+  p = m.init(jax.random.key(0), batch)
+  states = np.asarray(m.token_states(p, batch))
+  want = np.asarray(m.embed(p, batch)) * np.asarray(batch["mask"])[..., None]
+  np.testing.assert_allclose(states, want, rtol=1e-6)

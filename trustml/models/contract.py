@@ -48,6 +48,11 @@ class Model:
       train=False) -> logits``; ``apply(p, b) == apply_from_embeddings(p, embed(p, b), b)``.
     pooled: ``pooled(params, batch) -> [B, D]``: the sentence representation before the
       output head (used by SEAT/CEAT, cluster-skew partitions and attacks).
+    token_states: ``token_states(params, batch) -> [B, T, H]``: one vector per token, the
+      last per-position representation before pooling (the embedding for a bag of
+      embeddings, the convolution features for a CNN, the final encoder states for a
+      transformer); padding positions are 0. Token-level CEAT reads a word's own vector here.
+      ``None`` for models that do not provide it.
     eval_metrics: ``eval_metrics(params, batch) -> dict`` of *sums* over the batch, weighted
       by ``weight``: ``loss_sum``, ``count`` and, for classifiers, ``correct``; for LMs
       ``token_nll_sum`` and ``token_count``. Reduce with :func:`trustml.train.evaluate`.
@@ -69,6 +74,7 @@ class Model:
   embedding_path: tuple[str, ...]
   framework: str = "flax"
   extras: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  token_states: EmbedFn | None = None
 
   def embedding_table(self, params: Params) -> jax.Array:
     """Returns the token-embedding table ``[V, D]`` stored at ``embedding_path``."""
@@ -142,6 +148,7 @@ def assemble(
   embedding_path: tuple[str, ...],
   framework: str = "flax",
   extras: Mapping[str, Any] | None = None,
+  token_states: EmbedFn | None = None,
 ) -> Model:
   """Builds a Model from a network's functions, deriving the loss and metrics from ``kind``.
 
@@ -178,6 +185,7 @@ def assemble(
     embedding_path=embedding_path,
     framework=framework,
     extras=dict(extras or {}),
+    token_states=token_states,
   )
 
 

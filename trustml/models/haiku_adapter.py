@@ -4,6 +4,7 @@ A Haiku network is given as two functions written with Haiku modules:
 
 * ``embed_fn(tokens) -> [B, T, D]``
 * ``body_fn(embeddings, mask, is_training) -> (logits, pooled)``
+* optionally ``states_fn(embeddings, mask) -> [B, T, H]`` (per-token vectors before pooling)
 
 They are transformed together with ``hk.multi_transform`` so they share parameters; the
 resulting Model is indistinguishable downstream from a Flax one (``framework == "haiku"``).
@@ -27,6 +28,7 @@ def from_haiku(
   num_classes: int,
   embedding_path: tuple[str, ...],
   kind: str = "classifier",
+  states_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
 ) -> contract.Model:
   """Wraps Haiku functions into a Model.
 
@@ -37,19 +39,24 @@ def from_haiku(
     num_classes: classes (vocabulary size for an LM).
     embedding_path: path of the token table in the Haiku params, e.g. ``("embed", "embeddings")``.
     kind: ``"classifier"`` or ``"lm"``.
+    states_fn: per-token states (Haiku code sharing the body's parameters), giving the
+      Model's ``token_states``; padding positions are zeroed here.
 
   Returns:
     The Model.
   """
+  states = states_fn if states_fn is not None else (lambda emb, mask: emb)
 
   def _fns():
     def init(tokens, mask):
-      return body_fn(embed_fn(tokens), mask, False)
+      emb = embed_fn(tokens)
+      states(emb, mask)
+      return body_fn(emb, mask, False)
 
-    return init, (embed_fn, body_fn)
+    return init, (embed_fn, body_fn, states)
 
   transformed = hk.multi_transform(_fns)
-  embed_apply, body_apply = transformed.apply
+  embed_apply, body_apply, states_apply = transformed.apply
 
   def init(rng: jax.Array, batch) -> Any:
     return transformed.init(rng, batch["tokens"], batch["mask"])
@@ -66,6 +73,10 @@ def from_haiku(
   def pooled(params, batch) -> jax.Array:
     return body_apply(params, None, embed(params, batch), batch["mask"], False)[1]
 
+  def token_states(params, batch) -> jax.Array:
+    out = states_apply(params, None, embed(params, batch), batch["mask"])
+    return out * batch["mask"][..., None].astype(out.dtype)
+
   return contract.assemble(
     name=name,
     kind=kind,
@@ -77,6 +88,7 @@ def from_haiku(
     pooled=pooled,
     embedding_path=embedding_path,
     framework="haiku",
+    token_states=token_states if states_fn is not None else None,
   )
 
 
@@ -101,6 +113,7 @@ def haiku_bag_classifier(
     name="haiku_bag",
     num_classes=num_classes,
     embedding_path=("embed", "embeddings"),
+    states_fn=lambda emb, mask: emb,  # a bag has no context: a token's state is its embedding
   )
 
 

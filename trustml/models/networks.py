@@ -6,6 +6,8 @@ token embeddings:
 * ``embed_tokens(tokens) -> [B, T, D]``
 * ``from_embeddings(emb, mask, train) -> logits``
 * ``pool(emb, mask, train) -> [B, H]`` (the representation before the output head)
+* ``token_states(emb, mask, train) -> [B, T, H]`` (per-position vectors before pooling,
+  padding positions zeroed; token-level CEAT)
 
 ``__call__(tokens, mask, train)`` is ``from_embeddings(embed_tokens(tokens), mask, train)``.
 The token table is always the submodule ``embed`` (params path ``("embed", "embedding")``).
@@ -37,6 +39,10 @@ class BagOfEmbeddings(nn.Module):
 
   def embed_tokens(self, tokens: jax.Array) -> jax.Array:
     return self.embed(tokens)
+
+  def token_states(self, emb: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
+    del train  # A bag has no context: a token's state is its embedding.
+    return emb * mask[..., None].astype(emb.dtype)
 
   def pool(self, emb: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
     x = layers.masked_mean(emb, mask)
@@ -70,6 +76,11 @@ class CNNClassifier(nn.Module):
 
   def embed_tokens(self, tokens: jax.Array) -> jax.Array:
     return self.embed(tokens)
+
+  def token_states(self, emb: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
+    del train  # The convolution features at each position (max-pooled by ``pool``).
+    m = mask[..., None].astype(emb.dtype)
+    return jnp.concatenate([nn.relu(conv(emb * m)) for conv in self.convs], -1) * m
 
   def pool(self, emb: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
     emb = emb * mask[..., None].astype(emb.dtype)
@@ -151,6 +162,9 @@ class TransformerEncoder(nn.Module):
     for block in self.blocks:
       x = block(x, mask, train)
     return self.final_ln(x)
+
+  def token_states(self, emb: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
+    return self.encode(emb, mask, train) * mask[..., None].astype(emb.dtype)
 
   def pool(self, emb: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
     states = self.encode(emb, mask, train)

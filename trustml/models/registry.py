@@ -133,6 +133,10 @@ def from_flax(
     emb = embed(params, batch)
     return module.apply({"params": params}, emb, batch["mask"], False, method="pool")
 
+  def token_states(params, batch) -> jax.Array:
+    emb = embed(params, batch)
+    return module.apply({"params": params}, emb, batch["mask"], False, method="token_states")
+
   return contract.assemble(
     name=name,
     kind=kind,
@@ -145,6 +149,7 @@ def from_flax(
     embedding_path=("embed", "embedding"),
     framework="flax",
     extras=extras,
+    token_states=token_states if hasattr(module, "token_states") else None,
   )
 
 
