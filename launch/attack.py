@@ -36,7 +36,9 @@ def main(argv: list[str]) -> None:
   if not _WORKDIR.value:
     raise ConfigError("workdir=None is invalid: pass --workdir (or --summarize)")
   if _CONFIG.value is not None:
-    out = experiment.run(_CONFIG.value, _WORKDIR.value)
+    import trustml.attacks  # pylint: disable=g-import-not-at-top
+
+    out = trustml.attacks.run(_CONFIG.value, _WORKDIR.value, progress=False)
   else:
     _check_finished_run(_WORKDIR.value)
     out = experiment.attack_workdir(_WORKDIR.value)

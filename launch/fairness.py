@@ -25,10 +25,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 
 def main(argv: list[str]) -> None:
   del argv
-  from trustml.core import logs  # noqa: PLC0415  (keeps --help fast)
-  from trustml.fairness import experiment  # noqa: PLC0415
+  import trustml.fairness  # noqa: PLC0415  (keeps --help fast)
+  from trustml.core import logs  # noqa: PLC0415
 
-  summary = experiment.run(_CONFIG.value, _WORKDIR.value)
+  summary = trustml.fairness.run(_CONFIG.value, _WORKDIR.value, progress=False, plot=False)
   print(json.dumps({k: v for k, v in summary.items() if "/" in k}, indent=1, default=str))
   print(logs.summary_line(summary, _WORKDIR.value))
 

@@ -22,10 +22,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 
 def main(argv: list[str]) -> None:
   del argv
+  import trustml.federated  # pylint: disable=g-import-not-at-top
   from trustml.core import logs  # pylint: disable=g-import-not-at-top
-  from trustml.federated import experiment  # pylint: disable=g-import-not-at-top
 
-  summary = experiment.run(_CONFIG.value, _WORKDIR.value)
+  summary = trustml.federated.run(_CONFIG.value, _WORKDIR.value, progress=False)
   print(
     json.dumps(
       {k: v for k, v in summary.items() if "/" in k and k != "fed/eval_curve"},

@@ -34,7 +34,13 @@ def main(argv: list[str]) -> None:
     launcher=_LAUNCHER.value,
   )
   print(sweep.to_markdown(table))
-  if any(row.get("status") != "ok" for row in table):
+  failed = [row["name"] for row in table if row.get("status") != "ok"]
+  print(
+    f"done: {len(table) - len(failed)} of {len(table)} runs ok"
+    + (f", failed: {', '.join(failed)} (see <run>/log.txt)" if failed else "")
+    + f"; table in {_WORKDIR.value}/results.md"
+  )
+  if failed:
     sys.exit(2)
 
 

@@ -3,7 +3,9 @@
   python -m launch.train --config=configs/nlu.py:data=snips,model=transformer --workdir=/tmp/snips
 
 Re-running the same command on the same workdir resumes from the last checkpoint.
-Writes config.json, metrics.jsonl, summary.json and checkpoints/ to --workdir.
+Writes config.json, metrics.jsonl, summary.json, checkpoints/, TensorBoard events (tb/) and
+plots/ (loss, accuracy and, for DP runs, ε vs step) to --workdir. Watch it live with
+``tensorboard --logdir=<workdir>``. Same as ``trustml.train.run(config, workdir)`` in Python.
 """
 
 import json
@@ -19,17 +21,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 
 def main(argv: list[str]) -> None:
   del argv
+  import trustml.train
   from trustml.core import logs
 
-  config = _CONFIG.value
-  if config.privacy.mechanism != "none":
-    from trustml.privacy import training
-
-    summary = training.run(config, _WORKDIR.value)
-  else:
-    from trustml.train import loop
-
-    summary = loop.train(config, _WORKDIR.value)
+  summary = trustml.train.run(_CONFIG.value, _WORKDIR.value, progress=False)
   print(json.dumps(summary, indent=1, default=str))
   print(logs.summary_line(summary, _WORKDIR.value))
 

@@ -60,3 +60,19 @@ def test_sweep_collects_a_table(tmp_path, repo_root):
   assert len(lines) == 2 + 3  # Header, rule, one row per model.
   assert "eval/accuracy" in lines[0]
   assert (tmp_path / "results.csv").exists()
+  # Each run is reported as it starts and ends, with where its log is.
+  assert f"each run's output is in {tmp_path}/<name>/log.txt" in p.stderr
+  for name in ("bag_seed0", "cnn_seed0", "transformer_seed0"):
+    assert f"{name}: started (log: {tmp_path / name / 'log.txt'})" in p.stderr
+    assert f"{name}: finished in" in p.stderr
+  assert p.stdout.strip().splitlines()[-1].startswith("done: 3 of 3 runs ok")
+  again = _run(
+    [
+      "launch.sweep",
+      "--config=configs/nlu.py:smoke",
+      "--sweep_arg=seeds=1",
+      f"--workdir={tmp_path}",
+    ],
+    repo_root,
+  )
+  assert again.returncode == 0 and "(3 finished earlier)" in again.stderr

@@ -238,6 +238,11 @@ def attack(
   out: dict[str, Any] = {}
   plots = pathlib.Path(workdir) / "plots"
   curves = {}
+    logging.info(
+      "attack 1/3: membership inference + one-run audit on %d audit canaries (%s)",
+      m,
+      f"LiRA, {a.num_shadow_models} shadow models" if a.num_shadow_models >= 2 else "log-odds",
+    )
   # --- Canary membership inference and the one-run audit.
   m = len(cset.audits)
   if m >= 2 and 0 < cset.audit_included.sum() < m:
@@ -274,6 +279,7 @@ def attack(
         "audit/confidence": res.confidence,
       }
     )
+    logging.info("attack 2/3: loss-threshold MIA on up to %d real train vs held-out rows", n_real)
   # --- Loss-threshold MIA on real examples: training rows (non-canary) vs held-out rows.
   n_real = int(a.num_real_examples)
   if n_real:
@@ -288,6 +294,7 @@ def attack(
     real = metrics.roc_curve(np.r_[s_in, s_out], np.r_[np.ones(n_real), np.zeros(n_real)])
     curves["real data, loss threshold"] = real
     out["mia/real_auc"] = real.auc
+    logging.info("attack 3/3: exposure and extraction of %d secret canaries", len(cset.secrets))
     out["mia/real_advantage"] = metrics.membership_advantage(real)
   # --- Exposure and extraction of each secret canary.
   if cset.secrets:

@@ -12,6 +12,7 @@ Modules:
   generation: BOLD prompt generation and gender disparity.
 """
 
+from trustml.core import entry as _entry
 from trustml.fairness import (
   association,
   counterfactual,
@@ -32,6 +33,10 @@ from trustml.fairness.counterfactual import (
 from trustml.fairness.group_metrics import bias_aucs, bootstrap_ci, gmb, per_group_table
 from trustml.fairness.sensitivity import ApsOptions, accumulated_prediction_sensitivity
 
+run = _entry.one_call(
+  "trustml.fairness.experiment:run", pillar="fairness", launcher="launch/fairness.py"
+)
+
 __all__ = [
   "ApsOptions",
   "accumulated_prediction_sensitivity",
@@ -50,6 +55,7 @@ __all__ = [
   "load_gender_pairs",
   "per_group_table",
   "random_effects",
+  "run",
   "seat",
   "sensitivity",
   "swap_text",

@@ -4,6 +4,7 @@ A whole round (local training of every sampled client, aggregation, server optim
 jitted XLA program; see :mod:`trustml.federated.round`.
 """
 
+from trustml.core import entry as _entry
 from trustml.federated import (
   algorithms,
   continual,
@@ -18,6 +19,10 @@ from trustml.federated import (
 )
 from trustml.federated.algorithms import fed_avg, fed_opt, fed_prox, scaffold
 from trustml.federated.round import FedAlgorithm, RoundSpec, ServerState
+
+run = _entry.one_call(
+  "trustml.federated.experiment:run", pillar="federated", launcher="launch/federated.py"
+)
 
 __all__ = [
   "FedAlgorithm",
@@ -35,6 +40,7 @@ __all__ = [
   "population",
   "report",
   "round",
+  "run",
   "scaffold",
   "selection",
 ]

@@ -135,4 +135,31 @@ def prepare(config: Any, workdir: str | os.PathLike | None = None) -> Prepared:
   return Prepared(dataset=ds, tokenizer=tok, train=train, eval=evals, model=model)
 
 
-__all__ = ["SECTIONS", "Prepared", "check_train_split", "prepare", "validate_spine"]
+def run(config: Any, workdir: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
+  """Trains the run a config describes: non-private, or DP-SGD / eDP-SGD when configured.
+
+  What ``launch/train.py`` and ``trustml.train.run`` call: :func:`trustml.train.loop.train`
+  when ``privacy.mechanism`` is ``"none"``, else :func:`trustml.privacy.training.run`.
+
+  Args:
+    config: a full config (``configs/nlu.py``, ``configs/dp_nlu.py``).
+    workdir: the run directory; rerunning resumes.
+    **kwargs: passed to the trainer (e.g. ``stop_after_step``).
+
+  Returns:
+    The summary (also written to ``summary.json``).
+
+  Raises:
+    ConfigError: for an invalid config, before any compute.
+  """
+  privacy = config.get("privacy", None)
+  if privacy is not None and privacy.get("mechanism", "none") != "none":
+    from trustml.privacy import training  # noqa: PLC0415  (the DP engine plugs into the loop)
+
+    return training.run(config, workdir, **kwargs)
+  from trustml.train import loop  # noqa: PLC0415  (loop imports this module)
+
+  return loop.train(config, workdir, **kwargs)
+
+
+__all__ = ["SECTIONS", "Prepared", "check_train_split", "prepare", "run", "validate_spine"]

@@ -242,9 +242,12 @@ def fit(
     if ledger is not None:
       ledger.record(step - 1, jax.device_get(aux))
     window.append(aux["loss"])
+    if step == start + 1:
+      t_compiled = time.perf_counter()  # The first call compiles: the ETA leaves it out.
     if log_every and (step % log_every == 0 or step == total):
-      elapsed = time.perf_counter() - t0
-      rate = (step - start) / max(elapsed, 1e-9)
+      now = time.perf_counter()
+      rate = (step - start) / max(now - t0, 1e-9)
+      steady = (step - start - 1) / max(now - t_compiled, 1e-9) if step > start + 1 else rate
       loss = float(np.mean(jax.device_get(window)))
       window = []
       writer.write(step, "train", loss=loss, steps_per_second=rate)
@@ -253,8 +256,8 @@ def fit(
         step,
         total,
         loss,
-        rate,
-        (total - step) / max(rate, 1e-9),
+        steady,
+        (total - step) / max(steady, 1e-9),
       )
     if eval_every and step % eval_every == 0 and step < total:
       metrics = evaluate.evaluate(model, state.params, prepared.eval, config.train.eval_batch_size)

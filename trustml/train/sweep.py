@@ -14,10 +14,13 @@ import pathlib
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from trustml.core import validation
+from absl import logging
+
+from trustml.core import logs, validation
 
 
 def load_config_module(path: str | os.PathLike):
@@ -92,22 +95,50 @@ def expand(spec: str, sweep_arg: str = "") -> list[dict[str, Any]]:
   return runs
 
 
-def _run_one(run: Mapping[str, Any], workdir: pathlib.Path, launcher: str) -> dict[str, Any]:
+def _last_error(log_path: pathlib.Path) -> str:
+  """The run's ``error:`` line, else the last line of its log."""
+  try:
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+  except OSError:
+    return ""
+  errors = [line for line in lines if line.startswith("error:")]
+  return (errors or lines or [""])[-1][:300]
+
+
+def _run_one(
+  run: Mapping[str, Any], workdir: pathlib.Path, launcher: str, index: int, count: int
+) -> dict[str, Any]:
   out = workdir / run["name"]
+  tag = f"[{index}/{count}] {run['name']}"
   row: dict[str, Any] = {"name": run["name"], "arg": run["arg"]}
   row.update({k: v for k, v in run["overrides"].items()})
-  if not (out / "summary.json").exists():
+  if (out / "summary.json").exists():
+    logging.info("%s: finished earlier, skipped (%s)", tag, out)
+  else:
     out.mkdir(parents=True, exist_ok=True)
     spec = run["path"] + (f":{run['arg']}" if run["arg"] else "")
     cmd = [sys.executable, "-m", launcher, f"--config={spec}", f"--workdir={out}"]
     cmd += [f"--config.{k}={_flag_value(v)}" for k, v in run["overrides"].items()]
+    logging.info("%s: started (log: %s)", tag, out / "log.txt")
+    t0 = time.perf_counter()
     with open(out / "log.txt", "w") as log:
       proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
+    wall = time.perf_counter() - t0
     if proc.returncode != 0 or not (out / "summary.json").exists():
       row["status"] = f"failed (exit {proc.returncode}, see {out / 'log.txt'})"
+      logging.warning(
+        "%s: FAILED after %.0f s (exit %d): %s",
+        tag,
+        wall,
+        proc.returncode,
+        _last_error(out / "log.txt"),
+      )
       return row
+    logging.info("%s: finished in %.0f s", tag, wall)
   row["status"] = "ok"
-  row.update(json.loads((out / "summary.json").read_text()))
+  summary = json.loads((out / "summary.json").read_text())
+  logging.info("%s: %s", tag, logs.summary_line(summary))
+  row.update(summary)
   return row
 
 
@@ -135,8 +166,22 @@ def run_sweep(
   runs = expand(spec, sweep_arg)
   root = pathlib.Path(workdir)
   root.mkdir(parents=True, exist_ok=True)
+  done = sum((root / r["name"] / "summary.json").exists() for r in runs)
+  logging.info(
+    "sweep: %d runs (%d finished earlier) with %s, %d at a time, into %s; "
+    "each run's output is in %s/<name>/log.txt",
+    len(runs),
+    done,
+    launcher,
+    workers,
+    root,
+    root,
+  )
+  count = len(runs)
   with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-    table = list(pool.map(lambda r: _run_one(r, root, launcher), runs))
+    table = list(
+      pool.map(lambda ir: _run_one(ir[1], root, launcher, ir[0] + 1, count), enumerate(runs))
+    )
   write_table(table, root)
   return table
 

@@ -2,7 +2,10 @@
 
 ``metrics.jsonl`` holds one JSON object per logged event (``step``, ``split``, then
 ``name: value``); ``summary.json`` one flat object of final figures with slash-separated keys.
-Scalars also go to TensorBoard when ``tensorboardX`` is importable.
+Every scalar also goes to TensorBoard event files in ``<workdir>/tb/`` (tagged
+``<split>/<name>``, e.g. ``train/loss``, ``eval/accuracy``, ``train/privacy/epsilon``), so
+``tensorboard --logdir=runs`` shows every run under ``runs/`` live (``pip install tensorboard``
+for the viewer; trustml writes with tensorboardX). :func:`read_tensorboard` reads them back.
 """
 
 import json
@@ -13,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 
 def _jsonable(value: Any) -> Any:
@@ -68,8 +72,9 @@ class MetricWriter:
       try:
         from tensorboardX import SummaryWriter  # type: ignore
 
-        self._tb = SummaryWriter(str(self.path / "tb"))
-      except ImportError:
+        self._tb = SummaryWriter(str(self.path / "tb"), flush_secs=10)
+      except ImportError:  # A dependency; missing only in a broken install.
+        logging.warning("tensorboardX is not installed: no TensorBoard events in %s", self.path)
         self._tb = None
 
   def write(self, step: int, split: str, **scalars: Any) -> None:
@@ -82,6 +87,7 @@ class MetricWriter:
       for k, v in scalars.items():
         if isinstance(v, (int, float, np.generic)) or getattr(v, "shape", None) == ():
           self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
+      self._tb.flush()  # Visible to a running `tensorboard --logdir` at once.
 
   def close(self) -> None:
     """Closes the files."""
@@ -98,4 +104,42 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-__all__ = ["MetricWriter", "read_metrics", "read_summary", "write_config", "write_summary"]
+def read_tensorboard(workdir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+  """Reads the scalars of ``<workdir>/tb/`` event files back (no TensorFlow needed).
+
+  Event files are TFRecord streams (``uint64`` length, ``uint32`` CRC, the record, ``uint32``
+  CRC) of ``Event`` protos; this reads them with tensorboardX's own proto definitions.
+
+  Args:
+    workdir: the run directory.
+
+  Returns:
+    ``{tag: [(step, value), ...]}`` in file order, e.g. ``{"train/loss": [(2, 2.48), ...]}``.
+  """
+  import struct  # noqa: PLC0415
+
+  from tensorboardX.proto import event_pb2  # noqa: PLC0415
+
+  out: dict[str, list[tuple[int, float]]] = {}
+  for path in sorted((pathlib.Path(workdir) / "tb").glob("events.out.tfevents.*")):
+    data = path.read_bytes()
+    pos = 0
+    while pos + 12 <= len(data):
+      (length,) = struct.unpack("<Q", data[pos : pos + 8])
+      record = data[pos + 12 : pos + 12 + length]
+      pos += 12 + length + 4
+      event = event_pb2.Event.FromString(record)
+      for value in event.summary.value:
+        if value.HasField("simple_value"):
+          out.setdefault(value.tag, []).append((int(event.step), float(value.simple_value)))
+  return out
+
+
+__all__ = [
+  "MetricWriter",
+  "read_metrics",
+  "read_summary",
+  "read_tensorboard",
+  "write_config",
+  "write_summary",
+]
