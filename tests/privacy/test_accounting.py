@@ -5,7 +5,7 @@ import pytest
 from dp_accounting import pld, rdp
 
 from trustml.core.validation import ConfigError
-from trustml.privacy import accounting
+from trustml.privacy import accounting, aggregators
 
 Q = 256 / 60000
 STEPS = int(60 * 60000 / 256)  # 60 epochs of the TF Privacy MNIST tutorial.
@@ -80,11 +80,45 @@ def test_calibration_round_trips():
 
 
 def test_adaptive_effective_sigma_round_trips():
-  eff = accounting.effective_noise_multiplier(1.2, 10.0)
+  # Gradient std 1.2 C on sensitivity C; count std 10 on sensitivity ½.
+  eff = aggregators.effective_noise_multiplier(1.2, 1.0, 10.0, 0.5)
   assert eff == pytest.approx((1.2**-2 + 20.0**-2) ** -0.5)
   assert accounting.grad_noise_multiplier(eff, 10.0) == pytest.approx(1.2)
   with pytest.raises(ConfigError):
     accounting.grad_noise_multiplier(1.0, 0.4)
+
+
+def test_classic_conversion_calibrates_with_the_classic_conversion():
+  # Audit A7: σ calibrated with the improved conversion stopped 'classic' runs at 195 of 300.
+  for conv in ("improved", "classic"):
+    z = accounting.calibrate_noise_multiplier(
+      1.0, 1e-5, schedule=[(1.0, 300)], sampling="poisson", sampling_rate=0.032, conversion=conv
+    )
+    ev = accounting.run_event([(z, 300)], sampling="poisson", sampling_rate=0.032)
+    eps = accounting.epsilon(ev, 1e-5, conversion=conv)
+    assert eps <= 1.0 and eps == pytest.approx(1.0, rel=0.01), conv
+
+
+def test_pld_calibration_is_bounded_at_realistic_settings():
+  # Audit A9: SNIPS settings (q = 1024/13,784, 404 steps, ε = 3) asked numpy for 38 GiB.
+  q, steps = 1024 / 13_784, 404
+  z = accounting.calibrate_noise_multiplier(
+    3.0, 1e-5, schedule=[(1.0, steps)], sampling="poisson", sampling_rate=q, accountant="pld"
+  )
+  ev = accounting.run_event([(z, steps)], sampling="poisson", sampling_rate=q)
+  eps = accounting.epsilon(ev, 1e-5, accountant="pld")
+  assert eps <= 3.0 and eps == pytest.approx(3.0, rel=0.02)
+  z_rdp = accounting.calibrate_noise_multiplier(
+    3.0, 1e-5, schedule=[(1.0, steps)], sampling="poisson", sampling_rate=q
+  )
+  assert z < z_rdp  # PLD is tighter: less noise for the same ε.
+
+
+def test_infinite_target_epsilon_is_one_error_line():
+  with pytest.raises(ConfigError, match="target_epsilon=inf is invalid"):
+    accounting.calibrate_noise_multiplier(
+      float("inf"), 1e-5, schedule=[(1.0, 10)], sampling="poisson", sampling_rate=0.1
+    )
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import optax
 import pytest
 from scipy import stats
 
+from trustml.core import rng as rng_lib
 from trustml.models import registry
 from trustml.privacy import clipping, mechanism, noise, per_example
 
@@ -95,7 +96,7 @@ def test_no_noise_and_huge_clip_is_the_mean_gradient(mech):
   got, aux = jax.jit(fn)(params, batch, jax.random.key(0))
   ref = jax.grad(lambda p: model.per_example_loss(p, batch).mean())(params)
   _close(got, ref, 2e-5)
-  assert float(aux["dp/num_clipped"]) == 0.0
+  assert float(aux["unsafe/num_clipped"]) == 0.0
   assert float(aux["loss"]) == pytest.approx(float(model.per_example_loss(params, batch).mean()))
 
 
@@ -154,13 +155,14 @@ def test_virtual_batches_accumulate_under_one_noise_draw():
   batch = _batch()
   kw = dict(mechanism="edp_sgd", l2_clip_norm=0.2, normaliser=6.0, dropout=False)
   key = jax.random.key(3)
-  whole = jax.jit(mechanism.make_grad_fn(model, noise_multiplier=1.0, **kw))
-  micro = jax.jit(mechanism.make_grad_fn(model, noise_multiplier=1.0, physical_batch_size=2, **kw))
-  quiet = dict(batch, dp_noise_multiplier=jnp.float32(0.0))
-  _close(micro(params, quiet, key)[0], whole(params, quiet, key)[0], 1e-6)
-  noisy1 = whole(params, batch, key)[0]
-  noisy3 = micro(params, batch, key)[0]
-  _close(noisy3, noisy1, 1e-5)  # Same key, one draw: identical noise regardless of micro-batches.
+  whole = jax.jit(mechanism.make_grad_fn(model, noise_multiplier=0.0, **kw))
+  micro = jax.jit(mechanism.make_grad_fn(model, noise_multiplier=0.0, physical_batch_size=2, **kw))
+  _close(micro(params, batch, key)[0], whole(params, batch, key)[0], 1e-6)
+  noisy1 = jax.jit(mechanism.make_grad_fn(model, noise_multiplier=1.0, **kw))(params, batch, key)
+  noisy3 = jax.jit(
+    mechanism.make_grad_fn(model, noise_multiplier=1.0, physical_batch_size=2, **kw)
+  )(params, batch, key)
+  _close(noisy3[0], noisy1[0], 1e-5)  # Same key, one draw: identical noise for any micro-batching.
 
 
 def test_rolled_micro_batch_loop_equals_unrolled(monkeypatch):
@@ -176,7 +178,7 @@ def test_rolled_micro_batch_loop_equals_unrolled(monkeypatch):
   rolled = jax.jit(mechanism.make_grad_fn(model, noise_multiplier=1.0, physical_batch_size=2, **kw))
   got = rolled(params, batch, key)
   _close(got[0], want[0], 1e-6)
-  assert float(got[1]["dp/num_examples"]) == float(want[1]["dp/num_examples"])
+  assert float(got[1]["unsafe/num_examples"]) == float(want[1]["unsafe/num_examples"])
 
 
 def test_optax_transformation_clips_noises_and_folds_the_step():
@@ -184,10 +186,11 @@ def test_optax_transformation_clips_noises_and_folds_the_step():
   batch = _batch()
   grads, _ = per_example.per_example_grads(model.per_example_loss, params, batch)
   ref, _ = clipping.clipped_sum(grads, 0.1, batch["weight"])
-  tx = mechanism.dp_aggregate(0.1, 0.0, 6.0, jax.random.key(0))
+  key_data = rng_lib.SecretStreams.fresh().key_data("dp_noise")
+  tx = mechanism.dp_aggregate(0.1, 0.0, 6.0, key_data)
   out, _ = tx.update(grads, tx.init(params))
   _close(out, jax.tree.map(lambda x: x / 6.0, ref), 1e-6)
-  tx = optax.chain(mechanism.dp_aggregate(0.1, 1.0, 6.0, jax.random.key(0)), optax.sgd(1.0))
+  tx = optax.chain(mechanism.dp_aggregate(0.1, 1.0, 6.0, key_data), optax.sgd(1.0))
   state = tx.init(params)
   u1, state = tx.update(grads, state)
   u2, _ = tx.update(grads, state)
@@ -197,18 +200,24 @@ def test_optax_transformation_clips_noises_and_folds_the_step():
 def test_adaptive_count_query_reports_unclipped_fraction():
   model, params = _model("bag")
   batch = _batch()
-  fn = jax.jit(
-    mechanism.make_grad_fn(
-      model,
-      mechanism="edp_sgd",
-      l2_clip_norm=0.05,
-      noise_multiplier=0.0,
-      normaliser=6.0,
-      count_noise_multiplier=1e-6,
-      dropout=False,
-    )
+  dp = mechanism.dp_sgd(
+    model.per_example_loss,
+    mechanism="edp_sgd",
+    l2_clip_norm=0.05,
+    noise_multiplier=0.0,
+    normaliser=6.0,
+    key_data=rng_lib.SecretStreams.fresh().key_data("dp_noise"),
+    adaptive=mechanism.AdaptiveClipping(0.5, 0.2, 1e-6),
+    dropout=False,
   )
-  _, aux = fn(params, batch, jax.random.key(0))
+  state = dp.init(params)
+  _, aux, new_state = jax.jit(dp)(params, batch, jax.random.key(0), state)
   grads, _ = per_example.per_example_grads(model.per_example_loss, params, batch)
   norms = np.sqrt(sum(np.asarray(v) for v in jax.tree.leaves(clipping.leaf_sq_norms(grads))))
-  assert float(aux["dp/unclipped_fraction"]) == pytest.approx(np.mean(norms <= 0.05), abs=1e-5)
+  frac = np.mean(norms <= 0.05)
+  assert float(aux["dp/unclipped_fraction"]) == pytest.approx(frac, abs=1e-5)
+  # The clip norm moves on device, in the state: C * exp(-0.2 (b - 0.5)).
+  assert float(new_state.l2_clip_norm) == pytest.approx(
+    0.05 * np.exp(-0.2 * (frac - 0.5)), rel=1e-5
+  )
+  assert float(aux["dp/count_sensitivity"]) == 0.5  # Centred count, add/remove-one.

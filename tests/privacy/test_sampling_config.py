@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from trustml.core import rng as rng_lib
 from trustml.core.validation import ConfigError
 from trustml.privacy import adaptive, sampling
 from trustml.privacy import config as privacy_config
@@ -32,21 +33,31 @@ def test_poisson_cap_bounds_run_wide_truncation():
 
 
 def test_poisson_batches_are_fixed_shape_and_padded_with_weight_zero():
-  fn = sampling.poisson_batch_fn(_arrays(), 0.1, 96, seed=0)
-  b0, b0_again, b1 = fn(0), fn(0), fn(1)
+  secret = rng_lib.SecretStreams.fresh()
+  b0 = sampling.poisson_batch(_arrays(), 0.1, 96, secret, 0)
+  b0_again, b1 = (
+    sampling.poisson_batch(_arrays(), 0.1, 96, secret, 0),
+    sampling.poisson_batch(_arrays(), 0.1, 96, secret, 1),
+  )
   assert b0["tokens"].shape == (96, 4)
   real = b0["weight"] > 0
   assert 20 < real.sum() < 80 and np.all(b0["index"][~real] == -1)
   np.testing.assert_array_equal(b0["index"], b0_again["index"])
   assert not np.array_equal(b0["index"], b1["index"])
-  assert float(b0["dp_num_truncated"]) == 0.0
-  # Truncation: a cap far below the expected size keeps a random subset and reports the rest.
-  tiny = sampling.poisson_batch_fn(_arrays(), 0.5, 8, seed=0)(0)
-  assert tiny["weight"].sum() == 8 and tiny["dp_num_truncated"] > 100
+  assert not any(k.startswith("dp_") for k in b0)  # Data only: nothing private about the draw.
+  other = sampling.poisson_batch(_arrays(), 0.1, 96, rng_lib.SecretStreams.fresh(), 0)
+  assert not np.array_equal(b0["index"], other["index"])  # Coins come from the secret.
+  # Truncation: a cap far below the expected size keeps a random subset of exactly cap rows.
+  tiny = sampling.poisson_batch(_arrays(), 0.5, 8, secret, 0)
+  assert tiny["weight"].sum() == 8
 
 
 def test_shuffle_batches_are_fresh_uniform_subsets():
-  fn = sampling.shuffle_batch_fn(_arrays(), 50, seed=0)
+  secret = rng_lib.SecretStreams.fresh()
+
+  def fn(s):
+    return sampling.shuffle_batch(_arrays(), 50, secret, s)
+
   b0 = fn(0)
   assert len(set(b0["index"].tolist())) == 50 and b0["weight"].sum() == 50
   assert not np.array_equal(b0["index"], fn(1)["index"])
@@ -56,14 +67,13 @@ def test_shuffle_batches_are_fresh_uniform_subsets():
   # Each example is drawn with probability 0.1 per step: 20 expected in 200 steps.
   assert abs(counts.mean() - 20) < 1e-9 and counts.std() < 8
   with pytest.raises(ConfigError):
-    sampling.shuffle_batch_fn(_arrays(), N + 1, seed=0)
+    sampling.shuffle_batch(_arrays(), N + 1, secret, 0)
 
 
 def test_adaptive_geometric_update_closed_form():
-  got = adaptive.geometric_update(2.0, 0.8, 0.5, 0.2)
-  assert got == pytest.approx(2.0 * math.exp(-0.2 * 0.3))
-  update = adaptive.clip_update_fn(0.5, 0.2)
-  assert update(1.0, {"dp/unclipped_fraction": 0.5}) == pytest.approx(1.0)
+  got = float(adaptive.geometric_update(2.0, 0.8, 0.5, 0.2))
+  assert got == pytest.approx(2.0 * math.exp(-0.2 * 0.3), rel=1e-6)
+  assert float(adaptive.geometric_update(1.0, 0.5, 0.5, 0.2)) == pytest.approx(1.0)
   assert adaptive.default_count_noise_multiplier(1000) == 50.0
 
 
@@ -100,7 +110,7 @@ def test_bad_privacy_config_is_a_config_error(kw, field):
 def test_sampling_rate_above_one_is_a_config_error():
   train = privacy_config.default_privacy_config()  # Any ConfigDict with batch_size works.
   train = type(train)({"batch_size": 32})
-  with pytest.raises(ConfigError, match="sampling_rate"):
+  with pytest.raises(ConfigError, match="virtual_batch_size=640 is invalid"):
     privacy_config.resolve(_privacy(virtual_batch_size=640), train, 600, lambda b: 10)
 
 
@@ -115,8 +125,15 @@ def test_resolve_calibrates_sigma_and_schedules():
     lambda b: 300,
   )
   assert res.sampling_rate == 0.01 and res.batch_rows % 32 == 0 and res.num_steps == 300
-  assert res.accounted_sigma(99) == res.noise_multiplier
+  assert res.accounted_sigma(99) == res.noise_multiplier  # Poisson: z = σ.
   assert res.accounted_sigma(100) == pytest.approx(0.8 * res.noise_multiplier)
+  shuffle = privacy_config.resolve(
+    _privacy(noise_multiplier=None, target_epsilon=2.0, sampling="shuffle"),
+    train,
+    6400,
+    lambda b: 300,
+  )
+  assert shuffle.accounted_sigma(0) == pytest.approx(shuffle.noise_multiplier / 2)  # Δ = 2C.
   adaptive_res = privacy_config.resolve(_privacy(l2_clip_norm="auto"), train, 6400, lambda b: 10)
   assert adaptive_res.adaptive and adaptive_res.count_noise_multiplier == 64 / 20
   assert adaptive_res.grad_sigma(0) > adaptive_res.accounted_sigma(0)

@@ -162,18 +162,15 @@ def _fit(config: Any, workdir, prepared) -> tuple[dict[str, Any], Any]:
   from trustml.privacy import training  # pylint: disable=g-import-not-at-top
 
   res, grad_fn, batch_fn, led = training.build(config, prepared)
-  cfg = config.copy_and_resolve_references()
-  with cfg.unlocked():
-    cfg.train.num_epochs = 0.0
-    cfg.train.num_steps = res.num_steps
   out = loop.fit(
-    cfg,
+    config,
     workdir,
     prepared=prepared,
     grad_fn=grad_fn,
     batch_fn=batch_fn,
     ledger=led,
     extra_sections=("canaries", "attack"),
+    total_steps=res.num_steps,
   )
   return out.summary, out.state.params
 
@@ -238,14 +235,14 @@ def attack(
   out: dict[str, Any] = {}
   plots = pathlib.Path(workdir) / "plots"
   curves = {}
+  # --- Canary membership inference and the one-run audit.
+  m = len(cset.audits)
+  if m >= 2 and 0 < cset.audit_included.sum() < m:
     logging.info(
       "attack 1/3: membership inference + one-run audit on %d audit canaries (%s)",
       m,
       f"LiRA, {a.num_shadow_models} shadow models" if a.num_shadow_models >= 2 else "log-odds",
     )
-  # --- Canary membership inference and the one-run audit.
-  m = len(cset.audits)
-  if m >= 2 and 0 < cset.audit_included.sum() < m:
     arr = _encode(tok, [c.text for c in cset.audits], [c.label for c in cset.audits], max_len)
     target = _log_odds(model, params, arr)
     scores, name = target, "log-odds (loss threshold)"
@@ -279,10 +276,10 @@ def attack(
         "audit/confidence": res.confidence,
       }
     )
-    logging.info("attack 2/3: loss-threshold MIA on up to %d real train vs held-out rows", n_real)
   # --- Loss-threshold MIA on real examples: training rows (non-canary) vs held-out rows.
   n_real = int(a.num_real_examples)
   if n_real:
+    logging.info("attack 2/3: loss-threshold MIA on up to %d real train vs held-out rows", n_real)
     train_rows = np.nonzero(canary_id < 0)[0]
     gen = rng_lib.numpy_rng(seed, "attack")
     n_real = min(n_real, len(train_rows), batching.num_examples(prepared.eval))
@@ -294,10 +291,10 @@ def attack(
     real = metrics.roc_curve(np.r_[s_in, s_out], np.r_[np.ones(n_real), np.zeros(n_real)])
     curves["real data, loss threshold"] = real
     out["mia/real_auc"] = real.auc
-    logging.info("attack 3/3: exposure and extraction of %d secret canaries", len(cset.secrets))
     out["mia/real_advantage"] = metrics.membership_advantage(real)
   # --- Exposure and extraction of each secret canary.
   if cset.secrets:
+    logging.info("attack 3/3: exposure and extraction of %d secret canaries", len(cset.secrets))
     digits = np.asarray([tok.token_to_id(d) for d in canaries.DIGIT_WORDS], np.int32)
     cand = (
       digits
@@ -488,13 +485,14 @@ def attack_workdir(workdir: str | os.PathLike) -> dict[str, Any]:
   )
   example = batching.take_padded(prepared.train, np.arange(1), int(config.train.batch_size))
   template = loop.init_state(prepared.model, optimizer, example, int(config.seed))
-  restored = checkpoint.Checkpointer(path).restore_latest(template)
-  if restored is None:
+  ckpt = checkpoint.Checkpointer(path)
+  step = ckpt.latest_step()
+  if step is None:
     raise FileNotFoundError(f"no checkpoint under {path}/checkpoints")
+  params = ckpt.restore_params(step, template.params)
+  ckpt.close()
   train_summary = writers.read_summary(path) if (path / "summary.json").exists() else {}
-  return _attack_and_write(
-    config, workdir, prepared, cset, canary_id, restored[1].params, train_summary
-  )
+  return _attack_and_write(config, workdir, prepared, cset, canary_id, params, train_summary)
 
 
 __all__ = [

@@ -7,6 +7,7 @@ same numbers as an uninterrupted one.
 """
 
 import dataclasses
+import secrets
 import zlib
 
 import jax
@@ -82,3 +83,55 @@ def named(key: jax.Array, name: str) -> jax.Array:
 
 
 __all__ += ["named"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SecretStreams:
+  """Named streams from a secret 128-bit entropy: the randomness of every DP draw.
+
+  A DP run's noise and sampling coins must not be derivable from anything the run writes
+  (``config.json`` holds the public ``seed``). :meth:`fresh` draws the entropy from the OS at a
+  run's first start; the privacy ledger keeps it in the run's checkpoint only, so a resumed
+  run draws the same numbers. :meth:`from_seed` fixes it (``privacy.noise_seed``) for
+  reproducible research, and the run then says that its guarantee assumes the seed is secret.
+
+  Attributes:
+    entropy: a non-negative integer (128 bits from the OS by default). Not shown in ``repr``.
+  """
+
+  entropy: int = dataclasses.field(repr=False)
+
+  @classmethod
+  def fresh(cls) -> "SecretStreams":
+    """Entropy from ``secrets.randbits(128)`` (the OS's CSPRNG)."""
+    return cls(secrets.randbits(128))
+
+  @classmethod
+  def from_seed(cls, noise_seed: int) -> "SecretStreams":
+    """Deterministic streams from an explicit ``privacy.noise_seed``."""
+    if int(noise_seed) < 0:
+      raise ValueError(f"noise_seed={noise_seed} is invalid: must be >= 0")
+    words = np.random.SeedSequence([int(noise_seed), _stream_id("noise_seed")]).generate_state(4)
+    return cls(sum(int(w) << (32 * i) for i, w in enumerate(words)))
+
+  def key_data(self, name: str) -> np.ndarray:
+    """Raw ``uint32[2]`` data of a typed threefry key for stream ``name`` (for the device)."""
+    seq = np.random.SeedSequence(self.entropy, spawn_key=(_stream_id(name),))
+    return seq.generate_state(2, np.uint32)
+
+  def numpy(self, name: str, step: int = 0) -> np.random.Generator:
+    """A NumPy generator for host-side DP draws (Poisson coins, cohorts) at ``step``."""
+    seq = np.random.SeedSequence(self.entropy, spawn_key=(_stream_id(name), int(step)))
+    return np.random.default_rng(seq)
+
+  def to_hex(self) -> str:
+    """The entropy as hex (for the checkpoint only)."""
+    return format(self.entropy, "x")
+
+  @classmethod
+  def from_hex(cls, text: str) -> "SecretStreams":
+    """Inverse of :meth:`to_hex`."""
+    return cls(int(text, 16))
+
+
+__all__ += ["SecretStreams"]

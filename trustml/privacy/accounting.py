@@ -1,29 +1,32 @@
-"""Privacy accounting with ``dp_accounting``: the DpEvent of a run, ε for δ, calibration.
+"""Privacy accounting with ``dp_accounting``: DpEvents of what ran, ε for δ, calibration.
 
 Nothing here hand-rolls an accountant: every figure comes from ``dp_accounting``'s
 ``RdpAccountant`` or ``pld.PLDAccountant`` applied to a ``DpEvent`` that describes what ran.
 
+Noise multipliers here are **accounted** multipliers ``z = noise std / L2 sensitivity`` of the
+released query, dp_accounting's convention. Under add/remove-one (Poisson sampling) the clipped
+sum has sensitivity C, so ``z = σ`` (noise std σC); under replace-one (fixed-size batches or
+cohorts) it has sensitivity 2C, so ``z = σ/2`` (:mod:`trustml.privacy.aggregators`; jax_privacy
+halves the multiplier for fixed batches the same way).
+
 Events by sampling scheme (see :func:`step_event`):
 
-* ``poisson``: each example joins a step independently with probability ``q``:
-  ``PoissonSampledDpEvent(q, GaussianDpEvent(σ))`` under add/remove-one neighbouring.
-* ``shuffle``: each step draws a fresh uniformly random subset of exactly ``B`` of the ``N``
-  examples (without replacement inside the batch, independently across steps):
-  ``SampledWithoutReplacementDpEvent(N, B, GaussianDpEvent(σ))`` under **replace-one**
-  neighbouring (datasets of equal size differing in one example). Only the RDP accountant
-  supports this event in dp_accounting 0.6; ``shuffle`` with ``pld`` is a ConfigError.
+* ``poisson``: each unit joins a step independently with probability ``q``:
+  ``PoissonSampledDpEvent(q, GaussianDpEvent(z))`` under add/remove-one neighbouring.
+* ``shuffle`` / ``fixed``: each step draws a fresh uniformly random subset of exactly ``B`` of
+  the ``N`` units: ``SampledWithoutReplacementDpEvent(N, B, GaussianDpEvent(z))`` under
+  **replace-one** neighbouring. Only the RDP accountant supports this event in dp_accounting
+  0.6; ``shuffle`` with ``pld`` is a ConfigError.
 
-A run is the composition of what ran: consecutive steps with the same σ form a
-``SelfComposedDpEvent``; a σ schedule is a ``ComposedDpEvent`` of those segments. Adaptive
-clipping (a noisy clipped-count query on the same sampled batch) is folded in exactly through
-:func:`effective_noise_multiplier` (two Gaussian queries on the same sample compose into one
-Gaussian query of the stacked vector).
+A run is the composition of what ran: consecutive steps with equal records form a
+``SelfComposedDpEvent``; the run is the ``ComposedDpEvent`` of those segments.
 
 RDP→(ε, δ) conversion: dp_accounting's ``RdpAccountant.get_epsilon`` uses the *improved*
 conversion (Canonne, Kamath & Steinke 2020, Prop. 12 of arXiv:2004.00010 v4).
 ``conversion="classic"`` applies the classic one, ε = min_α RDP(α) + log(1/δ)/(α − 1)
 (Mironov 2017, Prop. 3), to the same RDP curve computed by dp_accounting — this is the
-conversion behind the TF Privacy tutorial's ε ≈ 3.01.
+conversion behind the TF Privacy tutorial's ε ≈ 3.01. Calibration uses the same conversion as
+reporting.
 """
 
 import math
@@ -34,6 +37,7 @@ import numpy as np
 from dp_accounting import pld, rdp
 
 from trustml.core import validation
+from trustml.privacy import aggregators
 
 ACCOUNTANTS = ("rdp", "pld")
 SAMPLINGS = ("poisson", "shuffle")
@@ -45,42 +49,56 @@ RDP_ORDERS = tuple(
 )
 
 
+FIXED_SAMPLINGS = ("shuffle", "fixed", "uniform")
+
+
 def neighboring_relation(sampling: str) -> dp_accounting.NeighboringRelation:
   """The neighbouring relation under which a sampling scheme is accounted.
 
   Args:
-    sampling: ``"poisson"`` (add/remove one example) or ``"shuffle"`` (replace one example).
+    sampling: ``"poisson"`` (add/remove one unit) or ``"shuffle"`` / ``"fixed"`` /
+      ``"uniform"`` (fixed-size subsets: replace one unit).
 
   Returns:
     The dp_accounting ``NeighboringRelation``.
   """
-  validation.one_of("privacy.sampling", sampling, SAMPLINGS)
-  if sampling == "poisson":
-    return dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
-  return dp_accounting.NeighboringRelation.REPLACE_ONE
+  return aggregators.dp_relation(aggregators.relation_for_sampling(sampling))
 
 
-def make_accountant(accountant: str, sampling: str) -> dp_accounting.PrivacyAccountant:
+class _ClassicRdpAccountant(rdp.RdpAccountant):
+  """dp_accounting's RDP accountant reporting ε with the classic conversion (Mironov 2017)."""
+
+  def get_epsilon(self, target_delta: float) -> float:  # noqa: D102
+    return classic_rdp_epsilon(self._orders, self._rdp, target_delta)
+
+
+def make_accountant(
+  accountant: str, sampling: str, conversion: str = "improved"
+) -> dp_accounting.PrivacyAccountant:
   """A fresh dp_accounting accountant for ``sampling``.
 
   Args:
     accountant: ``"rdp"`` or ``"pld"``.
-    sampling: ``"poisson"`` or ``"shuffle"``.
+    sampling: ``"poisson"`` or a fixed-size scheme (``"shuffle"``, ``"fixed"``, ``"uniform"``).
+    conversion: RDP→DP conversion (``"improved"`` or ``"classic"``; ignored by PLD).
 
   Returns:
     An empty ``RdpAccountant`` / ``PLDAccountant`` with the right neighbouring relation.
 
   Raises:
-    ConfigError: on unknown names or ``shuffle`` with ``pld`` (unsupported by dp_accounting).
+    ConfigError: on unknown names or a fixed-size scheme with ``pld`` (unsupported by
+      dp_accounting).
   """
   validation.one_of("privacy.accountant", accountant, ACCOUNTANTS)
+  validation.one_of("privacy.rdp_conversion", conversion, CONVERSIONS)
   relation = neighboring_relation(sampling)
   if accountant == "rdp":
-    return rdp.RdpAccountant(orders=RDP_ORDERS, neighboring_relation=relation)
-  if sampling == "shuffle":
+    cls = _ClassicRdpAccountant if conversion == "classic" else rdp.RdpAccountant
+    return cls(orders=RDP_ORDERS, neighboring_relation=relation)
+  if sampling in FIXED_SAMPLINGS:
     raise validation.ConfigError(
-      "privacy.accountant='pld' is invalid with privacy.sampling='shuffle': dp_accounting's PLD "
-      "accountant has no sampled-without-replacement event; use accountant='rdp'"
+      f"privacy.accountant='pld' is invalid with privacy.sampling={sampling!r}: dp_accounting's "
+      "PLD accountant has no sampled-without-replacement event; use accountant='rdp'"
     )
   return pld.PLDAccountant(neighboring_relation=relation)
 
@@ -89,38 +107,48 @@ def validate_step_args(
   sampling: str, sampling_rate: float, noise_multiplier: float, dataset_size: int | None
 ) -> None:
   """Checks sampling and noise arguments (ConfigError naming the field)."""
-  validation.one_of("privacy.sampling", sampling, SAMPLINGS)
+  validation.one_of("privacy.sampling", sampling, SAMPLINGS + FIXED_SAMPLINGS[1:])
   validation.in_range("privacy.sampling_rate", sampling_rate, 0.0, 1.0, high_inclusive=True)
   validation.non_negative("privacy.noise_multiplier", noise_multiplier)
-  if sampling == "shuffle":
+  if sampling in FIXED_SAMPLINGS:
     if dataset_size is None:
-      raise validation.ConfigError("dataset_size=None is invalid: shuffle accounting needs N")
+      raise validation.ConfigError("dataset_size=None is invalid: fixed-size accounting needs N")
     validation.positive_int("dataset_size", dataset_size)
 
 
 def step_event(
-  sampling: str, sampling_rate: float, noise_multiplier: float, *, dataset_size: int | None = None
+  sampling: str,
+  sampling_rate: float,
+  noise_multiplier: float,
+  *,
+  dataset_size: int | None = None,
+  batch_size: int | None = None,
 ) -> dp_accounting.DpEvent:
-  """The DpEvent of ONE DP-SGD step.
+  """The DpEvent of ONE step (or round).
 
   Args:
-    sampling: ``"poisson"`` or ``"shuffle"``.
-    sampling_rate: ``q`` (Poisson) or ``B / N`` (shuffle; ``B = round(q N)``).
-    noise_multiplier: σ (noise std divided by the L2 sensitivity of the summed query).
-    dataset_size: ``N``; required for ``shuffle``.
+    sampling: ``"poisson"`` or a fixed-size scheme (``"shuffle"``, ``"fixed"``, ``"uniform"``).
+    sampling_rate: ``q`` (Poisson) or ``B / N`` (fixed size).
+    noise_multiplier: the ACCOUNTED ``z`` = noise std / L2 sensitivity of the released query
+      (σ under Poisson, σ/2 for a clipped sum under replace-one); 0 = non-private.
+    dataset_size: ``N``; required for fixed-size schemes.
+    batch_size: ``B`` for fixed-size schemes (default ``round(q N)``).
 
   Returns:
-    ``PoissonSampledDpEvent(q, GaussianDpEvent(σ))`` or
-    ``SampledWithoutReplacementDpEvent(N, B, GaussianDpEvent(σ))``.
+    ``PoissonSampledDpEvent(q, GaussianDpEvent(z))`` or
+    ``SampledWithoutReplacementDpEvent(N, B, GaussianDpEvent(z))``; ``NonPrivateDpEvent`` for
+    ``z = 0``.
 
   Raises:
     ConfigError: on invalid arguments.
   """
   validate_step_args(sampling, sampling_rate, noise_multiplier, dataset_size)
+  if noise_multiplier == 0:
+    return dp_accounting.NonPrivateDpEvent()
   gaussian = dp_accounting.GaussianDpEvent(float(noise_multiplier))
   if sampling == "poisson":
     return dp_accounting.PoissonSampledDpEvent(float(sampling_rate), gaussian)
-  batch = max(1, int(round(sampling_rate * dataset_size)))
+  batch = int(batch_size) if batch_size else max(1, int(round(sampling_rate * dataset_size)))
   return dp_accounting.SampledWithoutReplacementDpEvent(int(dataset_size), batch, gaussian)
 
 
@@ -130,14 +158,16 @@ def run_event(
   sampling: str,
   sampling_rate: float,
   dataset_size: int | None = None,
+  batch_size: int | None = None,
 ) -> dp_accounting.DpEvent:
-  """The DpEvent of a run: the composition of its constant-σ segments, in order.
+  """The DpEvent of a run with one sampling setup: its constant-z segments, in order.
 
   Args:
-    segments: ``(noise_multiplier, num_steps)`` pairs for the steps that ran.
-    sampling: ``"poisson"`` or ``"shuffle"``.
+    segments: ``(accounted_noise_multiplier, num_steps)`` pairs for the steps that ran.
+    sampling: ``"poisson"`` or a fixed-size scheme.
     sampling_rate: ``q`` per step.
-    dataset_size: ``N`` (required for shuffle).
+    dataset_size: ``N`` (required for fixed-size schemes).
+    batch_size: ``B`` (fixed-size schemes).
 
   Returns:
     ``ComposedDpEvent`` of ``SelfComposedDpEvent(step_event(σ_k), n_k)``; ``NoOpDpEvent`` if no
@@ -146,7 +176,9 @@ def run_event(
   events = []
   for sigma, count in segments:
     if count > 0:
-      event = step_event(sampling, sampling_rate, sigma, dataset_size=dataset_size)
+      event = step_event(
+        sampling, sampling_rate, sigma, dataset_size=dataset_size, batch_size=batch_size
+      )
       events.append(dp_accounting.SelfComposedDpEvent(event, int(count)))
   if not events:
     return dp_accounting.NoOpDpEvent()
@@ -205,34 +237,9 @@ def epsilon(
     the event describes: the caller must pass the event of what actually ran.
   """
   validation.in_range("privacy.delta", delta, 0.0, 1.0)
-  validation.one_of("privacy.rdp_conversion", conversion, CONVERSIONS)
-  acc = make_accountant(accountant, sampling)
+  acc = make_accountant(accountant, sampling, conversion)
   acc.compose(event)
-  if accountant == "rdp" and conversion == "classic":
-    return classic_rdp_epsilon(acc.orders, acc.rdp, delta)
   return float(acc.get_epsilon(delta))
-
-
-def effective_noise_multiplier(
-  grad_noise_multiplier: float, count_noise_multiplier: float
-) -> float:
-  """σ of one Gaussian query equivalent to a gradient query plus a clipped-count query.
-
-  The gradient sum (sensitivity C, noise σ_g C) and the centred clipped count Σ(b_i − ½)
-  (sensitivity ½, noise σ_b) on the same sample are one Gaussian query of the stacked vector
-  with unit-noise sensitivity sqrt(1/σ_g² + 1/(2σ_b)²), i.e. noise multiplier
-  (σ_g⁻² + (2σ_b)⁻²)^(-½) (Andrew et al. 2021, §3).
-
-  Args:
-    grad_noise_multiplier: σ_g > 0.
-    count_noise_multiplier: σ_b > 0 (std of the noise on the count).
-
-  Returns:
-    The effective σ fed to the accountant.
-  """
-  validation.positive("grad_noise_multiplier", grad_noise_multiplier)
-  validation.positive("count_noise_multiplier", count_noise_multiplier)
-  return (grad_noise_multiplier**-2 + (2.0 * count_noise_multiplier) ** -2) ** -0.5
 
 
 def grad_noise_multiplier(total_noise_multiplier: float, count_noise_multiplier: float) -> float:
@@ -261,44 +268,80 @@ def calibrate_noise_multiplier(
   sampling_rate: float,
   accountant: str = "rdp",
   dataset_size: int | None = None,
+  conversion: str = "improved",
   tol: float = 1e-3,
 ) -> float:
-  """The smallest base σ meeting (ε, δ) for a run of the given σ schedule.
+  """The smallest base accounted multiplier ``z`` meeting (ε, δ) for a run of the σ schedule.
+
+  The bracket is bounded so every accountant works at realistic settings in bounded memory and
+  time: RDP is searched from a bracket grown around z = 1; PLD (which is tighter than RDP)
+  starts from the RDP answer as its upper end and a fraction of it as its lower end, never
+  below z = 0.3 (a PLD grid at z = 1e-3 needs tens of GiB).
 
   Args:
-    target_epsilon: ε > 0.
+    target_epsilon: finite ε > 0.
     delta: δ in (0, 1).
-    schedule: ``(relative_sigma, num_steps)`` segments; the run uses ``σ · relative_sigma``.
-    sampling: ``"poisson"`` or ``"shuffle"``.
+    schedule: ``(relative_sigma, num_steps)`` segments; step noise is ``z · relative_sigma``.
+    sampling: ``"poisson"`` or a fixed-size scheme.
     sampling_rate: q.
     accountant: ``"rdp"`` or ``"pld"``.
-    dataset_size: N (shuffle).
-    tol: relative tolerance on σ (the result errs on the private side).
+    dataset_size: N (fixed-size schemes).
+    conversion: RDP conversion, as for :func:`epsilon` (reporting and calibration agree).
+    tol: relative tolerance on z (the result errs on the private side).
 
   Returns:
-    σ such that ε(run) ≤ target_epsilon.
+    z such that ε(run) ≤ target_epsilon under ``accountant`` / ``conversion``.
 
   Raises:
-    ConfigError: on invalid arguments.
+    ConfigError: on invalid arguments, or if no z ≤ 1e4 meets the target.
   """
   validation.positive("privacy.target_epsilon", target_epsilon)
+  if not math.isfinite(float(target_epsilon)):
+    raise validation.ConfigError(
+      f"privacy.target_epsilon={target_epsilon} is invalid: a finite ε > 0 "
+      "(for non-private training set privacy.mechanism='none')"
+    )
   validation.in_range("privacy.delta", delta, 0.0, 1.0)
 
-  def make_event(sigma: float) -> dp_accounting.DpEvent:
-    segs = [(sigma * rel, n) for rel, n in schedule]
+  def make_event(z: float) -> dp_accounting.DpEvent:
+    segs = [(z * rel, n) for rel, n in schedule]
     return run_event(
       segs, sampling=sampling, sampling_rate=sampling_rate, dataset_size=dataset_size
     )
 
-  sigma = dp_accounting.calibrate_dp_mechanism(
-    lambda: make_accountant(accountant, sampling),
-    make_event,
-    target_epsilon,
-    delta,
-    bracket_interval=dp_accounting.LowerEndpointAndGuess(1e-3, 1.0),
-    tol=tol,
-  )
-  return float(sigma)
+  def eps_at(z: float, acc_name: str) -> float:
+    return epsilon(
+      make_event(z), delta, accountant=acc_name, sampling=sampling, conversion=conversion
+    )
+
+  def search(acc_name: str, lo: float, hi: float) -> float:
+    while eps_at(hi, acc_name) > target_epsilon:
+      lo, hi = hi, hi * 2.0
+      if hi > 1e4:
+        raise validation.ConfigError(
+          f"privacy.target_epsilon={target_epsilon} is invalid: not reachable with a noise "
+          "multiplier <= 1e4 at this sampling rate and number of steps"
+        )
+    return float(
+      dp_accounting.calibrate_dp_mechanism(
+        lambda: make_accountant(acc_name, sampling, conversion),
+        make_event,
+        target_epsilon,
+        delta,
+        bracket_interval=dp_accounting.ExplicitBracketInterval(lo, hi),
+        tol=tol,
+      )
+    )
+
+  make_accountant(accountant, sampling, conversion)  # Rejects unsupported combinations.
+  z_rdp = search("rdp", 1e-2, 1.0)
+  if accountant == "rdp":
+    return z_rdp
+  z_hi = max(z_rdp, 0.3)
+  z_lo = max(0.3, 0.25 * z_rdp)
+  if eps_at(z_lo, "pld") <= target_epsilon:
+    return z_lo  # The PLD grid below z = 0.3 is not worth its memory: err on the private side.
+  return search("pld", z_lo, z_hi)
 
 
 def calibrate_steps(
@@ -365,11 +408,11 @@ def largest_within(eps_at, target_epsilon: float, max_steps: int) -> int:
 __all__ = [
   "ACCOUNTANTS",
   "CONVERSIONS",
+  "FIXED_SAMPLINGS",
   "SAMPLINGS",
   "calibrate_noise_multiplier",
   "calibrate_steps",
   "classic_rdp_epsilon",
-  "effective_noise_multiplier",
   "epsilon",
   "grad_noise_multiplier",
   "largest_within",

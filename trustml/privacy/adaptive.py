@@ -1,18 +1,19 @@
-"""Adaptive quantile clipping (Andrew, Thakkar, McMahan & Ramaswamy 2021).
+"""Adaptive quantile clipping (Andrew, Thakkar, McMahan & Ramaswamy 2021), for every DP path.
 
-The clip norm follows a target quantile γ of the per-example gradient norms: after each step,
-``C ← C · exp(−η (b̃ − γ))`` where ``b̃`` is the *noisy* fraction of examples whose norm was
-≤ C, released by a Gaussian count query on the same sampled batch
-(:func:`trustml.privacy.mechanism.make_grad_fn` with ``count_noise_multiplier``). Its privacy
-cost is folded into the accounted noise multiplier by
-:func:`trustml.privacy.accounting.effective_noise_multiplier`.
+The clip norm follows a target quantile γ of the per-unit norms (examples' gradients in DP-SGD,
+users' model deltas in DP-FedAvg): after each step, ``C ← C · exp(−η (b̃ − γ))`` where ``b̃`` is
+the *noisy* fraction of units whose norm was ≤ C, released by a Gaussian count query on the same
+sample: ``b̃ = (Σ_i (b_i − ½) + N(0, σ_b²)) / n̄ + ½`` with ``n̄`` the expected number of units.
+The count is released **centred**, so its sensitivity is ½ under add/remove-one
+(:meth:`trustml.privacy.aggregators.ClippedAggregator.count_sensitivity`); the ledger composes
+it with the clipped sum as one Gaussian query.
 """
 
-import math
-from collections.abc import Mapping
-from typing import Any
+import jax
+import jax.numpy as jnp
 
 from trustml.core import validation
+from trustml.privacy import aggregators, noise
 
 
 def default_count_noise_multiplier(expected_batch_size: float) -> float:
@@ -22,36 +23,56 @@ def default_count_noise_multiplier(expected_batch_size: float) -> float:
 
 
 def geometric_update(
-  l2_clip_norm: float, unclipped_fraction: float, target_quantile: float, learning_rate: float
-) -> float:
-  """One geometric step of the clip norm towards the target quantile.
+  l2_clip_norm: jax.typing.ArrayLike,
+  unclipped_fraction: jax.typing.ArrayLike,
+  target_quantile: float,
+  learning_rate: float,
+) -> jax.Array:
+  """One geometric step of the clip norm towards the target quantile (traceable).
 
   Args:
     l2_clip_norm: current C > 0.
-    unclipped_fraction: noisy fraction b̃ of examples with norm ≤ C (already privatised).
+    unclipped_fraction: noisy fraction b̃ of units with norm ≤ C (already privatised).
     target_quantile: γ in (0, 1).
     learning_rate: η > 0.
 
   Returns:
-    ``C · exp(−η (b̃ − γ))``.
+    ``C · exp(−η (b̃ − γ))`` (float32).
 
   Formal guarantees:
     Post-processing of the privatised b̃: no extra privacy cost beyond the count query.
   """
-  return float(l2_clip_norm * math.exp(-learning_rate * (unclipped_fraction - target_quantile)))
+  c = jnp.asarray(l2_clip_norm, jnp.float32)
+  frac = jnp.asarray(unclipped_fraction, jnp.float32)
+  return (c * jnp.exp(-learning_rate * (frac - target_quantile))).astype(jnp.float32)
 
 
-def clip_update_fn(target_quantile: float, learning_rate: float):
-  """A ledger ``clip_update_fn(C, aux) -> C`` reading ``aux["dp/unclipped_fraction"]``."""
-  validation.in_range("privacy.target_quantile", target_quantile, 0.0, 1.0)
-  validation.positive("privacy.clip_learning_rate", learning_rate)
+def noisy_unclipped_fraction(
+  aggregator: aggregators.ClippedAggregator,
+  stats: dict,
+  count_noise_std: float,
+  normaliser: jax.typing.ArrayLike,
+  privatizer_state: noise.PrivatizerState,
+) -> jax.Array:
+  """The released b̃: the aggregator's (centred) count plus one Gaussian draw, normalised.
 
-  def update(clip: float, aux: Mapping[str, Any]) -> float:
-    return geometric_update(
-      clip, float(aux["dp/unclipped_fraction"]), target_quantile, learning_rate
-    )
+  Args:
+    aggregator: the path's clipped aggregator (its count and offset).
+    stats: clipping stats of the sampled units (``num_examples``, ``num_nonfinite``,
+      ``num_unclipped``).
+    count_noise_std: σ_b > 0.
+    normaliser: the expected number of units (``qN``), never the realised count.
+    privatizer_state: the step's privatizer state (its second sub-key draws the count noise).
 
-  return update
+  Returns:
+    b̃ (float32 scalar).
+
+  Formal guarantees:
+    ``aggregator.count(stats)`` has sensitivity ``aggregator.count_sensitivity()``; the output
+    is the Gaussian mechanism with noise multiplier ``σ_b / count_sensitivity``.
+  """
+  noisy = noise.noisy_scalar(aggregator.count(stats), count_noise_std, privatizer_state)
+  return noisy / normaliser + aggregator.count_offset()
 
 
-__all__ = ["clip_update_fn", "default_count_noise_multiplier", "geometric_update"]
+__all__ = ["default_count_noise_multiplier", "geometric_update", "noisy_unclipped_fraction"]

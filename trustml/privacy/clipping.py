@@ -10,6 +10,7 @@ to ``C_l = C / sqrt(L)`` (equal split), so ``||Σ_l clip_l(g)||² ≤ Σ_l C_l²
 example's contribution has norm ≤ C, the same sensitivity as flat clipping.
 """
 
+import functools
 from collections.abc import Mapping
 
 import jax
@@ -60,30 +61,38 @@ def clip_factors(
   """
   validation.one_of("privacy.clipping", clipping, CLIPPINGS)
   leaves, treedef = jax.tree.flatten(sq_norms)
+  # Ghost (Gram) squared norms can come out slightly negative in float32: a squared norm is
+  # >= 0, so clamp (NaN stays NaN and marks the example invalid below).
+  leaves = [jnp.where(sq < 0, jnp.zeros((), sq.dtype), sq) for sq in leaves]
   total = sum(leaves)
   present = weight > 0
   finite = jnp.isfinite(total)
-  valid = present & finite
   norms = jnp.sqrt(jnp.where(finite, total, 0.0))
   c = jnp.asarray(l2_clip_norm, jnp.promote_types(total.dtype, jnp.float32))
   if clipping == "flat":
-    f = jnp.where(valid, c / jnp.maximum(norms, c), 0.0)
+    raw = [c / jnp.maximum(norms, c)]
+  else:
+    c_l = c / jnp.sqrt(float(len(leaves)))
+    raw = [c_l / jnp.maximum(jnp.sqrt(jnp.where(finite, sq, 0.0)), c_l) for sq in leaves]
+  # A clip factor that is not finite (or not in [0, 1]) cannot bound the contribution: the
+  # example is invalid and contributes 0.
+  sane = functools.reduce(jnp.logical_and, [jnp.isfinite(f) & (f >= 0) & (f <= 1) for f in raw])
+  valid = present & finite & sane
+  if clipping == "flat":
+    f = jnp.where(valid, raw[0], 0.0)
     factors = [f for _ in leaves]
     clipped = valid & (norms > c)
   else:
-    c_l = c / jnp.sqrt(float(len(leaves)))
-    factors = []
+    factors = [jnp.where(valid, f, 0.0) for f in raw]
     clipped = jnp.zeros_like(valid)
-    for sq in leaves:
-      n_l = jnp.sqrt(jnp.where(finite, sq, 0.0))
-      factors.append(jnp.where(valid, c_l / jnp.maximum(n_l, c_l), 0.0))
-      clipped = clipped | (n_l > c_l)
+    for f in raw:
+      clipped = clipped | (f < 1)
     clipped = valid & clipped
   stats = {
     "valid": valid,
     "norms": norms,
     "num_examples": present.sum().astype(jnp.float32),
-    "num_nonfinite": (present & ~finite).sum().astype(jnp.float32),
+    "num_nonfinite": (present & ~valid).sum().astype(jnp.float32),
     "num_clipped": clipped.sum().astype(jnp.float32),
     "num_unclipped": (valid & ~clipped).sum().astype(jnp.float32),
   }
@@ -119,23 +128,31 @@ def clipped_sum(
   l2_clip_norm: jax.typing.ArrayLike,
   weight: jax.Array,
   clipping: str = "flat",
+  *,
+  scale: jax.Array | None = None,
 ) -> tuple[object, Mapping[str, jax.Array]]:
-  """Clips materialised per-example gradients and sums them.
+  """Clips materialised per-row gradients (examples, or users' model deltas) and sums them.
 
   Args:
-    per_example_grads: ``[B, ...]`` pytree.
+    per_example_grads: ``[B, ...]`` pytree (one row per unit of privacy).
     l2_clip_norm: C > 0.
-    weight: ``[B]`` weights (0 = padding).
+    weight: ``[B]`` presence weights (0 = padding row).
     clipping: ``"flat"`` or ``"per_layer"``.
+    scale: optional ``[B]`` multipliers in [0, 1] applied after clipping (DP-FedAvg's capped
+      weights ``w_i = min(n_i / n_cap, 1)``); values outside [0, 1] are clamped into it.
 
   Returns:
     ``(sum_of_clipped_grads, stats)`` (see :func:`clip_factors`).
 
   Formal guarantees:
-    Under add/remove-one neighbouring, the returned sum has L2 sensitivity ≤ C: each example
-    contributes at most C (padding and non-finite examples contribute 0).
+    Each row contributes a vector of L2 norm ≤ C (padding and non-finite rows contribute 0),
+    so the sum has L2 sensitivity ≤ C under add/remove-one row and ≤ 2C under replace-one
+    row (:class:`trustml.privacy.aggregators.ClippedAggregator` states which applies).
   """
   factors, stats = clip_factors(leaf_sq_norms(per_example_grads), l2_clip_norm, weight, clipping)
+  if scale is not None:
+    s = jnp.clip(jnp.asarray(scale, jnp.float32), 0.0, 1.0)
+    factors = jax.tree.map(lambda f: f * s.astype(f.dtype), factors)
   return weighted_sum(per_example_grads, factors), stats
 
 

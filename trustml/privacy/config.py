@@ -17,17 +17,33 @@ Fields (``configs/dp_nlu.py`` sets them; ``configs/nlu.py`` only has ``mechanism
   ``count_noise_multiplier`` (0 = expected batch / 20): adaptive clipping.
 * ``noise_schedule``: ``constant`` | ``exp_decay`` (σ_t = σ·noise_decay^epoch).
 * ``truncation_budget``: the Poisson cap keeps run-wide P(truncation) ≤ this fraction of δ.
+* ``noise_seed``: None (default: the privacy randomness — noise and sampling coins — comes from
+  OS entropy at the run's first start and is kept only in its checkpoint) or an int that fixes
+  it for reproducible research (the run then says its guarantee assumes the seed is secret).
+* ``release_unsafe_stats``: also write exact statistics of the private training data (training
+  loss on sampled batches, clipped / non-finite counts); marks the run as not covered by its ε.
+
+Every field is overridable from the command line with its documented type
+(``--config.privacy.noise_multiplier=1.1``, ``--config.privacy.target_epsilon=2``,
+``--config.privacy.l2_clip_norm=auto``).
+
+σ (``noise_multiplier``) is the std of the gradient-sum noise over C (with adaptive clipping,
+the total multiplier that the gradient and the count share). The accountant is fed the
+*accounted* multiplier z = std / sensitivity: z = σ under Poisson (add/remove-one, sensitivity
+C) and z = σ/2 under shuffle (replace-one, sensitivity 2C). A target ε calibrates z and sets
+σ = z (Poisson) or 2z (shuffle).
 """
 
 import dataclasses
 import math
-from collections.abc import Callable
 from typing import Any
 
 import ml_collections
+from ml_collections import config_dict
 
 from trustml.core import validation
-from trustml.privacy import accounting, adaptive, clipping, mechanism
+from trustml.privacy import accounting, adaptive, aggregators, clipping, mechanism
+from trustml.privacy import ledger as ledger_lib
 from trustml.privacy import sampling as sampling_lib
 
 DEFAULTS: dict[str, Any] = dict(
@@ -48,16 +64,28 @@ DEFAULTS: dict[str, Any] = dict(
   noise_schedule="constant",
   noise_decay=1.0,
   truncation_budget=1e-3,
+  noise_seed=None,
+  release_unsafe_stats=False,
 )
 NOISE_SCHEDULES = ("constant", "exp_decay")
 
 
 def default_privacy_config(**overrides: Any) -> ml_collections.ConfigDict:
-  """The ``privacy`` section with defaults (see module docstring)."""
+  """The ``privacy`` section with defaults (see module docstring), typed for CLI overrides.
+
+  ``noise_multiplier`` and ``target_epsilon`` are float placeholders and ``noise_seed`` an int
+  placeholder (None until set); ``l2_clip_norm`` holds a number or ``'auto'``.
+  """
   values = dict(DEFAULTS)
   values.update(overrides)
-  # Not type-safe: l2_clip_norm holds a number or 'auto'; σ and ε may be None or numbers.
-  return ml_collections.ConfigDict(values, type_safe=False)
+  typed = dict(values)
+  typed["noise_multiplier"] = config_dict.FieldReference(
+    values["noise_multiplier"], field_type=float
+  )
+  typed["target_epsilon"] = config_dict.FieldReference(values["target_epsilon"], field_type=float)
+  typed["noise_seed"] = config_dict.FieldReference(values["noise_seed"], field_type=int)
+  typed["l2_clip_norm"] = config_dict.FieldReference(values["l2_clip_norm"], field_type=object)
+  return ml_collections.ConfigDict(typed)
 
 
 def _get(cfg, key):
@@ -92,13 +120,28 @@ def validate(privacy: Any, physical_batch_size: int) -> None:
     validation.non_negative("privacy.noise_multiplier", sigma)
   if eps is not None:
     validation.positive("privacy.target_epsilon", eps)
+    if not math.isfinite(float(eps)):
+      raise validation.ConfigError(
+        f"privacy.target_epsilon={eps} is invalid: a finite ε > 0 (for non-private training "
+        "set privacy.mechanism=none)"
+      )
+  if sigma is not None and not math.isfinite(float(sigma)):
+    raise validation.ConfigError(f"privacy.noise_multiplier={sigma} is invalid: a finite σ >= 0")
+  seed = _get(privacy, "noise_seed")
+  if seed is not None:
+    validation.non_negative_int("privacy.noise_seed", seed)
+  unsafe = _get(privacy, "release_unsafe_stats")
+  if not isinstance(unsafe, bool):
+    raise validation.ConfigError(
+      f"privacy.release_unsafe_stats={unsafe!r} is invalid: True or False"
+    )
   validation.in_range("privacy.delta", _get(privacy, "delta"), 0.0, 1.0)
   sampling = validation.one_of("privacy.sampling", _get(privacy, "sampling"), accounting.SAMPLINGS)
   acc = validation.one_of("privacy.accountant", _get(privacy, "accountant"), accounting.ACCOUNTANTS)
-  accounting.make_accountant(acc, sampling)
-  validation.one_of(
+  conv = validation.one_of(
     "privacy.rdp_conversion", _get(privacy, "rdp_conversion"), accounting.CONVERSIONS
   )
+  accounting.make_accountant(acc, sampling, conv)
   vb = validation.non_negative_int(
     "privacy.virtual_batch_size", _get(privacy, "virtual_batch_size")
   )
@@ -131,19 +174,22 @@ class Resolved:
 
   Attributes:
     mechanism, clipping, sampling, accountant, conversion: names.
+    aggregator: the clipped aggregator (unit example, relation from the sampling).
     dataset_size: N.
     physical_batch_size: micro-batch size.
     logical_batch_size: expected (Poisson) or fixed (shuffle) logical batch size.
     sampling_rate: q = logical / N.
     batch_rows: static rows of a step's batch (Poisson cap or the fixed batch size).
     num_steps: steps planned.
-    noise_multiplier: base accounted σ (effective, including the count query).
+    noise_multiplier: base σ (std / C; the total shared with the count under adaptive).
     count_noise_multiplier: σ_b (0 without adaptive clipping).
     adaptive: adaptive clipping on.
     l2_clip_norm: C at step 0.
     delta, target_epsilon: budget.
-    truncation_prob: P(truncation) per step.
-    relative_sigma: ``fn(step) -> σ_t / σ`` (the schedule).
+    truncation_prob: P(truncation) per step at N + 1 examples.
+    schedule: the gradient-noise schedule (:class:`~trustml.privacy.mechanism.NoiseSchedule`).
+    noise_seed: the explicit noise seed, or None (OS entropy).
+    release_unsafe_stats: exact private statistics are released too.
   """
 
   mechanism: str
@@ -151,6 +197,7 @@ class Resolved:
   sampling: str
   accountant: str
   conversion: str
+  aggregator: aggregators.ClippedAggregator
   dataset_size: int
   physical_batch_size: int
   logical_batch_size: int
@@ -164,21 +211,34 @@ class Resolved:
   delta: float
   target_epsilon: float | None
   truncation_prob: float
-  relative_sigma: Callable[[int], float]
+  schedule: mechanism.NoiseSchedule
+  noise_seed: int | None
+  release_unsafe_stats: bool
 
   def accounted_sigma(self, step: int) -> float:
-    """The accounted (effective) σ of step ``step``."""
-    return self.noise_multiplier * self.relative_sigma(step)
+    """The planned accounted z of step ``step`` (σ_t over the sensitivity factor)."""
+    return self.schedule.total(step) / self.aggregator.sensitivity_factor
 
   def grad_sigma(self, step: int) -> float:
-    """σ applied to the gradient sum at ``step`` (less than accounted under adaptive clipping)."""
-    sigma = self.accounted_sigma(step)
-    if not self.adaptive or sigma == 0:
-      return sigma
-    return accounting.grad_noise_multiplier(sigma, self.count_noise_multiplier)
+    """σ applied to the gradient sum at ``step`` (less than σ_t under adaptive clipping)."""
+    return self.schedule.host(step)
+
+  def plan(self, step: int) -> ledger_lib.StepRecord:
+    """The planned :class:`~trustml.privacy.ledger.StepRecord` of step ``step``."""
+    fixed = self.sampling != "poisson"
+    return ledger_lib.StepRecord(
+      sampling=self.sampling,
+      sampling_rate=self.sampling_rate,
+      dataset_size=self.dataset_size,
+      batch_size=self.logical_batch_size if fixed else 0,
+      noise_multiplier=self.accounted_sigma(step),
+      truncation_prob=self.truncation_prob,
+    )
 
 
-def resolve(privacy: Any, train: Any, dataset_size: int, planned_steps_fn) -> Resolved:
+def resolve(
+  privacy: Any, train: Any, dataset_size: int, planned_steps_fn, *, num_data_shards: int = 1
+) -> Resolved:
   """Resolves sampling rate, steps, cap and σ (calibrated if needed).
 
   Args:
@@ -186,6 +246,8 @@ def resolve(privacy: Any, train: Any, dataset_size: int, planned_steps_fn) -> Re
     train: the ``train`` section (``batch_size`` = physical micro-batch).
     dataset_size: N training examples.
     planned_steps_fn: ``fn(logical_batch_size) -> steps`` from the train section.
+    num_data_shards: devices the global batch is split over; the Poisson cap is a multiple of
+      ``num_data_shards × batch_size`` so every shard gets whole micro-batches.
 
   Returns:
     The :class:`Resolved` numbers.
@@ -195,53 +257,61 @@ def resolve(privacy: Any, train: Any, dataset_size: int, planned_steps_fn) -> Re
   """
   physical = int(train.batch_size)
   validate(privacy, physical)
+  validation.positive_int("mesh.num_data_shards", num_data_shards)
   logical = int(_get(privacy, "virtual_batch_size")) or physical
+  if logical > dataset_size:
+    raise validation.ConfigError(
+      f"privacy.virtual_batch_size={logical} is invalid: must be <= the {dataset_size} "
+      "training examples"
+    )
   q = logical / dataset_size
   validation.in_range("privacy.sampling_rate", q, 0.0, 1.0, high_inclusive=True)
   steps = int(planned_steps_fn(logical))
   sampling = _get(privacy, "sampling")
   delta = float(_get(privacy, "delta"))
   eps_target = _get(privacy, "target_epsilon")
+  relation = aggregators.relation_for_sampling(sampling)
+  agg = aggregators.ClippedAggregator(
+    unit="example", relation=relation, clipping=_get(privacy, "clipping")
+  )
   if sampling == "poisson":
     budget = float(_get(privacy, "truncation_budget")) * delta
     if eps_target is not None:
       budget /= 1.0 + math.exp(min(float(eps_target), 700.0))
-    rows = sampling_lib.poisson_cap(dataset_size, q, physical, steps, budget)
-    trunc = sampling_lib.truncation_probability(dataset_size, q, rows)
+    rows = sampling_lib.poisson_cap(dataset_size + 1, q, physical * num_data_shards, steps, budget)
+    trunc = sampling_lib.truncation_probability(dataset_size + 1, q, rows)
   else:
     rows, trunc = logical, 0.0
   decay = float(_get(privacy, "noise_decay"))
   steps_per_epoch = max(1, int(round(1.0 / q)))
-  if _get(privacy, "noise_schedule") == "exp_decay":
-
-    def relative(step: int) -> float:
-      return decay ** (step // steps_per_epoch)
-  else:
-
-    def relative(step: int) -> float:
-      del step
-      return 1.0
-
+  if _get(privacy, "noise_schedule") != "exp_decay":
+    decay = 1.0
   adaptive_on = _get(privacy, "l2_clip_norm") == "auto"
   count_sigma = float(_get(privacy, "count_noise_multiplier"))
   if adaptive_on and count_sigma == 0:
     count_sigma = adaptive.default_count_noise_multiplier(logical)
   sigma = _get(privacy, "noise_multiplier")
   acc = _get(privacy, "accountant")
+  conversion = _get(privacy, "rdp_conversion")
   if sigma is None:
-    schedule = _segments(relative, steps)
-    sigma = accounting.calibrate_noise_multiplier(
+    relative = [(decay ** (s // steps_per_epoch), 1) for s in range(steps)]
+    z = accounting.calibrate_noise_multiplier(
       float(eps_target),
       delta,
-      schedule=schedule,
+      schedule=_merge(relative),
       sampling=sampling,
       sampling_rate=q,
       accountant=acc,
       dataset_size=dataset_size,
+      conversion=conversion,
     )
+    sigma = z * agg.sensitivity_factor
   sigma = float(sigma)
   if adaptive_on and sigma > 0 and 2.0 * count_sigma <= sigma:
     count_sigma = sigma  # Keeps the gradient's share positive (2σ_b > σ_t, as σ_t ≤ σ).
+  schedule = mechanism.NoiseSchedule(
+    sigma, decay, steps_per_epoch, count_sigma if adaptive_on else 0.0
+  )
   clip = float(
     _get(privacy, "initial_l2_clip_norm") if adaptive_on else _get(privacy, "l2_clip_norm")
   )
@@ -250,7 +320,8 @@ def resolve(privacy: Any, train: Any, dataset_size: int, planned_steps_fn) -> Re
     clipping=_get(privacy, "clipping"),
     sampling=sampling,
     accountant=acc,
-    conversion=_get(privacy, "rdp_conversion"),
+    conversion=conversion,
+    aggregator=agg,
     dataset_size=int(dataset_size),
     physical_batch_size=physical,
     logical_batch_size=logical,
@@ -264,18 +335,19 @@ def resolve(privacy: Any, train: Any, dataset_size: int, planned_steps_fn) -> Re
     delta=delta,
     target_epsilon=None if eps_target is None else float(eps_target),
     truncation_prob=trunc,
-    relative_sigma=relative,
+    schedule=schedule,
+    noise_seed=_get(privacy, "noise_seed"),
+    release_unsafe_stats=bool(_get(privacy, "release_unsafe_stats")),
   )
 
 
-def _segments(relative: Callable[[int], float], steps: int) -> list[tuple[float, int]]:
+def _merge(pairs: list[tuple[float, int]]) -> list[tuple[float, int]]:
   segs: list[list[float]] = []
-  for s in range(steps):
-    r = relative(s)
+  for r, n in pairs:
     if segs and segs[-1][0] == r:
-      segs[-1][1] += 1
+      segs[-1][1] += n
     else:
-      segs.append([r, 1])
+      segs.append([r, n])
   return [(r, int(n)) for r, n in segs]
 
 

@@ -1,7 +1,35 @@
-"""Gaussian noise for DP sums: one independent draw per leaf from a REQUIRED key."""
+"""Gaussian noise for DP sums: the privatizer, keyed from a secret stream.
+
+:func:`gaussian_privatizer` is an ``optax.GradientTransformation`` in the spirit of
+``optax.inject_hyperparams``: its state holds the secret noise key (raw key data, so it can be
+checkpointed), a draw counter and the noise standard deviation of the next draw, which the
+caller may set per step (a σ schedule, adaptive clipping's C) without recompiling. Each
+``update`` is ONE draw for the whole logical batch or round, from ``fold_in(key, count)``: no
+key is used twice.
+
+The key must come from :class:`trustml.core.rng.SecretStreams` (OS entropy at a run's first
+start, kept only in its checkpoint), never from the public run seed.
+"""
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
+
+
+class PrivatizerState(NamedTuple):
+  """State of :func:`gaussian_privatizer`.
+
+  Attributes:
+    key_data: ``uint32`` raw data of the secret typed key (``jax.random.key_data``).
+    count: int32 number of draws made.
+    stddev: float32 std of the next draw (set per step by the caller).
+  """
+
+  key_data: jax.Array
+  count: jax.Array
+  stddev: jax.Array
 
 
 def add_gaussian_noise(tree, stddev: jax.typing.ArrayLike, key: jax.Array) -> object:
@@ -9,7 +37,7 @@ def add_gaussian_noise(tree, stddev: jax.typing.ArrayLike, key: jax.Array) -> ob
 
   Args:
     tree: pytree of float arrays (e.g. the sum of clipped gradients).
-    stddev: noise standard deviation, ``σ · C`` for DP-SGD (scalar, may be traced).
+    stddev: noise standard deviation (scalar, may be traced).
     key: typed PRNG key; required (no default) and consumed: never pass it to another draw.
 
   Returns:
@@ -18,7 +46,7 @@ def add_gaussian_noise(tree, stddev: jax.typing.ArrayLike, key: jax.Array) -> ob
   Formal guarantees:
     If ``tree`` has L2 sensitivity Δ, the output is the Gaussian mechanism with noise
     multiplier ``stddev / Δ``. Nothing else is bounded here (sampling, composition: see
-    :mod:`trustml.privacy.accounting`).
+    :mod:`trustml.privacy.ledger`).
   """
   leaves, treedef = jax.tree.flatten(tree)
   keys = jax.random.split(key, len(leaves))
@@ -30,4 +58,66 @@ def add_gaussian_noise(tree, stddev: jax.typing.ArrayLike, key: jax.Array) -> ob
   return jax.tree.unflatten(treedef, noised)
 
 
-__all__ = ["add_gaussian_noise"]
+def draw_key(state: PrivatizerState, name: int = 0) -> jax.Array:
+  """The typed key of the current draw (``name`` separates the sum's and the count's draws)."""
+  key = jax.random.wrap_key_data(state.key_data)
+  return jax.random.fold_in(jax.random.fold_in(key, state.count), name)
+
+
+def gaussian_privatizer(
+  key_data: jax.typing.ArrayLike, stddev: float = 0.0
+) -> optax.GradientTransformation:
+  """An optax transformation adding one Gaussian draw of std ``state.stddev`` per update.
+
+  Example:
+    >>> from trustml.core import rng
+    >>> priv = gaussian_privatizer(rng.SecretStreams.fresh().key_data("dp_noise"), stddev=1.0)
+    >>> state = priv.init(params)  # doctest: +SKIP
+    >>> noised, state = priv.update(sum_of_clipped_grads, state)  # doctest: +SKIP
+
+  Args:
+    key_data: raw data of the secret key (``SecretStreams.key_data``); required.
+    stddev: initial std (``σ · C`` for DP-SGD); overwrite ``state.stddev`` per step with
+      ``state._replace(stddev=...)``.
+
+  Returns:
+    The ``optax.GradientTransformation``.
+
+  Formal guarantees:
+    If the updates fed in have L2 sensitivity Δ, each update is the Gaussian mechanism with
+    noise multiplier ``state.stddev / Δ``; draws at different counts are independent. The
+    caller must record the std actually used (it is returned in the new state's history only
+    through the caller: see :mod:`trustml.privacy.mechanism`).
+  """
+  key_data = jnp.asarray(key_data, jnp.uint32)
+
+  def init_fn(params):
+    del params
+    return PrivatizerState(key_data, jnp.zeros((), jnp.int32), jnp.asarray(stddev, jnp.float32))
+
+  def update_fn(updates, state, params=None):
+    del params
+    noised = add_gaussian_noise(updates, state.stddev, draw_key(state))
+    return noised, state._replace(count=state.count + 1)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def noisy_scalar(
+  value: jax.Array, stddev: jax.typing.ArrayLike, state: PrivatizerState
+) -> jax.Array:
+  """``value + N(0, stddev²)`` from the current draw's second sub-key (the count query).
+
+  Call before the privatizer's ``update`` of the same step (both use ``state.count``).
+  """
+  key = draw_key(state, 1)
+  return value + jnp.asarray(stddev, jnp.float32) * jax.random.normal(key, (), jnp.float32)
+
+
+__all__ = [
+  "PrivatizerState",
+  "add_gaussian_noise",
+  "draw_key",
+  "gaussian_privatizer",
+  "noisy_scalar",
+]

@@ -3,7 +3,7 @@
 * ``poisson``: each example joins step ``t`` independently with probability ``q``
   (``trustml.data.batching.poisson_batch``, seeded by ``(seed, "sampling", t)``). The batch is
   padded with weight-0 rows to a static ``cap`` (a multiple of the physical batch size) so
-  nothing recompiles. If more than ``cap`` examples are drawn, a uniformly random subset of
+  nothing recompiles. The coins come from the run's secret streams, never the public seed. If more than ``cap`` examples are drawn, a uniformly random subset of
   ``cap`` is kept: **truncation**. :func:`poisson_cap` chooses ``cap`` so the probability that
   any step of the run truncates is below a budget, and the ledger adds it to δ
   (``δ_total = δ + (1 + e^ε)·Σ_t P(truncation at t)``; if M and M' differ only on an event of
@@ -13,7 +13,7 @@
   ``SampledWithoutReplacementDpEvent`` accounts under replace-one neighbouring.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 from scipy import stats
@@ -61,46 +61,52 @@ def poisson_cap(
   return cap
 
 
-def poisson_batch_fn(
-  arrays: Mapping[str, np.ndarray], sampling_rate: float, cap: int, seed: int
-) -> Callable[[int], dict[str, np.ndarray]]:
-  """``batch_fn(step)`` of Poisson-sampled batches padded to ``cap`` rows.
+def poisson_batch(
+  arrays: Mapping[str, np.ndarray],
+  sampling_rate: float,
+  cap: int,
+  secret: rng_lib.SecretStreams,
+  step: int,
+) -> dict[str, np.ndarray]:
+  """The Poisson-sampled batch of ``step`` padded to ``cap`` rows, from secret coins.
 
-  Adds ``dp_num_truncated`` (float32 scalar) to each batch.
+  Args:
+    arrays: encoded training arrays.
+    sampling_rate: q in (0, 1].
+    cap: static rows (a multiple of the physical batch).
+    secret: the run's secret streams (the coins are not derivable from the public seed).
+    step: the step.
+
+  Returns:
+    The batch (weight 0 on padding rows). The realised size and whether it was truncated are
+    private and are not returned.
   """
-
-  def batch_fn(step: int) -> dict[str, np.ndarray]:
-    batch, _, truncated = batching.poisson_batch(arrays, sampling_rate, cap, seed, step)
-    batch["dp_num_truncated"] = np.float32(truncated)
-    return batch
-
-  return batch_fn
+  batch, _, _ = batching.poisson_batch(arrays, sampling_rate, cap, secret.entropy, step)
+  return batch
 
 
-def shuffle_batch_fn(
-  arrays: Mapping[str, np.ndarray], batch_size: int, seed: int
-) -> Callable[[int], dict[str, np.ndarray]]:
-  """``batch_fn(step)`` of uniformly random size-``batch_size`` subsets, fresh at every step."""
+def shuffle_batch(
+  arrays: Mapping[str, np.ndarray], batch_size: int, secret: rng_lib.SecretStreams, step: int
+) -> dict[str, np.ndarray]:
+  """A uniformly random subset of exactly ``batch_size`` examples for ``step`` (secret coins).
+
+  Raises:
+    ConfigError: if ``batch_size`` exceeds the training examples.
+  """
   n = batching.num_examples(arrays)
   validation.positive_int("privacy.virtual_batch_size", batch_size)
   if batch_size > n:
     raise validation.ConfigError(
       f"privacy.virtual_batch_size={batch_size} is invalid: must be <= the {n} training examples"
     )
-
-  def batch_fn(step: int) -> dict[str, np.ndarray]:
-    gen = rng_lib.numpy_rng(seed, "sampling", step)
-    index = np.sort(gen.choice(n, size=batch_size, replace=False))
-    batch = batching.take_padded(arrays, index, batch_size)
-    batch["dp_num_truncated"] = np.float32(0.0)
-    return batch
-
-  return batch_fn
+  gen = secret.numpy("sampling", step)
+  index = np.sort(gen.choice(n, size=batch_size, replace=False))
+  return batching.take_padded(arrays, index, batch_size)
 
 
 __all__ = [
-  "poisson_batch_fn",
+  "poisson_batch",
   "poisson_cap",
-  "shuffle_batch_fn",
+  "shuffle_batch",
   "truncation_probability",
 ]

@@ -8,19 +8,23 @@ every checkpoint. ``summary.json`` gains the ``privacy/...`` keys of
 ``privacy/clipping``.
 """
 
+import dataclasses
 import logging
 import os
 from typing import Any
 
+import jax
 import numpy as np
 
+from trustml.core import rng as rng_lib
 from trustml.core import validation
 from trustml.data import batching
-from trustml.privacy import adaptive, mechanism, sampling
 from trustml.privacy import config as privacy_config
 from trustml.privacy import ledger as ledger_lib
+from trustml.privacy import mechanism, sampling
 from trustml.train import config as train_config
 from trustml.train import experiment, loop
+from trustml.train import workdir as workdir_lib
 
 
 def _planned_steps(train: Any, n: int):
@@ -30,115 +34,174 @@ def _planned_steps(train: Any, n: int):
   return fn
 
 
-def build(config: Any, prepared: experiment.Prepared) -> tuple[Any, Any, Any, Any]:
-  """Builds ``(resolved, grad_fn, batch_fn, ledger)`` for a DP run.
+def _secret(res: privacy_config.Resolved) -> rng_lib.SecretStreams:
+  if res.noise_seed is not None:
+    return rng_lib.SecretStreams.from_seed(int(res.noise_seed))
+  return rng_lib.SecretStreams.fresh()
+
+
+def build(
+  config: Any, prepared: experiment.Prepared, *, num_data_shards: int = 1
+) -> tuple[Any, Any, Any, Any]:
+  """Builds ``(resolved, dp_sgd, batch_fn, ledger)`` for a DP run.
+
+  The ledger holds the run's secret streams (fresh OS entropy, or ``privacy.noise_seed``);
+  the Poisson coins of ``batch_fn`` and the noise key of the DP transformation derive from it.
+  When the loop restores a checkpoint, the ledger's stored secret replaces the fresh one and
+  the train state's DP key is restored with it, so a resumed run draws the same numbers.
 
   Args:
     config: the full config (``privacy`` with mechanism != 'none').
     prepared: data and model.
+    num_data_shards: devices the global batch is split over (cap multiple).
 
   Returns:
-    The resolved numbers, the loop plug-ins and the ledger.
+    The resolved numbers, the :class:`~trustml.privacy.mechanism.DpSgd` transformation (the
+    loop's stateful gradient function), the batch function and the ledger.
   """
   n = batching.num_examples(prepared.train)
-  res = privacy_config.resolve(config.privacy, config.train, n, _planned_steps(config.train, n))
-  seed = int(config.seed)
-  if res.sampling == "poisson":
-    base_fn = sampling.poisson_batch_fn(prepared.train, res.sampling_rate, res.batch_rows, seed)
-  else:
-    base_fn = sampling.shuffle_batch_fn(prepared.train, res.logical_batch_size, seed)
+  res = privacy_config.resolve(
+    config.privacy,
+    config.train,
+    n,
+    _planned_steps(config.train, n),
+    num_data_shards=num_data_shards,
+  )
+  extra = {
+    "privacy/mechanism": res.mechanism,
+    "privacy/clipping": res.clipping,
+    "privacy/logical_batch_size": res.logical_batch_size,
+    "privacy/batch_rows": res.batch_rows,
+    "privacy/adaptive_clipping": res.adaptive,
+    "privacy/count_noise_multiplier": res.count_noise_multiplier,
+  }
   led = ledger_lib.PrivacyLedger(
-    sampling=res.sampling,
-    sampling_rate=res.sampling_rate,
+    aggregator=res.aggregator,
+    plan_fn=res.plan,
     delta=res.delta,
-    noise_fn=res.accounted_sigma,
     accountant=res.accountant,
     conversion=res.conversion,
-    dataset_size=n,
     target_epsilon=res.target_epsilon,
     max_steps=res.num_steps,
-    truncation_prob=res.truncation_prob,
-    clip_update_fn=(
-      adaptive.clip_update_fn(
-        float(config.privacy.target_quantile), float(config.privacy.clip_learning_rate)
+    secret=_secret(res),
+    noise_seed_fixed=res.noise_seed is not None,
+    release_unsafe_stats=res.release_unsafe_stats,
+    fingerprint=workdir_lib.fingerprint(config),
+    config=workdir_lib.config_dict(config),
+    extra_summary=extra,
+  )
+  if res.sampling == "poisson":
+
+    def batch_fn(step: int) -> dict[str, np.ndarray]:
+      # Read the secret at call time: a restored checkpoint replaces the ledger's secret.
+      return sampling.poisson_batch(
+        prepared.train, res.sampling_rate, res.batch_rows, led.secret, step
+      )
+  else:
+
+    def batch_fn(step: int) -> dict[str, np.ndarray]:
+      return sampling.shuffle_batch(prepared.train, res.logical_batch_size, led.secret, step)
+
+  class _Keyed(mechanism.DpSgd):
+    """The DP transformation whose initial key is read from the ledger at ``init``."""
+
+    def init(self, params):
+      state = mechanism.DpSgd.init(self, params)
+      key_data = jax.numpy.asarray(led.secret.key_data("dp_noise"))
+      return state._replace(privatizer=state.privatizer._replace(key_data=key_data))
+
+  base = mechanism.dp_sgd(
+    prepared.model.per_example_loss,
+    mechanism=res.mechanism,
+    l2_clip_norm=res.l2_clip_norm,
+    noise_multiplier=res.schedule,
+    normaliser=float(res.logical_batch_size),  # Expected (Poisson) or fixed (shuffle) size.
+    key_data=np.zeros(2, np.uint32),
+    sampling=res.sampling,
+    physical_batch_size=res.physical_batch_size,
+    clipping=res.clipping,
+    adaptive=(
+      mechanism.AdaptiveClipping(
+        float(config.privacy.target_quantile),
+        float(config.privacy.clip_learning_rate),
+        res.count_noise_multiplier,
       )
       if res.adaptive
       else None
     ),
-    initial_clip_norm=res.l2_clip_norm,
-    extra_summary={
-      "privacy/mechanism": res.mechanism,
-      "privacy/clipping": res.clipping,
-      "privacy/logical_batch_size": res.logical_batch_size,
-      "privacy/batch_rows": res.batch_rows,
-      "privacy/adaptive_clipping": res.adaptive,
-      "privacy/count_noise_multiplier": res.count_noise_multiplier,
-    },
+    release_unsafe_stats=res.release_unsafe_stats,
   )
-
-  def batch_fn(step: int) -> dict[str, np.ndarray]:
-    batch = base_fn(step)
-    batch["dp_l2_clip_norm"] = np.float32(led.clip_norm)
-    batch["dp_noise_multiplier"] = np.float32(res.grad_sigma(step))
-    return batch
-
-  normaliser = float(res.logical_batch_size)  # Expected size (Poisson) or fixed size (shuffle).
-  grad_fn = mechanism.make_grad_fn(
-    prepared.model,
-    mechanism=res.mechanism,
-    l2_clip_norm=res.l2_clip_norm,
-    noise_multiplier=res.grad_sigma(0),
-    normaliser=normaliser,
-    physical_batch_size=res.physical_batch_size,
-    clipping=res.clipping,
-    count_noise_multiplier=res.count_noise_multiplier,
-  )
-  return res, grad_fn, batch_fn, led
+  dp = _Keyed(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
+  return res, dp, batch_fn, led
 
 
-def run(config: Any, workdir: str | os.PathLike, **fit_kwargs: Any) -> dict[str, Any]:
+def run(
+  config: Any,
+  workdir: str | os.PathLike,
+  *,
+  prepared: experiment.Prepared | None = None,
+  **fit_kwargs: Any,
+) -> dict[str, Any]:
   """Trains with DP-SGD / eDP-SGD as configured and returns the summary.
 
   Args:
     config: ConfigDict as in ``configs/dp_nlu.py`` (``privacy.mechanism`` != ``'none'``).
-    workdir: run directory; rerunning on it resumes exactly (ledger included).
+    workdir: run directory; rerunning on it with the same config resumes exactly (ledger and
+      secret included); with a different config it is refused before anything is written.
+    prepared: reuse already prepared data and model (e.g. your own arrays and Model).
     **fit_kwargs: passed to :func:`trustml.train.loop.fit` (e.g. ``stop_after_step``).
 
   Returns:
     The summary dict (also written to ``summary.json``).
 
   Raises:
-    ConfigError: for invalid configs, before any compute.
+    ConfigError: for invalid configs or a workdir holding another run, before any compute.
 
   Formal guarantees:
     The reported ``privacy/epsilon`` bounds the (ε, δ)-DP of the released parameters (and all
-    intermediate ones) with respect to the training split under the neighbouring relation of
-    ``privacy.sampling`` (example-level: add/remove one example for Poisson, replace one for
-    shuffle), with total δ ``privacy/total_delta``. Not covered: the tokenizer vocabulary and
-    data-dependent preprocessing are built from the training text without DP; evaluation
-    metrics on the eval split; user-level privacy.
+    intermediate ones, and the adaptive clip norm) with respect to the training split under
+    the neighbouring relation of ``privacy.sampling`` (example-level: add/remove one example
+    for Poisson, replace one for shuffle), with total δ ``privacy/total_delta``; it is
+    composed from the ledger's records of what each step ran. The noise and sampling coins
+    come from a secret that no written file holds outside ``checkpoints/`` (unless
+    ``privacy.noise_seed`` is set, which ``summary.json`` then says). Not covered: the
+    tokenizer vocabulary and data-dependent preprocessing are built from the training text
+    without DP; ``data/num_train`` (N is treated as public); evaluation metrics on the eval
+    split; user-level privacy; with ``release_unsafe_stats`` the exact statistics it writes
+    (``privacy/covered_by_epsilon`` is then false).
   """
   validation.one_of("privacy.mechanism", config.privacy.mechanism, mechanism.MECHANISMS[1:])
   privacy_config.validate(config.privacy, int(config.train.batch_size))
   experiment.validate_spine(config, ("privacy",))
-  prepared = experiment.prepare(config, workdir)
-  res, grad_fn, batch_fn, led = build(config, prepared)
-  cfg = config.copy_and_resolve_references()
-  with cfg.unlocked():
-    cfg.train.num_epochs = 0.0
-    cfg.train.num_steps = res.num_steps
+  workdir_lib.check(workdir, config)
+  prepared = prepared or experiment.prepare(config, workdir)
+  res, dp, batch_fn, led = build(config, prepared)
   logging.info(
-    "DP run: %s, q=%.5f, logical batch %d (rows %d), sigma=%.4f, C=%s, %d steps planned",
+    "DP run: %s, q=%.5f, logical batch %d (rows %d), sigma=%.4f (accounted %.4f), C=%s, "
+    "%d steps planned",
     res.mechanism,
     res.sampling_rate,
     res.logical_batch_size,
     res.batch_rows,
     res.noise_multiplier,
+    res.accounted_sigma(0),
     res.l2_clip_norm,
     res.num_steps,
   )
+  if res.noise_seed is not None:
+    logging.warning(
+      "privacy.noise_seed is set: the noise is reproducible, and the guarantee assumes the "
+      "seed stays secret"
+    )
   return loop.train(
-    cfg, workdir, prepared=prepared, grad_fn=grad_fn, batch_fn=batch_fn, ledger=led, **fit_kwargs
+    config,
+    workdir,
+    prepared=prepared,
+    grad_fn=dp,
+    batch_fn=batch_fn,
+    ledger=led,
+    total_steps=res.num_steps,
+    **fit_kwargs,
   )
 
 

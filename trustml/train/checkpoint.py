@@ -51,6 +51,32 @@ class Checkpointer:
     )
     return out["state"], dict(out["extra"] or {})
 
+  def restore_extra(self, step: int) -> dict[str, Any]:
+    """Restores only the JSON side-car of checkpoint ``step`` (no arrays, no template)."""
+    out = self._manager.restore(int(step), args=ocp.args.Composite(extra=ocp.args.JsonRestore()))
+    return dict(out["extra"] or {})
+
+  def restore_params(self, step: int, params_template: Any) -> Any:
+    """Restores only the ``params`` of checkpoint ``step`` (any gradient-mechanism state).
+
+    Args:
+      step: the checkpoint step.
+      params_template: a pytree shaped like the parameters (dtypes and structure).
+
+    Returns:
+      The parameters with the template's structure and dtypes.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+
+    out = self._manager.restore(
+      int(step), args=ocp.args.Composite(state=ocp.args.StandardRestore())
+    )
+    raw = out["state"]["params"]
+    return jax.tree.map(
+      lambda t, r: jax.numpy.asarray(np.asarray(r), t.dtype), params_template, raw
+    )
+
   def restore_latest(self, template: Any) -> tuple[int, Any, dict[str, Any]] | None:
     """Restores the newest checkpoint, or returns ``None`` when there is none."""
     step = self.latest_step()

@@ -8,10 +8,14 @@ run interrupted and resumed on the same workdir ends bit-identical to an uninter
 Plug-ins (the privacy engine uses all three):
 
 * ``grad_fn(params, batch, key) -> (direction, aux)``: the update direction fed to optax
-  (default: mean gradient of the weighted per-example loss) and scalar diagnostics.
+  (default: mean gradient of the weighted per-example loss) and scalar diagnostics; or a
+  *stateful* gradient mechanism (:class:`StatefulGradFn`: ``init(params) -> grad_state`` and
+  ``__call__(params, batch, key, grad_state) -> (direction, aux, grad_state)``), whose state
+  (the DP noise key, σ_t, C_t) lives in :class:`TrainState` and in every checkpoint.
 * ``batch_fn(step) -> batch``: host NumPy batch of fixed shape (default: shuffled batches).
 * ``ledger``: ``state_dict()``, ``load_state_dict(d)``, ``can_step(step) -> (ok, reason)``,
-  ``record(step, aux)``, ``summary() -> dict``; stored in every checkpoint.
+  ``record(step, aux)``, ``summary() -> dict``, ``progress() -> dict`` (logged every
+  ``log_every`` steps: ε so far); stored in every checkpoint.
 """
 
 import dataclasses
@@ -28,10 +32,12 @@ import optax
 from absl import logging
 
 from trustml.core import rng as rng_lib
+from trustml.core.validation import ConfigError
 from trustml.data import batching
 from trustml.models import contract
 from trustml.train import checkpoint, evaluate, experiment, parallel, writers
 from trustml.train import config as train_config
+from trustml.train import workdir as workdir_lib
 
 GradFn = Callable[[Any, Mapping[str, jax.Array], jax.Array], tuple[Any, Mapping[str, jax.Array]]]
 
@@ -49,13 +55,50 @@ class Ledger(Protocol):
 
   def summary(self) -> dict[str, Any]: ...
 
+  def progress(self) -> dict[str, Any]: ...
+
+
+class StatefulGradFn(Protocol):
+  """A gradient mechanism with state of its own (e.g. DP-SGD's noise key, σ_t and C_t)."""
+
+  def init(self, params: Any) -> Any: ...
+
+  def __call__(
+    self, params: Any, batch: Mapping[str, jax.Array], key: jax.Array, grad_state: Any
+  ) -> tuple[Any, Mapping[str, jax.Array], Any]: ...
+
 
 class TrainState(NamedTuple):
-  """Optimizer state of a run."""
+  """State of a run (all of it is checkpointed).
+
+  Attributes:
+    step: int32 steps taken.
+    params: model parameters.
+    opt_state: optax state.
+    grad_state: the gradient mechanism's state (``()`` for the plain mean gradient).
+  """
 
   step: jax.Array
   params: Any
   opt_state: Any
+  grad_state: Any = ()
+
+
+def _stateful(grad_fn: Any) -> StatefulGradFn:
+  """Wraps a plain ``grad_fn(params, batch, key)`` as a stateless :class:`StatefulGradFn`."""
+  if hasattr(grad_fn, "init"):
+    return grad_fn
+
+  class _Plain:
+    def init(self, params):
+      del params
+      return ()
+
+    def __call__(self, params, batch, key, grad_state):
+      direction, aux = grad_fn(params, batch, key)
+      return direction, aux, grad_state
+
+  return _Plain()
 
 
 @dataclasses.dataclass
@@ -89,7 +132,7 @@ def mean_loss_grad_fn(model: contract.Model) -> GradFn:
 
 
 def make_train_step(
-  grad_fn: GradFn,
+  grad_fn: GradFn | StatefulGradFn,
   optimizer: optax.GradientTransformation,
   seed: int,
   *,
@@ -99,8 +142,11 @@ def make_train_step(
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Mapping[str, jax.Array]]]:
   """The jitted step ``(state, batch) -> (state, aux)`` (state donated).
 
+  The step key (dropout) comes from the public ``seed``; a DP mechanism draws its noise from
+  the secret key in ``state.grad_state``, never from this key.
+
   Args:
-    grad_fn: the gradient function, written over the global batch.
+    grad_fn: the gradient function or stateful mechanism, written over the global batch.
     optimizer: the optax optimizer.
     seed: root seed (step keys).
     placement: jit with explicit shardings on this mesh (batch over ``data``, state
@@ -112,13 +158,14 @@ def make_train_step(
     The jitted step.
   """
   streams = rng_lib.RngStreams(seed)
+  mech = _stateful(grad_fn)
 
   def step_fn(state: TrainState, batch):
     key = streams.at("step", state.step)
-    direction, aux = grad_fn(state.params, batch, key)
+    direction, aux, grad_state = mech(state.params, batch, key, state.grad_state)
     updates, opt_state = optimizer.update(direction, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    return TrainState(state.step + 1, params, opt_state), aux
+    return TrainState(state.step + 1, params, opt_state, grad_state), aux
 
   if placement is None:
     return jax.jit(step_fn, donate_argnums=0)
@@ -130,10 +177,12 @@ def init_state(
   optimizer: optax.GradientTransformation,
   example_batch: Mapping[str, np.ndarray],
   seed: int,
+  grad_fn: GradFn | StatefulGradFn | None = None,
 ) -> TrainState:
-  """Initial state from the ``params`` stream of ``seed``."""
+  """Initial state: parameters from the ``params`` stream of ``seed``, the mechanism's state."""
   params = model.init(rng_lib.RngStreams(seed).stream("params"), example_batch)
-  return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+  grad_state = _stateful(grad_fn).init(params) if grad_fn is not None else ()
+  return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), grad_state)
 
 
 def num_params(params: Any) -> int:
@@ -151,6 +200,7 @@ def fit(
   ledger: Ledger | None = None,
   extra_sections: tuple[str, ...] = (),
   stop_after_step: int | None = None,
+  total_steps: int | None = None,
 ) -> Outcome:
   """Trains (or resumes) a run described by ``config`` in ``workdir``.
 
@@ -164,6 +214,8 @@ def fit(
     ledger: privacy ledger stored in checkpoints; may stop the run (budget stop).
     extra_sections: extra top-level config sections to accept.
     stop_after_step: simulate preemption: checkpoint and return after this many steps.
+    total_steps: planned steps when the caller plans them (DP runs: epochs over the logical
+      batch); default from the ``train`` section.
 
   Returns:
     The Outcome (summary, final state, prepared bundle).
@@ -172,14 +224,15 @@ def fit(
     ConfigError: for invalid configs, before any compute.
   """
   experiment.validate_spine(config, ("privacy",) + tuple(extra_sections))
+  workdir_lib.check(workdir, config)  # A workdir holding a different run: refused, untouched.
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  writers.write_config(workdir, config)
   prepared = prepared or experiment.prepare(config, workdir)
   model, train_arrays = prepared.model, prepared.train
   n = batching.num_examples(train_arrays)
   bs = int(config.train.batch_size)
-  total = train_config.num_train_steps(config.train, n)
+  total = (
+    int(total_steps) if total_steps is not None else train_config.num_train_steps(config.train, n)
+  )
   optimizer = train_config.make_optimizer(config.train, total)
   seed = int(config.seed)
   if batch_fn is None:
@@ -190,15 +243,25 @@ def fit(
   first_batch = batch_fn(0)
   placement = parallel.DataParallel.from_config(config)  # Mesh over all processes' devices.
   placement.check_rows(first_batch)  # Rows must split over the data shards: before compute.
-  state = placement.place_state(init_state(model, optimizer, first_batch, seed))
+  fingerprint = workdir_lib.fingerprint(config)
   ckpt = checkpoint.Checkpointer(workdir, max_to_keep=int(config.train.max_to_keep))
+  latest = ckpt.latest_step()
+  if latest is not None:  # Refuse before any state is restored or written.
+    stored = ckpt.restore_extra(latest)
+    if "config" in stored:
+      message = workdir_lib.refusal(workdir, stored["config"], workdir_lib.config_dict(config))
+      if message:
+        ckpt.close()
+        raise ConfigError(message)
+    if ledger is not None and "ledger" in stored:
+      ledger.load_state_dict(stored["ledger"])  # May refuse (fingerprint of the privacy setup).
+  workdir_lib.claim(workdir, config)
+  state = placement.place_state(init_state(model, optimizer, first_batch, seed, grad_fn))
   wall_before = 0.0
   restored = ckpt.restore_latest(state)
   if restored is not None:
     step0, state, extra = restored
     wall_before = float(extra.get("wall_seconds", 0.0))
-    if ledger is not None and "ledger" in extra:
-      ledger.load_state_dict(extra["ledger"])
     logging.info("Resumed %s from step %d", workdir, step0)
   step_fn = make_train_step(
     grad_fn or mean_loss_grad_fn(model),
@@ -225,7 +288,11 @@ def fit(
     if at_step == saved_step:  # Already saved at this step (e.g. checkpoint + preemption).
       return
     saved_step = at_step
-    extra = {"wall_seconds": wall_before + time.perf_counter() - t0}
+    extra = {
+      "wall_seconds": wall_before + time.perf_counter() - t0,
+      "config": workdir_lib.config_dict(config),
+      "config_fingerprint": fingerprint,
+    }
     if ledger is not None:
       extra["ledger"] = ledger.state_dict()
     ckpt.save(at_step, state, extra)
@@ -241,21 +308,27 @@ def fit(
     step += 1
     if ledger is not None:
       ledger.record(step - 1, jax.device_get(aux))
-    window.append(aux["loss"])
+    if "loss" in aux:  # A DP run releases no exact training loss unless asked to.
+      window.append(aux["loss"])
     if step == start + 1:
       t_compiled = time.perf_counter()  # The first call compiles: the ETA leaves it out.
     if log_every and (step % log_every == 0 or step == total):
       now = time.perf_counter()
       rate = (step - start) / max(now - t0, 1e-9)
       steady = (step - start - 1) / max(now - t_compiled, 1e-9) if step > start + 1 else rate
-      loss = float(np.mean(jax.device_get(window)))
+      scalars: dict[str, Any] = {}
+      if window:
+        scalars["loss"] = float(np.mean(jax.device_get(window)))
       window = []
-      writer.write(step, "train", loss=loss, steps_per_second=rate)
+      if ledger is not None:
+        scalars.update(ledger.progress())  # ε spent so far, σ_t, C_t: DP or public values.
+      writer.write(step, "train", steps_per_second=rate, **scalars)
+      shown = "  ".join(f"{k} {v:.4g}" for k, v in scalars.items() if isinstance(v, float))
       logging.info(
-        "step %d/%d loss %.4f  %.2f steps/s  ETA %.0fs",
+        "step %d/%d  %s  %.2f steps/s  ETA %.0fs",
         step,
         total,
-        loss,
+        shown,
         steady,
         (total - step) / max(steady, 1e-9),
       )
@@ -319,16 +392,20 @@ def load_params(config: Any, workdir: str | os.PathLike) -> tuple[Any, experimen
   )
   example = batching.take_padded(prepared.train, np.arange(1), int(config.train.batch_size))
   template = init_state(prepared.model, optimizer, example, int(config.seed))
-  restored = checkpoint.Checkpointer(workdir).restore_latest(template)
-  if restored is None:
+  ckpt = checkpoint.Checkpointer(workdir)
+  step = ckpt.latest_step()
+  if step is None:
     raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints")
-  return restored[1].params, prepared
+  params = ckpt.restore_params(step, template.params)
+  ckpt.close()
+  return params, prepared
 
 
 __all__ = [
   "GradFn",
   "Ledger",
   "Outcome",
+  "StatefulGradFn",
   "TrainState",
   "fit",
   "init_state",

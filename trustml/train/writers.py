@@ -19,11 +19,12 @@ import numpy as np
 from absl import logging
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+  """A JSON-serialisable copy of ``value`` (NumPy scalars unwrapped; inf/nan as strings)."""
   if isinstance(value, Mapping):
-    return {str(k): _jsonable(v) for k, v in value.items()}
+    return {str(k): jsonable(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
+    return [jsonable(v) for v in value]
   if isinstance(value, (np.generic,)):
     value = value.item()
   if hasattr(value, "shape") and getattr(value, "shape", None) == ():
@@ -35,19 +36,30 @@ def _jsonable(value: Any) -> Any:
   return str(value)
 
 
+def _writes() -> bool:
+  """Only process 0 writes the run contract in a multi-process run (every process computes it)."""
+  from trustml.core import distributed  # noqa: PLC0415  (keeps this module free of JAX at import)
+
+  return distributed.is_main_process()
+
+
 def write_config(workdir: str | os.PathLike, config: Any) -> None:
-  """Writes the resolved config as ``config.json``."""
+  """Writes the resolved config as ``config.json`` (process 0 only)."""
+  if not _writes():
+    return
   d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
   path = pathlib.Path(workdir)
   path.mkdir(parents=True, exist_ok=True)
-  (path / "config.json").write_text(json.dumps(_jsonable(d), indent=2, sort_keys=True))
+  (path / "config.json").write_text(json.dumps(jsonable(d), indent=2, sort_keys=True))
 
 
 def write_summary(workdir: str | os.PathLike, summary: Mapping[str, Any]) -> None:
-  """Writes the flat final-figures object as ``summary.json``."""
+  """Writes the flat final-figures object as ``summary.json`` (process 0 only)."""
+  if not _writes():
+    return
   path = pathlib.Path(workdir)
   path.mkdir(parents=True, exist_ok=True)
-  (path / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2, sort_keys=True))
+  (path / "summary.json").write_text(json.dumps(jsonable(summary), indent=2, sort_keys=True))
 
 
 def read_summary(workdir: str | os.PathLike) -> dict[str, Any]:
@@ -65,9 +77,12 @@ class MetricWriter:
 
   def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True):
     self.path = pathlib.Path(workdir)
+    self._file = None
+    self._tb = None
+    if not _writes():  # Processes other than 0 write nothing; write() and close() are no-ops.
+      return
     self.path.mkdir(parents=True, exist_ok=True)
     self._file = open(self.path / "metrics.jsonl", "a")  # noqa: SIM115
-    self._tb = None
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter  # type: ignore
@@ -79,8 +94,10 @@ class MetricWriter:
 
   def write(self, step: int, split: str, **scalars: Any) -> None:
     """Appends one event."""
+    if self._file is None:
+      return
     event = {"step": int(step), "split": split}
-    event.update({k: _jsonable(v) for k, v in scalars.items()})
+    event.update({k: jsonable(v) for k, v in scalars.items()})
     self._file.write(json.dumps(event) + "\n")
     self._file.flush()
     if self._tb is not None:
@@ -91,6 +108,8 @@ class MetricWriter:
 
   def close(self) -> None:
     """Closes the files."""
+    if self._file is None:
+      return
     self._file.close()
     if self._tb is not None:
       self._tb.close()
@@ -137,6 +156,7 @@ def read_tensorboard(workdir: str | os.PathLike) -> dict[str, list[tuple[int, fl
 
 __all__ = [
   "MetricWriter",
+  "jsonable",
   "read_metrics",
   "read_summary",
   "read_tensorboard",
