@@ -66,6 +66,9 @@ def fairness_section(a: ml_collections.ConfigDict, task: str) -> ml_collections.
   fc.ceat_test = "weat6b"  # Word-level test for CEAT: male/female terms x career/family.
   fc.ceat_samples = 200  # CEAT samples N.
   fc.ceat_contexts = 20  # Corpus contexts per word (at most).
+  # CEAT vectors: token (the word's own token state in each context, Guo & Caliskan) | pooled
+  # (the pooled encoding of the whole context sentence).
+  fc.ceat_representation = "token"
   fc.study_models = ()  # Study only: 'arch-width-sSEED' entries.
   return fc
 

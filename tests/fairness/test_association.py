@@ -3,6 +3,7 @@
 import itertools
 import math
 
+import jax
 import numpy as np
 import pytest
 from scipy import stats
@@ -270,3 +271,39 @@ def test_word_contexts_fallback_and_cap():
   assert len(ctx[0]) == 2 and all("he" in c.split() for c in ctx[0])
   assert ctx[1] == ["she went out", "he and she"]
   assert ctx[2] == ["this is zebra ."]
+
+
+def test_token_level_ceat_reads_the_words_own_vectors():
+  """Bag of embeddings: a word's token state is its static embedding in every context, so
+  token-level CEAT is WEAT on the embedding rows (every sample equal, τ² = 0); the pooled
+  variant reads the whole sentence and differs."""
+  from trustml.data import tokenizers
+  from trustml.models import registry
+
+  words = {"X": ["he", "man", "boy"], "Y": ["she", "woman", "girl"], "A": ["work", "office"],
+           "B": ["home", "kids"]}  # fmt: skip
+  corpus = [
+    "he went to work", "the man at the office", "a boy at home", "she went home",
+    "the woman and the kids", "a girl at work", "he and she at the office", "kids at home",
+    "man and woman", "boy meets girl at work",
+  ]  # fmt: skip
+  tok = tokenizers.WordTokenizer.build(corpus, vocab_size=100)
+  cfg = registry.default_model_config("bag")
+  cfg.embed_dim, cfg.hidden_dim = 8, 8
+  model = registry.build_model(cfg, vocab_size=tok.vocab_size, num_classes=2, max_len=8)
+  batch = {"tokens": np.ones((2, 8), np.int32), "mask": np.ones((2, 8), bool)}
+  params = model.init(jax.random.key(0), batch)
+  table = np.asarray(model.embedding_table(params), np.float64)
+  kw = dict(num_samples=6, max_contexts=3, seed=0, max_len=8, batch_size=4)
+  r = association.ceat_from_corpus(model, params, tok, words, corpus, **kw)
+  rows = {k: table[[tok.token_to_id(w) for w in v]] for k, v in words.items()}
+  ref = association.weat(*(rows[k] for k in "XYAB"))
+  np.testing.assert_allclose(r.effect_sizes, ref.effect_size, rtol=1e-5)
+  assert r.tau2 == 0.0
+  pooled = association.ceat_from_corpus(
+    model, params, tok, words, corpus, representation="pooled", **kw
+  )
+  assert not np.allclose(pooled.effect_sizes, ref.effect_size, rtol=1e-3)
+  assert association.word_position("Man", "the man at the office", tok, 8) == 1
+  with pytest.raises(ConfigError, match="ceat_representation"):
+    association.ceat_from_corpus(model, params, tok, words, corpus, representation="cls", **kw)

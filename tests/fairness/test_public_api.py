@@ -20,6 +20,7 @@ EXPECTED = {
   "load_gender_pairs",
   "per_group_table",
   "random_effects",
+  "run",
   "seat",
   "sensitivity",
   "swap_text",

@@ -23,8 +23,11 @@ compute WEAT effect size ``ES_i`` and in-sample variance ``V_i`` (variance, ddof
 ``w_i = 1/V_i``, fixed mean ``ES_F = Σ w_i ES_i / Σ w_i``, ``Q = Σ w_i (ES_i - ES_F)²``,
 ``τ² = max(0, (Q - (N-1)) / (Σ w_i - Σ w_i² / Σ w_i))``, ``w*_i = 1/(V_i + τ²)``,
 combined effect ``CES = Σ w*_i ES_i / Σ w*_i``, ``SE = sqrt(1 / Σ w*_i)``, ``z = CES / SE``.
-Here a word's "contextual embedding" is the Model's ``pooled`` encoding of a context sentence
-containing it, which works for every architecture under the Model contract.
+A word's contextual embedding is, as in Guo & Caliskan, the word's *own* vector in each
+context sentence: the Model's ``token_states`` at the word's position
+(``representation="token"``, the default; a bag of embeddings gives the static embedding, so
+CEAT then reduces to WEAT with ``τ² = 0``). ``representation="pooled"`` keeps trustml's earlier
+variant, the ``pooled`` encoding of the whole context sentence.
 
 Statistics are NumPy/SciPy in float64; encodings come from a jitted JAX function.
 """
@@ -47,6 +50,7 @@ from trustml.data import paths
 
 SEAT_DIR = "seat_sent_bias"
 ALTERNATIVES = ("greater", "two-sided")
+REPRESENTATIONS = ("token", "pooled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -341,7 +345,7 @@ def encode_texts(
   validation.positive_int("batch_size", batch_size)
   tokens, mask = tokenizer.encode_batch(list(texts), max_len)
   n = tokens.shape[0]
-  pooled = _jitted_pooled(model)
+  pooled = _jitted(model.pooled)
   out = []
   for start in range(0, n, batch_size):
     tk = tokens[start : start + batch_size]
@@ -360,14 +364,68 @@ def encode_texts(
   return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 0))
 
 
+def encode_token_states(
+  model,
+  params,
+  tokenizer,
+  texts: Sequence[str],
+  positions: Sequence[int],
+  max_len: int,
+  batch_size: int = 64,
+) -> np.ndarray:
+  """The Model's ``token_states`` of each text at one position: ``[N, H]`` float64.
+
+  Args:
+    model: a Model with ``token_states``.
+    params: its parameters.
+    tokenizer: the tokenizer (``encode_batch``; piece ``i`` of a text is token ``i``).
+    texts: sentences.
+    positions: for each text, the position of the word whose vector is wanted (``< max_len``).
+    max_len: static sequence length.
+    batch_size: static batch size.
+
+  Raises:
+    ConfigError: if the model has no ``token_states`` or a position is outside the text.
+  """
+  if model.token_states is None:
+    raise validation.ConfigError(
+      f"model {model.name!r} is invalid for token-level CEAT: it has no token_states "
+      "(use fairness.ceat_representation='pooled')"
+    )
+  validation.positive_int("batch_size", batch_size)
+  tokens, mask = tokenizer.encode_batch(list(texts), max_len)
+  pos = np.asarray(positions, np.int64)
+  if pos.shape != (tokens.shape[0],) or (pos < 0).any() or (pos >= max_len).any():
+    raise validation.ConfigError(f"positions are invalid: need one position in [0, {max_len})")
+  if not np.asarray(mask, bool)[np.arange(len(pos)), pos].all():
+    raise validation.ConfigError("positions are invalid: one falls on padding")
+  fn = _jitted(model.token_states)
+  out = []
+  for start in range(0, tokens.shape[0], batch_size):
+    tk, mk = tokens[start : start + batch_size], mask[start : start + batch_size]
+    pad = batch_size - tk.shape[0]
+    if pad:
+      tk = np.concatenate([tk, np.zeros((pad, tk.shape[1]), tk.dtype)])
+      mk = np.concatenate([mk, np.zeros((pad, mk.shape[1]), mk.dtype)])
+    batch = {
+      "tokens": jnp.asarray(tk),
+      "mask": jnp.asarray(mk),
+      "label": jnp.zeros((batch_size,), jnp.int32),
+      "weight": jnp.ones((batch_size,), jnp.float32),
+    }
+    states = np.asarray(fn(params, batch))[: batch_size - pad]
+    out.append(states[np.arange(len(states)), pos[start : start + batch_size]])
+  return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 0))
+
+
 _POOLED_CACHE: dict[object, object] = {}
 
 
-def _jitted_pooled(model):
+def _jitted(fun):
   # Keyed by the function object itself (held by the cache), so ids are never reused.
-  if model.pooled not in _POOLED_CACHE:
-    _POOLED_CACHE[model.pooled] = jax.jit(model.pooled)
-  return _POOLED_CACHE[model.pooled]
+  if fun not in _POOLED_CACHE:
+    _POOLED_CACHE[fun] = jax.jit(fun)
+  return _POOLED_CACHE[fun]
 
 
 def load_seat_test(name: str, data_dir: str | os.PathLike | None = None) -> dict[str, list[str]]:
@@ -414,6 +472,19 @@ def seat(
   return weat(enc["X"], enc["Y"], enc["A"], enc["B"], **weat_kwargs)
 
 
+def word_position(word: str, text: str, tokenizer, max_len: int) -> int:
+  """Position of the first piece of ``text`` equal to ``word`` (lower case), below ``max_len``.
+
+  Raises:
+    ConfigError: if the word does not occur within the first ``max_len`` pieces.
+  """
+  pieces = tokenizer.pieces(text)[:max_len]
+  for i, piece in enumerate(pieces):
+    if piece.lower() == word.lower():
+      return i
+  raise validation.ConfigError(f"word {word!r} is not among the first {max_len} tokens of {text!r}")
+
+
 def word_contexts(
   words: Sequence[str], corpus: Sequence[str], tokenizer, max_contexts: int, seed: int
 ) -> list[list[str]]:
@@ -450,21 +521,59 @@ def ceat_from_corpus(
   seed: int,
   max_len: int = 32,
   batch_size: int = 64,
+  representation: str = "token",
 ) -> CeatResult:
-  """CEAT for a Model: contexts from ``corpus``, encoded with ``pooled``, then pooled by DL.
+  """CEAT for a Model: contexts from ``corpus``, one vector per (word, context), pooled by DL.
+
+  Args:
+    model: a Model (with ``token_states`` for ``representation="token"``).
+    params: its parameters.
+    tokenizer: its tokenizer.
+    word_sets: ``{"X", "Y", "A", "B"} -> words``.
+    corpus: sentences to draw contexts from.
+    num_samples: CEAT samples ``N``.
+    max_contexts: contexts per word (at most).
+    seed: root seed.
+    max_len: static sequence length.
+    batch_size: static batch size.
+    representation: ``"token"`` (the word's own token state in each context, Guo & Caliskan)
+      or ``"pooled"`` (the pooled encoding of the context sentence).
+
+  Returns:
+    A :class:`CeatResult`.
 
   Raises:
-    ConfigError: on unequal target word sets (before any encoding).
+    ConfigError: on unequal target word sets or an unknown representation (before any
+      encoding), or a model without ``token_states`` for ``"token"``.
   """
+  validation.one_of("fairness.ceat_representation", representation, REPRESENTATIONS)
   _check_sets(word_sets["X"], word_sets["Y"], word_sets["A"], word_sets["B"])
   contexts = {}
   for k in ("X", "Y", "A", "B"):
-    per_word = word_contexts(word_sets[k], corpus, tokenizer, max_contexts, seed)
-    flat = [t for ctx in per_word for t in ctx]
-    enc = encode_texts(model, params, tokenizer, flat, max_len, batch_size)
-    splits = np.cumsum([len(c) for c in per_word])[:-1]
-    contexts[k] = np.split(enc, splits)
+    words = list(word_sets[k])
+    per_word = word_contexts(words, corpus, tokenizer, max_contexts, seed)
+    if representation == "token":  # keep contexts where the word lies within max_len
+      kept = []
+      for w, ctx in zip(words, per_word, strict=True):
+        ok = [(t, p) for t in ctx if (p := _position_or_none(w, t, tokenizer, max_len)) is not None]
+        kept.append(ok or [(f"this is {w.lower()} .", 2)])
+      flat = [t for ctx in kept for t, _ in ctx]
+      pos = [p for ctx in kept for _, p in ctx]
+      enc = encode_token_states(model, params, tokenizer, flat, pos, max_len, batch_size)
+      sizes = [len(c) for c in kept]
+    else:
+      flat = [t for ctx in per_word for t in ctx]
+      enc = encode_texts(model, params, tokenizer, flat, max_len, batch_size)
+      sizes = [len(c) for c in per_word]
+    contexts[k] = np.split(enc, np.cumsum(sizes)[:-1])
   return ceat(contexts, num_samples=num_samples, seed=seed)
+
+
+def _position_or_none(word: str, text: str, tokenizer, max_len: int) -> int | None:
+  try:
+    return word_position(word, text, tokenizer, max_len)
+  except validation.ConfigError:
+    return None
 
 
 __all__ = [
@@ -475,10 +584,12 @@ __all__ = [
   "ceat_from_corpus",
   "effect_size_and_variance",
   "encode_texts",
+  "encode_token_states",
   "load_seat_test",
   "permutation_p_value",
   "random_effects",
   "seat",
   "weat",
   "word_contexts",
+  "word_position",
 ]

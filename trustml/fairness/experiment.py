@@ -12,7 +12,8 @@ Tasks:
   per-example Pearson/Spearman correlation, per-group accuracy with bootstrap CIs.
 * ``bias_auc``: HateXplain protocol bias AUCs (per community, generalized means, bootstrap CIs),
   demographic-parity and equalized-odds differences.
-* ``association``: SEAT tests on the model's pooled encodings, CEAT with corpus contexts.
+* ``association``: SEAT tests on the model's pooled encodings, CEAT with corpus contexts
+  (each word's own token state by default, ``fairness.ceat_representation``).
 * ``study``: K models (architecture/width/seed), each scored intrinsically (SEAT/CEAT) and
   extrinsically (bias AUCs, counterfactual gap, APS); Pearson and Spearman correlations across
   models in one table.
@@ -54,6 +55,7 @@ FIELDS = (
   "ceat_test",
   "ceat_samples",
   "ceat_contexts",
+  "ceat_representation",
   "study_models",
 )
 NORMAL_LABEL = 1  # HateXplain: 0 hatespeech, 1 normal, 2 offensive.
@@ -81,6 +83,11 @@ def validate(config: Any) -> None:
   validation.one_of("fairness.her_counterpart", fc.her_counterpart, counterfactual.HER_COUNTERPARTS)
   validation.positive_int("fairness.ceat_samples", fc.ceat_samples)
   validation.positive_int("fairness.ceat_contexts", fc.ceat_contexts)
+  validation.one_of(
+    "fairness.ceat_representation",
+    fc.get("ceat_representation", "token"),
+    association.REPRESENTATIONS,
+  )
   if fc.task in ("bias_auc", "study") and config.data.name != "hatexplain":
     raise validation.ConfigError(
       f"data.name={config.data.name!r} is invalid for fairness.task={fc.task!r}: must be 'hatexplain'"
@@ -445,6 +452,7 @@ def association_scores(config, prepared, params) -> dict[str, Any]:
       max_contexts=fc.ceat_contexts,
       seed=config.seed,
       max_len=max_len,
+      representation=fc.get("ceat_representation", "token"),
     )
     out.update(
       {
