@@ -174,7 +174,13 @@ def _call_uses(call: _Call, leaves: Mapping[Path, jax.Array], size: int) -> list
     n = len(kshape) - 2
     ks = tuple(kshape[:-2])
     pad = _padding(mod, n, ks)
-    if len(x_shape) != n + 2 or mod.feature_group_count != 1 or mod.mask is not None or pad is None:
+    if (
+      len(x_shape) != n + 2
+      or mod.feature_group_count != 1
+      or mod.mask is not None
+      or pad is None
+      or _tuple(mod.input_dilation, n) != (1,) * n
+    ):
       return None
     return rules.conv_uses(
       call.path,

@@ -185,28 +185,41 @@ def conv_uses(
 ) -> list:
   """Uses of an N-d convolution (one batch axis, channels last, one feature group).
 
-  The kernel ``[*k, C_in, C_out]`` acts as a Dense on im2col patches
-  (``lax.conv_general_dilated_patches``, features ordered ``(C_in, *k)``).
+  The kernel ``[*k, C_in, C_out]`` acts as a Dense on im2col patches (features ordered
+  ``(C_in, *k)``). ``input_dilation`` must be 1 (checked by the caller).
   """
   path = tuple(path)
   n = len(kernel_shape) - 2
-  lhs_spec = (0, n + 1) + tuple(range(1, n + 1))
-  rhs_spec = (n + 1, n) + tuple(range(n))
-  numbers = jax.lax.ConvDimensionNumbers(lhs_spec, rhs_spec, lhs_spec)
   c_in, c_out = kernel_shape[-2], kernel_shape[-1]
-  k = int(np.prod(kernel_shape[:-2]))
+  ks = tuple(kernel_shape[:-2])
+  k = int(np.prod(ks))
 
   def x_fn(x):
-    p = jax.lax.conv_general_dilated_patches(
-      x,
-      tuple(kernel_shape[:-2]),
-      strides,
-      padding,
-      lhs_dilation=input_dilation,
-      rhs_dilation=kernel_dilation,
-      dimension_numbers=numbers,
+    # im2col by strided slices of the padded input (data movement only; XLA:CPU ran
+    # lax.conv_general_dilated_patches, an identity-kernel convolution, ~10x slower).
+    spatial = x.shape[1:-1]
+    dilated = tuple((kk - 1) * d + 1 for kk, d in zip(ks, kernel_dilation, strict=True))
+    pads = padding
+    if isinstance(padding, str):
+      pads = jax.lax.padtype_to_pads(spatial, dilated, strides, padding)
+    xp = jnp.pad(x, ((0, 0), *[tuple(p) for p in pads], (0, 0)))
+    out_sp = tuple(
+      (s + lo + hi - dk) // st + 1
+      for s, (lo, hi), dk, st in zip(spatial, pads, dilated, strides, strict=True)
     )
-    return p.reshape(x.shape[0], -1, 1, c_in * k)
+    cols = []
+    for offset in np.ndindex(*ks):
+      start = (0,) + tuple(o * d for o, d in zip(offset, kernel_dilation, strict=True)) + (0,)
+      limit = (
+        (x.shape[0],)
+        + tuple(
+          st0 + (o - 1) * st + 1 for st0, o, st in zip(start[1:-1], out_sp, strides, strict=True)
+        )
+        + (c_in,)
+      )
+      cols.append(jax.lax.slice(xp, start, limit, (1, *strides, 1)))
+    patches = jnp.stack(cols, -1)  # [B, *out, C_in, K]: features ordered (C_in, *k).
+    return patches.reshape(x.shape[0], -1, 1, c_in * k)
 
   def g_fn(g):
     return g.reshape(g.shape[0], -1, 1, c_out)
