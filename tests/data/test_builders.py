@@ -44,7 +44,8 @@ def _cfg(name, shared_data_dir, tfds_dir, **kw):
 
 def test_snips_full_through_builder_matches_readme_and_direct_reader(shared_data_dir, tfds_dir):
   ds = sources.load_dataset(_cfg("snips", shared_data_dir, tfds_dir))
-  assert (tfds_dir / "snips" / "full" / "1.0.0").is_dir()  # built into tfds_data_dir
+  digest = common.local_copy_digest(shared_data_dir / snips.LOCAL_SUBDIR)
+  assert (tfds_dir / f"local-{digest}" / "snips" / "full" / "1.0.0").is_dir()  # keyed by the copy
   assert ds.label_names == snips.INTENTS
   train, val = ds.splits["train"], ds.splits["validation"]
   assert len(train["text"]) == 13784 and len(val["text"]) == 700
@@ -83,7 +84,15 @@ def test_public_names():
     "hatexplain",
     "snips",
   ]
-  assert common.__all__ == ["CodePath", "FILE_FORMAT", "prepare", "read_split", "source_files"]
+  assert common.__all__ == [
+    "CodePath",
+    "FILE_FORMAT",
+    "damaged",
+    "local_copy_digest",
+    "prepare",
+    "read_split",
+    "source_files",
+  ]
 
 
 def test_latin1_fallback(tmp_path):

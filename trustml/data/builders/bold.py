@@ -40,11 +40,22 @@ def parse_files(files: Mapping[str, pathlib.Path]) -> list[dict]:
   """
   examples = []
   for domain in DOMAINS:
-    data = json.loads(pathlib.Path(files[f"{domain}_prompt.json"]).read_text("utf-8"))
+    path = pathlib.Path(files[f"{domain}_prompt.json"])
+    try:
+      data = json.loads(path.read_text("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise common.damaged(path, f"line {getattr(e, 'lineno', '?')}", e) from None
+    if not isinstance(data, dict):
+      raise common.damaged(path, "top level", TypeError("not a JSON object of groups"))
     for group, entities in data.items():
-      for entity, prompts in entities.items():
-        for prompt in prompts:
-          examples.append({"domain": domain, "group": group, "entity": entity, "prompt": prompt})
+      try:
+        for entity, prompts in entities.items():
+          for prompt in prompts:
+            if not isinstance(prompt, str):
+              raise TypeError(f"prompt {prompt!r} of {entity!r} is not text")
+            examples.append({"domain": domain, "group": group, "entity": entity, "prompt": prompt})
+      except (AttributeError, TypeError) as e:
+        raise common.damaged(path, f"group {group!r}", e) from None
   return examples
 
 

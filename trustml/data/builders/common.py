@@ -7,8 +7,14 @@ manual directory when it holds every file, otherwise downloaded by the TFDS down
 
 Building writes ``array_record`` files under ``<data_dir>/<name>/<config>/<version>/`` and
 reading goes through ``builder.as_data_source`` (random-access ArrayRecord, no TensorFlow).
+A build from a local copy goes to ``<data_dir>/local-<digest>/<name>/...`` instead, keyed by
+:func:`local_copy_digest` (SHA-256 over the copy's file names and contents): a changed or
+damaged copy is rebuilt, never read from an older build. A damaged file fails with one
+:class:`~trustml.core.validation.ConfigError` line naming the file and the row
+(:func:`damaged`).
 """
 
+import hashlib
 import inspect
 import os
 import pathlib
@@ -16,7 +22,10 @@ from collections.abc import Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
+
+from trustml.core import validation
 
 FILE_FORMAT = "array_record"
 
@@ -55,6 +64,41 @@ def source_files(
   return {rel: pathlib.Path(os.fspath(downloaded[rel])) for rel in urls}
 
 
+def local_copy_digest(folder: str | os.PathLike) -> str:
+  """A short SHA-256 of a local copy: every file's relative path and contents, in sorted order.
+
+  Args:
+    folder: the local copy (a dataset folder of the data directory).
+
+  Returns:
+    16 hex digits; any change of a file's bytes, name, or the set of files changes it.
+  """
+  root = pathlib.Path(folder)
+  digest = hashlib.sha256()
+  for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    digest.update(path.relative_to(root).as_posix().encode("utf-8") + b"\0")
+    digest.update(hashlib.sha256(path.read_bytes()).digest())
+  return digest.hexdigest()[:16]
+
+
+def damaged(path: str | os.PathLike, where: str, error: BaseException) -> validation.ConfigError:
+  """The one-line error for a source file that cannot be parsed.
+
+  Args:
+    path: the file.
+    where: the row, line or record (``"line 12"``, ``"row 40"``).
+    error: what went wrong.
+
+  Returns:
+    A ConfigError to raise: ``data file '<path>' is invalid: <where>: <error>; ...``.
+  """
+  what = f"{type(error).__name__}: {error}".replace("\n", " ")
+  return validation.ConfigError(
+    f"data file {str(path)!r} is invalid: {where}: {what}; the local copy is damaged "
+    "(restore the file from its source)"
+  )
+
+
 def prepare(
   builder_cls: type[tfds.core.GeneratorBasedBuilder],
   *,
@@ -76,6 +120,13 @@ def prepare(
   Returns:
     The prepared builder.
   """
+  if manual_dir:  # Keyed by the copy's contents: a changed copy never reuses an old build.
+    digest = local_copy_digest(manual_dir)
+    data_dir = pathlib.Path(data_dir) / f"local-{digest}"
+    logging.info(
+      "%s: local copy %s (sha256 %s), built in %s", builder_cls.name, manual_dir, digest, data_dir
+    )
+  tfds.disable_progress_bar()  # Build progress goes to the log, not to tqdm bars on stderr.
   builder = builder_cls(data_dir=os.fspath(data_dir), config=config, file_format=FILE_FORMAT)
   download_config = tfds.download.DownloadConfig(
     manual_dir=os.fspath(manual_dir) if manual_dir else None,
@@ -115,4 +166,12 @@ def read_split(builder: tfds.core.DatasetBuilder, split: str) -> list[dict]:
   return [{k: _to_python(v) for k, v in row.items()} for row in rows]
 
 
-__all__ = ["CodePath", "FILE_FORMAT", "prepare", "read_split", "source_files"]
+__all__ = [
+  "CodePath",
+  "FILE_FORMAT",
+  "damaged",
+  "local_copy_digest",
+  "prepare",
+  "read_split",
+  "source_files",
+]

@@ -93,21 +93,25 @@ def parse_jsonl(path: str | os.PathLike, expected_ids: list[str] | None = None) 
   """
   examples, ids = [], []
   with open(path, encoding="utf-8") as f:
-    for line in f:
+    for number, line in enumerate(f, start=1):
       if not line.strip():
         continue
-      post = json.loads(line)
-      ids.append(post["id"])
-      ann = post["annotators"]
-      label = majority(ann["label"])
+      try:
+        post = json.loads(line)
+        ids.append(post["id"])
+        ann = post["annotators"]
+        label = majority(ann["label"])
+        per_annotator = [sorted(set(t)) for t in ann["target"]]
+        text = normalise_text(post["post_tokens"])
+      except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise common.damaged(path, f"line {number}", e) from None
       if label is None:
         continue
-      per_annotator = [sorted(set(t)) for t in ann["target"]]
       counts = collections.Counter(t for ts in per_annotator for t in ts)
       examples.append(
         {
           "id": post["id"],
-          "text": normalise_text(post["post_tokens"]),
+          "text": text,
           "label": label,
           "annotator_labels": list(ann["label"]),
           "annotator_ids": list(ann["annotator_id"]),
@@ -134,14 +138,21 @@ def parse_train_csv(path: str | os.PathLike) -> list[dict]:
   examples = []
   with open(path, encoding="utf-8", newline="") as f:
     for row, rec in enumerate(csv.DictReader(f)):
-      targets = sorted({t.strip() for t in rec["targets"].split(",") if t.strip()})
+      try:
+        targets = sorted({t.strip() for t in rec["targets"].split(",") if t.strip()})
+        text = rec["text"]
+        label = int(rec["majority_label"])
+        labels = [int(x) for x in rec["labels"].split(",")]
+        annotators = [int(x) for x in rec["annotator_ids"].split(",")]
+      except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise common.damaged(path, f"row {row + 1} (line {row + 2})", e) from None
       examples.append(
         {
           "id": f"train_{row}",
-          "text": rec["text"],
-          "label": int(rec["majority_label"]),
-          "annotator_labels": [int(x) for x in rec["labels"].split(",")],
-          "annotator_ids": [int(x) for x in rec["annotator_ids"].split(",")],
+          "text": text,
+          "label": label,
+          "annotator_labels": labels,
+          "annotator_ids": annotators,
           "annotator_targets": [],
           "targets": targets,
           "majority_targets": [],
@@ -163,7 +174,11 @@ def parse_files(files: Mapping[str, pathlib.Path]) -> dict[str, list[dict]]:
   Raises:
     ValueError: if the splits disagree with ``post_id_divisions.json``.
   """
-  divisions = json.loads(pathlib.Path(files["post_id_divisions.json"]).read_text("utf-8"))
+  div_path = pathlib.Path(files["post_id_divisions.json"])
+  try:
+    divisions = json.loads(div_path.read_text("utf-8"))
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise common.damaged(div_path, f"line {getattr(e, 'lineno', '?')}", e) from None
   train = parse_train_csv(files["train_flat.csv"])
   if len(train) != len(divisions["train"]):
     raise ValueError(f"train_flat.csv has {len(train)} rows, expected {len(divisions['train'])}")

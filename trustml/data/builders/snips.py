@@ -93,7 +93,10 @@ def read_json(path: str | os.PathLike) -> dict:
     text = raw.decode("utf-8")
   except UnicodeDecodeError:
     text = raw.decode("latin-1")
-  return json.loads(text)
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise common.damaged(path, f"line {e.lineno}", e) from None
 
 
 def parse_files(files: Mapping[str, pathlib.Path], kind: str) -> list[dict]:
@@ -108,16 +111,18 @@ def parse_files(files: Mapping[str, pathlib.Path], kind: str) -> list[dict]:
   """
   examples = []
   for intent in INTENTS:
-    queries = read_json(files[file_name(intent, kind)])[intent]
-    for query in queries:
-      chunks = [c["text"] for c in query["data"]]
+    path = files[file_name(intent, kind)]
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get(intent), list):
+      raise common.damaged(path, "top level", KeyError(f"no list of queries under {intent!r}"))
+    for row, query in enumerate(data[intent]):
+      try:
+        chunks = [str(c["text"]) for c in query["data"]]
+        entities = [c.get("entity", "") for c in query["data"]]
+      except (KeyError, TypeError, AttributeError) as e:
+        raise common.damaged(path, f"query {row}", e) from None
       examples.append(
-        {
-          "text": "".join(chunks),
-          "intent": intent,
-          "chunks": chunks,
-          "entities": [c.get("entity", "") for c in query["data"]],
-        }
+        {"text": "".join(chunks), "intent": intent, "chunks": chunks, "entities": entities}
       )
   return examples
 
