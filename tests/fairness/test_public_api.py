@@ -23,6 +23,7 @@ EXPECTED = {
   "run",
   "seat",
   "sensitivity",
+  "study",
   "swap_text",
   "swap_token_ids",
   "weat",
@@ -44,6 +45,7 @@ def test_module_all_lists_resolve():
     fairness.experiment,
     fairness.distill,
     fairness.crr,
+    fairness.study,
   ):
     for name in mod.__all__:
       assert hasattr(mod, name), (mod.__name__, name)

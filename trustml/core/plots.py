@@ -133,4 +133,89 @@ def plot_run(workdir: str | os.PathLike, title: str | None = None) -> list[str]:
   return out
 
 
-__all__ = ["EPSILON_KEYS", "curve", "plot_run", "read_events"]
+def _pyplot():
+  import matplotlib  # noqa: PLC0415  (plotting is optional at import time)
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  return plt
+
+
+def bar_chart(
+  path: str | os.PathLike,
+  values: Mapping[str, float],
+  *,
+  ylabel: str,
+  title: str,
+  ci: Mapping[str, tuple[float, float]] | None = None,
+  chance: float | None = None,
+) -> str:
+  """One bar per label, with 95% CI error bars where given and an optional chance line.
+
+  Args:
+    path: output ``.png`` (parent folders are created).
+    values: label -> value.
+    ylabel: y-axis label.
+    title: figure title.
+    ci: label -> ``(low, high)`` of the value's confidence interval.
+    chance: draw a dashed horizontal line here (e.g. 0.5 for an AUC).
+
+  Returns:
+    The path written.
+  """
+  plt = _pyplot()
+  labels = list(values)
+  heights = [float(values[k]) for k in labels]
+  fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(labels) + 1.5), 3.4))
+  yerr = None
+  if ci:
+    yerr = [
+      [max(h - ci[k][0], 0.0) if k in ci else 0.0 for k, h in zip(labels, heights, strict=True)],
+      [max(ci[k][1] - h, 0.0) if k in ci else 0.0 for k, h in zip(labels, heights, strict=True)],
+    ]
+  ax.bar(labels, heights, yerr=yerr, capsize=3 if yerr else 0, color="tab:blue")
+  if chance is not None:
+    ax.axhline(chance, ls="--", color="gray", lw=1, label=f"chance ({chance:g})")
+    ax.legend(fontsize=7)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.tick_params(axis="x", labelrotation=45)
+  fig.tight_layout()
+  out = pathlib.Path(path)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+  return str(out)
+
+
+def scatter_plot(
+  path: str | os.PathLike,
+  x: Sequence[float],
+  y: Sequence[float],
+  *,
+  xlabel: str,
+  ylabel: str,
+  title: str = "",
+) -> str:
+  """A scatter plot of two per-example (or per-model) quantities.
+
+  Returns:
+    The path written.
+  """
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(4.2, 3.4))
+  ax.scatter(list(x), list(y), s=6, alpha=0.5)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title)
+  fig.tight_layout()
+  out = pathlib.Path(path)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+  return str(out)
+
+
+__all__ = ["EPSILON_KEYS", "bar_chart", "curve", "plot_run", "read_events", "scatter_plot"]

@@ -4,9 +4,12 @@ counterfactual role-reversal distillation and generation disparity.
 Modules:
   sensitivity: prediction sensitivity and accumulated prediction sensitivity (APS).
   counterfactual: involutive gender swapping (text and token ids), counterfactual gap.
-  group_metrics: subgroup / BPSN / BNSP AUCs, generalized mean (scipy.stats.pmean), parity gaps and per-group tables (fairlearn), bootstrap CIs (scipy.stats.bootstrap).
+  group_metrics: subgroup / BPSN / BNSP AUCs (sklearn), generalized mean (scipy.stats.pmean),
+    parity gaps and per-group tables (fairlearn), bootstrap CIs (scipy.stats.bootstrap), the
+    HateXplain protocol.
   association: WEAT, SEAT and CEAT (DerSimonian–Laird random effects).
-  experiment: the library functions behind ``launch/fairness.py``.
+  experiment: the library functions behind ``launch/fairness.py`` (drivers).
+  study: the intrinsic-vs-extrinsic study's model specs and correlation tables.
   distill: counterfactual role-reversal knowledge distillation (objective and mitigations).
   crr: the role-reversal distillation experiment (corpus, teacher, students, table).
   generation: BOLD prompt generation and gender disparity.
@@ -22,6 +25,7 @@ from trustml.fairness import (
   generation,
   group_metrics,
   sensitivity,
+  study,
 )
 from trustml.fairness.association import ceat, random_effects, seat, weat
 from trustml.fairness.counterfactual import (
@@ -58,6 +62,7 @@ __all__ = [
   "run",
   "seat",
   "sensitivity",
+  "study",
   "swap_text",
   "swap_token_ids",
   "weat",

@@ -262,7 +262,7 @@ def random_effects(
   if es.size == 1:  # statsmodels needs two studies for Q; one sample is its own fixed effect
     res = dict(ces=float(es[0]), se=float(math.sqrt(v[0])), q=0.0, tau2=0.0, fixed=float(es[0]))
   else:
-    with np.errstate(invalid="ignore"):  # statsmodels takes sqrt of an untruncated τ² < 0
+    with np.errstate(invalid="ignore", divide="ignore"):  # sqrt of τ² < 0, 1/0 when τ² = 0
       r = meta_analysis.combine_effects(es, v, method_re="dl")
     # DerSimonian–Laird truncates τ² at 0; statsmodels 0.15 reports the raw moment estimate,
     # and with τ² = 0 the random-effects pool is the fixed-effect one.

@@ -1,5 +1,10 @@
 """Library functions behind ``launch/fairness.py``: APS, bias AUCs, association tests, study.
 
+This module orchestrates: it trains, scores with JAX, and hands the scores to the modules that
+compute (:mod:`~trustml.fairness.sensitivity`, :mod:`~trustml.fairness.group_metrics` with the
+HateXplain protocol, :mod:`~trustml.fairness.association`, :mod:`~trustml.fairness.study` for
+the study's correlation tables); figures come from :mod:`trustml.core.plots`.
+
 Every task trains its classifier(s) with the spine (:func:`trustml.train.loop.fit`) in a
 sub-folder of the run directory (``task/``, ``protected/``; rerunning resumes from their
 checkpoints), then writes ``summary.json``, ``metrics.jsonl`` and ``plots/*.png`` at the top
@@ -27,13 +32,11 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import ml_collections
 import numpy as np
-from scipy import stats
 
-from trustml.core import validation
+from trustml.core import plots, validation
 from trustml.data import batching, sources
-from trustml.fairness import association, counterfactual, group_metrics, sensitivity
+from trustml.fairness import association, counterfactual, group_metrics, sensitivity, study
 from trustml.models import registry
 from trustml.train import evaluate, experiment, loop, writers
 
@@ -93,7 +96,7 @@ def validate(config: Any) -> None:
       f"data.name={config.data.name!r} is invalid for fairness.task={fc.task!r}: must be 'hatexplain'"
     )
   if fc.task == "study":
-    specs = parse_study_models(fc.study_models)
+    specs = study.parse_study_models(fc.study_models)
     if len(specs) < 2:
       raise validation.ConfigError("fairness.study_models is invalid: need at least 2 models")
   if fc.task in ("association", "study"):  # unknown SEAT/CEAT tests fail here, not after training
@@ -140,16 +143,6 @@ def _probs(model, params, arrays, batch_size: int) -> np.ndarray:
   logits -= logits.max(-1, keepdims=True)
   p = np.exp(logits)
   return p / p.sum(-1, keepdims=True)
-
-
-def _correlations(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-  if x.size < 3 or np.std(x) == 0 or np.std(y) == 0:
-    return {"pearson": float("nan"), "spearman": float("nan")}
-  return {
-    "pearson": float(stats.pearsonr(x, y)[0]),
-    "spearman": float(stats.spearmanr(x, y)[0]),
-  }
 
 
 def _protected_setup(config: Any, prepared: experiment.Prepared):
@@ -257,40 +250,6 @@ def aps_and_gap(config, prepared, params, prot_model, prot_params, texts, pairs,
   return aps, per_ex, gap[idx], gap
 
 
-def _bar(path: pathlib.Path, values: Mapping[str, float], title: str) -> None:
-  """A bar plot of one value per group (matplotlib, Agg backend)."""
-  import matplotlib  # noqa: PLC0415
-
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # noqa: PLC0415
-
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(values) + 1.5), 3.2))
-  ax.bar(list(values), [float(v) for v in values.values()], color="tab:blue")
-  ax.set_title(title)
-  ax.tick_params(axis="x", labelrotation=45)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
-def _scatter(path: pathlib.Path, x, y, xlabel: str, ylabel: str) -> None:
-  """A scatter plot of two per-example quantities."""
-  import matplotlib  # noqa: PLC0415
-
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # noqa: PLC0415
-
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig, ax = plt.subplots(figsize=(4.0, 3.2))
-  ax.scatter(x, y, s=6, alpha=0.5)
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel(ylabel)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
 # --- tasks ------------------------------------------------------------------------------------
 
 
@@ -307,7 +266,7 @@ def run_aps(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   aps, per_ex, gap_changed, gap_all = aps_and_gap(
     config, prepared, params, pprep.model, prot_params, texts, pairs
   )
-  corr = _correlations(per_ex, gap_changed)
+  corr = study.correlations(per_ex, gap_changed)
   summary = {
     "fairness/aps": aps,
     "fairness/counterfactual_gap": float(gap_changed.mean()),
@@ -339,12 +298,27 @@ def run_aps(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
       summary[f"fairness/accuracy/group_{g}"] = a
       summary[f"fairness/accuracy/group_{g}_ci_low"] = float(lo)
       summary[f"fairness/accuracy/group_{g}_ci_high"] = float(hi)
-    _bar(
+    plots.bar_chart(
       wd / "plots" / "accuracy_per_group.png",
       {f"{group_col}={g}": a for g, a in acc.items()},
-      title="accuracy per group",
+      ylabel="accuracy",
+      title="accuracy per group (95% bootstrap CI)",
+      ci={
+        f"{group_col}={g}": (
+          summary[f"fairness/accuracy/group_{g}_ci_low"],
+          summary[f"fairness/accuracy/group_{g}_ci_high"],
+        )
+        for g in acc
+      },
     )
-  _scatter(wd / "plots" / "aps_vs_gap.png", per_ex, gap_changed, "PS(x)", "|f(x) - f(x')|")
+  plots.scatter_plot(
+    wd / "plots" / "aps_vs_gap.png",
+    per_ex,
+    gap_changed,
+    xlabel="prediction sensitivity PS(x)",
+    ylabel="counterfactual gap |f(x) - f(x')|",
+    title=f"APS vs gap (Spearman {corr['spearman']:.2f})",
+  )
   return _write(wd, config, summary)
 
 
@@ -373,36 +347,16 @@ def hatexplain_eval(config, prepared, params) -> tuple[dict[str, Any], dict[str,
   arrays = _encode(prepared, [str(t) for t in test["text"]], test["label"])
   probs = _probs(prepared.model, params, arrays, int(config.train.eval_batch_size))
   scores = 1.0 - probs[:, NORMAL_LABEL]
-  per = group_metrics.bias_aucs(labels, scores, member, valid, communities)
-  summary: dict[str, Any] = {}
-  for m in group_metrics.METHODS:
-    summary[f"bias_auc/{m}"] = float(np.mean(per[m]))
-    for c, v in zip(communities, per[m], strict=True):
-      summary[f"bias_auc/{m}/{c}"] = float(v)
-  summary.update(group_metrics.summarize_bias_aucs(per))
-
-  def gmb(y, s, mem, val):
-    out = group_metrics.bias_aucs(y, s, mem, val, check=False)
-    if any(np.isnan(out[m]).any() for m in group_metrics.METHODS):
-      return np.full(3, np.nan)
-    return np.array([group_metrics.gmb(out[m]) for m in group_metrics.METHODS])
-
-  lo, hi = group_metrics.bootstrap_ci(
-    gmb, [labels, scores, member, valid], num_samples=fc.bootstrap_samples, seed=config.seed
+  summary, per = group_metrics.bias_auc_report(
+    labels,
+    scores,
+    member,
+    valid,
+    communities,
+    threshold=fc.threshold,
+    bootstrap_samples=fc.bootstrap_samples,
+    seed=config.seed,
   )
-  for i, m in enumerate(group_metrics.METHODS):
-    summary[f"bias_auc/gmb_{m}_ci_low"] = float(lo[i])
-    summary[f"bias_auc/gmb_{m}_ci_high"] = float(hi[i])
-  pred = (scores >= fc.threshold).astype(int)
-  single = np.where(member.sum(1) == 1, member.argmax(1), -1)
-  for g in np.unique(single[single >= 0]):  # Parity gaps: groups with both classes only.
-    if len(np.unique(labels[single == g])) < 2:
-      single[single == g] = -1
-  summary["bias_auc/overall_auc"] = group_metrics.overall_auc(labels, scores)
-  summary["bias_auc/dp_difference"] = group_metrics.demographic_parity_difference(pred, single)
-  summary["bias_auc/eo_difference"] = group_metrics.equalized_odds_difference(labels, pred, single)
-  summary["bias_auc/accuracy"] = float((pred == labels).mean())
-  summary["bias_auc/communities"] = ",".join(communities)
   return summary, {"communities": communities, "per": per, "texts": list(test["text"])}
 
 
@@ -414,10 +368,12 @@ def run_bias_auc(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   summary, details = hatexplain_eval(config, prepared, params)
   summary.update({f"task/{k}": v for k, v in tsum.items() if k.startswith(("eval/", "train/"))})
   for m in group_metrics.METHODS:
-    _bar(
+    plots.bar_chart(
       wd / "plots" / f"bias_auc_{m}.png",
       dict(zip(details["communities"], details["per"][m], strict=True)),
-      title=f"{m} AUC per community",
+      ylabel=f"{m} AUC",
+      title=f"{m} AUC per community (GMB {summary[f'bias_auc/gmb_{m}']:.3f})",
+      chance=0.5,
     )
   return _write(wd, config, summary)
 
@@ -473,10 +429,12 @@ def run_association(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   params, prepared, tsum = _train(config, wd / "task")
   summary = association_scores(config, prepared, params)
   summary["task/eval_accuracy"] = tsum.get("eval/accuracy")
-  _bar(
+  plots.bar_chart(
     wd / "plots" / "seat_effect_sizes.png",
     {n: summary[f"association/{n}/effect_size"] for n in config.fairness.seat_tests},
+    ylabel="effect size d",
     title="SEAT effect size per test",
+    chance=0.0,
   )
   return _write(wd, config, summary)
 
@@ -484,68 +442,11 @@ def run_association(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
 # --- intrinsic vs extrinsic study -------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class StudyModel:
-  """One model of the study: architecture, width (embed_dim) and seed."""
-
-  arch: str
-  width: int
-  seed: int
-
-  @property
-  def name(self) -> str:
-    return f"{self.arch}-{self.width}-s{self.seed}"
-
-
-def parse_study_models(specs: Sequence[str]) -> list[StudyModel]:
-  """Parses ``"arch-width-sSEED"`` strings (e.g. ``"cnn-32-s1"``).
-
-  Raises:
-    ConfigError: on malformed specs or unknown architectures.
-  """
-  out = []
-  for spec in specs:
-    parts = str(spec).split("-")
-    if (
-      len(parts) != 3 or not parts[1].isdigit() or not parts[2][1:].isdigit() or parts[2][0] != "s"
-    ):
-      raise validation.ConfigError(
-        f"fairness.study_models entry {spec!r} is invalid: must look like 'cnn-32-s1'"
-      )
-    validation.one_of("fairness.study_models arch", parts[0], ("bag", "cnn", "transformer"))
-    out.append(StudyModel(parts[0], int(parts[1]), int(parts[2][1:])))
-  return out
-
-
-def _study_model_config(m: StudyModel) -> ml_collections.ConfigDict:
-  """Model section of one study model: width ``m.width``, 1-layer transformers, no dropout."""
-  cfg = registry.default_model_config(m.arch)
-  cfg.embed_dim = m.width
-  for key in ("hidden_dim", "num_filters", "mlp_dim"):
-    if key in cfg:
-      cfg[key] = 2 * m.width if key != "num_filters" else m.width
-  if "num_layers" in cfg:
-    cfg.num_layers = 1
-    cfg.num_heads = 2
-    cfg.dropout_rate = 0.0
-  return cfg
-
-
-INTRINSIC = ("association/mean_abs_effect_size", "association/ceat/effect_size")
-EXTRINSIC = (
-  "bias_auc/gmb_subgroup",
-  "bias_auc/gmb_bpsn",
-  "bias_auc/gmb_bnsp",
-  "fairness/counterfactual_gap",
-  "fairness/aps",
-)
-
-
 def run_study(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   """Trains K models and correlates intrinsic with extrinsic bias scores across them."""
   validate(config)
   wd = pathlib.Path(workdir)
-  specs = parse_study_models(config.fairness.study_models)
+  specs = study.parse_study_models(config.fairness.study_models)
   prepared = experiment.prepare(config, wd)
   pcfg, pprep = _protected_setup(config, prepared)
   prot_params, _, _ = _train(pcfg, wd / "protected", pprep)
@@ -557,7 +458,7 @@ def run_study(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   for m in specs:
     cfg = copy.deepcopy(config)
     cfg.seed = m.seed
-    cfg.model = _study_model_config(m)
+    cfg.model = study.study_model_config(m)
     model = registry.build_model(
       cfg.model,
       vocab_size=prepared.tokenizer.vocab_size,
@@ -582,36 +483,22 @@ def run_study(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
     )
     row["fairness/aps"] = aps
     row["fairness/counterfactual_gap"] = float(gap.mean())
-    row["fairness/aps_gap_spearman"] = _correlations(per_ex, gap)["spearman"]  # Per example.
+    row["fairness/aps_gap_spearman"] = study.correlations(per_ex, gap)["spearman"]  # Per example.
     rows.append(row)
     with rows_path.open("a") as f:
       f.write(json.dumps(row, default=float) + "\n")
-  summary: dict[str, Any] = {"study/num_models": len(rows)}
-  table = ["| intrinsic | extrinsic | Pearson r | Spearman ρ |", "|---|---|---|---|"]
-  for i in INTRINSIC:
-    for e in EXTRINSIC:
-      x = np.array([r.get(i, np.nan) for r in rows], np.float64)
-      y = np.array([r.get(e, np.nan) for r in rows], np.float64)
-      c = _correlations(x, y)
-      summary[f"study/pearson/{i}~{e}"] = c["pearson"]
-      summary[f"study/spearman/{i}~{e}"] = c["spearman"]
-      table.append(f"| {i} | {e} | {c['pearson']:.3f} | {c['spearman']:.3f} |")
-  # Per model: does the sensitivity score track the counterfactual gap across models?
-  for a, b in (("fairness/aps", "fairness/counterfactual_gap"),):
-    c = _correlations([r[a] for r in rows], [r[b] for r in rows])
-    summary[f"study/pearson/{a}~{b}"] = c["pearson"]
-    summary[f"study/spearman/{a}~{b}"] = c["spearman"]
-    table.append(f"| {a} (per model) | {b} | {c['pearson']:.3f} | {c['spearman']:.3f} |")
-  cols = ("model", "eval/accuracy", *INTRINSIC, *EXTRINSIC, "fairness/aps_gap_spearman")
-  per_model = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-  for r in rows:
-    cells = [r["model"]] + [f"{float(r.get(c, np.nan)):.4f}" for c in cols[1:]]
-    per_model.append("| " + " | ".join(cells) + " |")
-  (wd / "study_table.md").write_text("\n".join(per_model) + "\n\n" + "\n".join(table) + "\n")
-  _bar(
+  summary, table = study.correlation_tables(rows)
+  (wd / "study_table.md").write_text(table)
+  plots.bar_chart(
     wd / "plots" / "study_gmb_subgroup.png",
     {r["model"]: r["bias_auc/gmb_subgroup"] for r in rows},
-    title="GMB subgroup AUC per model",
+    ylabel="GMB subgroup AUC",
+    title="GMB subgroup AUC per model (95% bootstrap CI)",
+    ci={
+      r["model"]: (r["bias_auc/gmb_subgroup_ci_low"], r["bias_auc/gmb_subgroup_ci_high"])
+      for r in rows
+    },
+    chance=0.5,
   )
   return _write(wd, config, summary)
 
@@ -636,6 +523,10 @@ def run(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   }[task]
   return fn(config, workdir)
 
+
+# Re-exported from :mod:`trustml.fairness.study`.
+EXTRINSIC, INTRINSIC = study.EXTRINSIC, study.INTRINSIC
+StudyModel, parse_study_models = study.StudyModel, study.parse_study_models
 
 __all__ = [
   "EXTRINSIC",

@@ -345,6 +345,73 @@ def gmb(values: Sequence[float] | np.ndarray, p: float = -5.0) -> float:
     return float(stats.pmean(v, p))
 
 
+def bias_auc_report(
+  labels: np.ndarray,
+  scores: np.ndarray,
+  member: np.ndarray,
+  valid: np.ndarray,
+  communities: Sequence[str],
+  *,
+  threshold: float,
+  bootstrap_samples: int,
+  seed: int,
+) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+  """The HateXplain bias-AUC summary of one classifier's toxicity scores.
+
+  Per-community subgroup/BPSN/BNSP AUCs and their means, the ``p = -5`` generalized means with
+  95% percentile-bootstrap CIs (posts resampled), the overall AUC, and the demographic-parity
+  and equalized-odds differences of ``score >= threshold`` over posts with exactly one of the
+  communities (communities with a single label among those posts are left out of the gaps).
+
+  Args:
+    labels: ``[N]`` binary toxic labels.
+    scores: ``[N]`` toxicity scores.
+    member: ``[N, G]`` community membership.
+    valid: ``[N]`` posts with a majority target among the communities.
+    communities: the ``G`` names.
+    threshold: decision threshold of the parity gaps.
+    bootstrap_samples: resamples of the CIs.
+    seed: bootstrap seed.
+
+  Returns:
+    ``(summary, per_group)``: ``bias_auc/...`` keys, and the per-community AUC arrays.
+
+  Raises:
+    ConfigError: on bad scores, an empty community or a one-class subset.
+  """
+  per = bias_aucs(labels, scores, member, valid, communities)
+  summary: dict[str, object] = {}
+  for m in METHODS:
+    summary[f"bias_auc/{m}"] = float(np.mean(per[m]))
+    for c, v in zip(communities, per[m], strict=True):
+      summary[f"bias_auc/{m}/{c}"] = float(v)
+  summary.update(summarize_bias_aucs(per))
+
+  def gmbs(y, s, mem, val):
+    out = bias_aucs(y, s, mem, val, check=False)
+    if any(np.isnan(out[m]).any() for m in METHODS):
+      return np.full(3, np.nan)
+    return np.array([gmb(out[m]) for m in METHODS])
+
+  lo, hi = bootstrap_ci(
+    gmbs, [labels, scores, member, valid], num_samples=bootstrap_samples, seed=seed
+  )
+  for i, m in enumerate(METHODS):
+    summary[f"bias_auc/gmb_{m}_ci_low"] = float(lo[i])
+    summary[f"bias_auc/gmb_{m}_ci_high"] = float(hi[i])
+  pred = (scores >= threshold).astype(int)
+  single = np.where(member.sum(1) == 1, member.argmax(1), -1)
+  for g in np.unique(single[single >= 0]):  # Parity gaps: groups with both classes only.
+    if len(np.unique(labels[single == g])) < 2:
+      single[single == g] = -1
+  summary["bias_auc/overall_auc"] = overall_auc(labels, scores)
+  summary["bias_auc/dp_difference"] = demographic_parity_difference(pred, single)
+  summary["bias_auc/eo_difference"] = equalized_odds_difference(labels, pred, single)
+  summary["bias_auc/accuracy"] = float((pred == labels).mean())
+  summary["bias_auc/communities"] = ",".join(communities)
+  return summary, per
+
+
 # --- HateXplain protocol ------------------------------------------------------------------
 
 
@@ -398,6 +465,7 @@ def summarize_bias_aucs(per_group: Mapping[str, np.ndarray], p: float = -5.0) ->
 __all__ = [
   "EXCLUDED_TARGETS",
   "METHODS",
+  "bias_auc_report",
   "bias_auc_subsets",
   "bias_aucs",
   "bootstrap_ci",
