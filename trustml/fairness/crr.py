@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 
 from trustml.core import rng as rng_lib
 from trustml.core import validation
@@ -446,7 +447,7 @@ def run(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   evaluator = _Evaluator(config, tokenizer, eval_arrays, pairs, streams)
 
   def log(msg):
-    print(f"[crr {time.time() - t0:7.1f}s] {msg}", flush=True)
+    logging.info("[crr %7.1fs] %s", time.time() - t0, msg)
 
   def logger(name):
     return lambda step, aux: metric_writer.write(step, f"train/{name}", **aux)
