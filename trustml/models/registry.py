@@ -80,6 +80,94 @@ def validate_model_config(cfg: Mapping[str, Any]) -> None:
     )
 
 
+# What a Flax Linen module must provide for the Model contract (method -> why).
+FLAX_METHODS = {
+  "__call__": "__call__(tokens, mask, train) -> logits",
+  "embed_tokens": "embed_tokens(tokens) -> [B, T, D] token embeddings (APS, canary extraction)",
+  "from_embeddings": "from_embeddings(embeddings, mask, train) -> logits (the rest of the net)",
+  "pool": "pool(embeddings, mask, train) -> [B, D] sentence representation (SEAT, partitions)",
+}
+
+
+def check_flax_module(module: Any) -> None:
+  """Checks up front that ``module`` provides what :func:`from_flax` needs, naming what is not.
+
+  Args:
+    module: the user's network.
+
+  Raises:
+    ConfigError: ``module=<Name> is invalid: ...`` listing the missing methods and their
+      signatures, or the ``__call__`` signature it lacks.
+  """
+  cls = type(module)
+  if not isinstance(module, nn.Module):
+    raise validation.ConfigError(
+      f"module={cls.__name__} is invalid: from_flax takes a flax.linen.Module "
+      "(use trustml.models.from_haiku for an hk.transform)"
+    )
+  missing = [m for m in FLAX_METHODS if not callable(getattr(cls, m, None))]
+  if missing:
+    raise validation.ConfigError(
+      f"module={cls.__name__} is invalid: it lacks {', '.join(missing)}; the Model contract needs "
+      + "; ".join(FLAX_METHODS[m] for m in missing)
+      + " (see trustml.models.networks.BagOfEmbeddings for a complete example)"
+    )
+  import inspect  # noqa: PLC0415
+
+  for method, args in (("__call__", 3), ("from_embeddings", 3), ("pool", 3), ("embed_tokens", 1)):
+    try:
+      inspect.signature(getattr(cls, method)).bind(module, *range(args))
+    except TypeError as e:
+      raise validation.ConfigError(
+        f"module={cls.__name__} is invalid: {method} must accept {FLAX_METHODS[method]} ({e})"
+      ) from None
+    except ValueError:  # No signature to inspect (a C callable): trust it.
+      continue
+
+
+def check_model(model: contract.Model, params: Any, batch: Mapping[str, Any]) -> None:
+  """Checks a Model on one batch: embedding table, logits shape, the embedding identity.
+
+  Args:
+    model: the Model (e.g. from :func:`from_flax`).
+    params: its parameters (``model.init``).
+    batch: an example batch.
+
+  Raises:
+    ConfigError: naming the first contract property the model breaks.
+  """
+  import numpy as np  # noqa: PLC0415
+
+  try:
+    table = model.embedding_table(params)
+  except (KeyError, TypeError, IndexError):
+    keys = list(params) if hasattr(params, "keys") else type(params).__name__
+    raise validation.ConfigError(
+      f"embedding_path={model.embedding_path!r} is invalid: no token-embedding table there "
+      f"(top-level parameters: {keys}); pass from_flax(..., embedding_path=...)"
+    ) from None
+  if getattr(table, "ndim", 0) != 2:
+    raise validation.ConfigError(
+      f"embedding_path={model.embedding_path!r} is invalid: holds shape "
+      f"{getattr(table, 'shape', None)}, not a [vocab, dim] table"
+    )
+  logits = np.asarray(model.apply(params, batch))
+  b = np.asarray(batch["tokens"]).shape[0]
+  want = (b, model.num_classes) if model.kind == "classifier" else (b, None, model.num_classes)
+  if logits.ndim != len(want) or logits.shape[0] != b or logits.shape[-1] != model.num_classes:
+    raise validation.ConfigError(
+      f"num_classes={model.num_classes} is invalid: the module returns logits of shape "
+      f"{logits.shape} for a batch of {b}"
+    )
+  again = np.asarray(model.apply_from_embeddings(params, model.embed(params, batch), batch))
+  if not np.allclose(logits, again, rtol=1e-4, atol=1e-5):
+    raise validation.ConfigError(
+      f"module={model.name} is invalid: __call__(tokens) differs from "
+      "from_embeddings(embed_tokens(tokens)) (max |diff| "
+      f"{float(np.max(np.abs(logits - again))):.3g})"
+    )
+
+
 def from_flax(
   module: nn.Module,
   *,
@@ -88,20 +176,33 @@ def from_flax(
   num_classes: int,
   dropout_rate: float = 0.0,
   extras: Mapping[str, Any] | None = None,
+  embedding_path: tuple[str, ...] = ("embed", "embedding"),
 ) -> contract.Model:
   """Wraps a Flax Linen network with ``embed_tokens``/``from_embeddings``/``pool`` into a Model.
 
+  The module is checked up front (:func:`check_flax_module`): a missing method is named with
+  the signature the contract needs, before anything is traced. :func:`check_model` checks a
+  built Model on a batch (``trustml.train.from_arrays`` calls it).
+
   Args:
-    module: the network (see :mod:`trustml.models.networks`).
+    module: the network (see :mod:`trustml.models.networks`): ``__call__(tokens, mask,
+      train)``, ``embed_tokens(tokens)``, ``from_embeddings(embeddings, mask, train)``,
+      ``pool(embeddings, mask, train)``; optionally ``token_states(embeddings, mask, train)``.
     name: model name.
     kind: ``"classifier"`` or ``"lm"``.
     num_classes: classes (vocabulary size for an LM).
     dropout_rate: the network's dropout rate (``rng`` is required in training mode when > 0).
     extras: static facts recorded on the Model.
+    embedding_path: where the token-embedding table sits in the parameters (default: an
+      ``nn.Embed`` attribute named ``embed``).
 
   Returns:
     The Model bundle.
+
+  Raises:
+    ConfigError: if the module lacks a method the contract needs.
   """
+  check_flax_module(module)
 
   def _rngs(rng, train):
     if train and dropout_rate > 0 and rng is None:
@@ -146,7 +247,7 @@ def from_flax(
     embed=embed,
     apply_from_embeddings=apply_from_embeddings,
     pooled=pooled,
-    embedding_path=("embed", "embedding"),
+    embedding_path=tuple(embedding_path),
     framework="flax",
     extras=extras,
     token_states=token_states if hasattr(module, "token_states") else None,
@@ -199,8 +300,11 @@ def build_model(
 
 
 __all__ = [
+  "FLAX_METHODS",
   "MODEL_NAMES",
   "build_model",
+  "check_flax_module",
+  "check_model",
   "default_model_config",
   "from_flax",
   "validate_model_config",

@@ -4,7 +4,7 @@ from trustml.core import entry as _entry
 from trustml.train import checkpoint, config, evaluate, experiment, loop, writers
 from trustml.train.checkpoint import Checkpointer
 from trustml.train.evaluate import evaluate as evaluate_model
-from trustml.train.experiment import Prepared, prepare
+from trustml.train.experiment import Prepared, from_arrays, prepare
 from trustml.train.loop import Outcome, TrainState, fit, load_params, train
 from trustml.train.writers import MetricWriter, write_config, write_summary
 
@@ -22,6 +22,7 @@ __all__ = [
   "evaluate_model",
   "experiment",
   "fit",
+  "from_arrays",
   "load_params",
   "loop",
   "prepare",

@@ -135,6 +135,75 @@ def prepare(config: Any, workdir: str | os.PathLike | None = None) -> Prepared:
   return Prepared(dataset=ds, tokenizer=tok, train=train, eval=evals, model=model)
 
 
+def _split_arrays(field: str, tokens: Any, labels: Any, mask: Any | None) -> dict[str, np.ndarray]:
+  tokens = np.asarray(tokens)
+  labels = np.asarray(labels)
+  if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+    raise validation.ConfigError(
+      f"{field}.tokens shape={tokens.shape} dtype={tokens.dtype} is invalid: must be int [N, T]"
+    )
+  n = tokens.shape[0]
+  if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+    raise validation.ConfigError(
+      f"{field}.labels shape={labels.shape} is invalid: must be int [N] with N={n} "
+      "(one label per row of tokens)"
+    )
+  if tokens.min(initial=0) < 0:
+    raise validation.ConfigError(f"{field}.tokens is invalid: token ids must be >= 0")
+  m = (tokens != 0) if mask is None else np.asarray(mask).astype(bool)
+  if m.shape != tokens.shape:
+    raise validation.ConfigError(f"{field}.mask shape={m.shape} is invalid: must be {tokens.shape}")
+  return {
+    "tokens": tokens.astype(np.int32),
+    "mask": m,
+    "label": labels.astype(np.int32),
+    "weight": np.ones((n,), np.float32),
+    "user_id": np.full((n,), -1, np.int32),
+    "group": np.full((n,), -1, np.int32),
+    "index": np.arange(n, dtype=np.int32),
+  }
+
+
+def from_arrays(
+  model: contract.Model,
+  train: tuple[Any, Any],
+  eval: tuple[Any, Any],  # noqa: A002  (the split's name, as in Prepared)
+  *,
+  train_mask: Any | None = None,
+  eval_mask: Any | None = None,
+  check: bool = True,
+) -> Prepared:
+  """Your own arrays and Model as a Prepared bundle for ``trustml.train.run(..., prepared=)``.
+
+  Args:
+    model: a Model (``trustml.models.from_flax(MyModule(...), ...)``, ``from_haiku``).
+    train: ``(tokens int [N, T], labels int [N])`` (token id 0 is padding).
+    eval: the same for the evaluation split.
+    train_mask: token validity ``[N, T]`` (default ``tokens != 0``).
+    eval_mask: the same for ``eval``.
+    check: check the Model on one batch first (:func:`trustml.models.registry.check_model`).
+
+  Returns:
+    The Prepared bundle (no dataset or tokenizer: the arrays are already encoded).
+
+  Raises:
+    ConfigError: for arrays of the wrong shape or type, or a Model that breaks its contract.
+
+  Example:
+    >>> prepared = from_arrays(model, (x_train, y_train), (x_test, y_test))  # doctest: +SKIP
+    >>> trustml.train.run("dp_nlu", "runs/mine", prepared=prepared)  # doctest: +SKIP
+  """
+  train_arrays = _split_arrays("train", *train, train_mask)
+  eval_arrays = _split_arrays("eval", *eval, eval_mask)
+  if check:
+    import jax  # noqa: PLC0415
+
+    example = batching.take_padded(train_arrays, np.arange(min(4, len(train[1]))), 4)
+    params = model.init(jax.random.key(0), example)
+    registry.check_model(model, params, example)
+  return Prepared(dataset=None, tokenizer=None, train=train_arrays, eval=eval_arrays, model=model)
+
+
 def run(config: Any, workdir: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
   """Trains the run a config describes: non-private, or DP-SGD / eDP-SGD when configured.
 
@@ -162,4 +231,12 @@ def run(config: Any, workdir: str | os.PathLike, **kwargs: Any) -> dict[str, Any
   return loop.train(config, workdir, **kwargs)
 
 
-__all__ = ["SECTIONS", "Prepared", "check_train_split", "prepare", "run", "validate_spine"]
+__all__ = [
+  "SECTIONS",
+  "Prepared",
+  "check_train_split",
+  "from_arrays",
+  "prepare",
+  "run",
+  "validate_spine",
+]
