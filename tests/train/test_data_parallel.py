@@ -37,6 +37,8 @@ SCRIPT = textwrap.dedent(
   def mesh(c, n, fsdp=False):
     c = c.copy_and_resolve_references()
     c.mesh = {"num_devices": n, "model": 1, "fsdp": fsdp}
+    if "noise_seed" in c.privacy:  # The same DP noise and Poisson coins in both runs.
+      c.privacy.noise_seed = 0
     return c
 
   def rel(a, b):

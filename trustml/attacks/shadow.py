@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from trustml.attacks import lira
-from trustml.core import devices, validation
+from trustml.core import devices, distributed, validation
 from trustml.core import rng as rng_lib
 from trustml.models import contract
 
@@ -143,10 +143,11 @@ def _run(fns, params, key, index, pool, mesh=None):
   init, steps = fns
   index = jnp.asarray(index)
   pool_dev = {k: jnp.asarray(v) for k, v in pool.items()}
-  if mesh is not None:
+  if mesh is not None:  # Each process transfers only the models its devices train.
     split = NamedSharding(mesh, P(MODELS_AXIS))
-    params, key, index = jax.device_put((params, key, index), split)
-    pool_dev = jax.device_put(pool_dev, NamedSharding(mesh, P()))
+    params, key, index = jax.tree.map(lambda x: distributed.put(x, split), (params, key, index))
+    rep = NamedSharding(mesh, P())
+    pool_dev = jax.tree.map(lambda x: distributed.put(x, rep), pool_dev)
   state = (params, init(params), key)
   n = index.shape[-2]
   losses = []
@@ -214,11 +215,14 @@ def train_shadow_models(
     dropout: whether to train with dropout on.
     mesh: a 1-D mesh with axis ``models`` (:func:`make_mesh`) to split the S models over its
       devices (S must be a multiple of the mesh size); ``None`` trains them on one device.
-      The result does not depend on the mesh (up to float reassociation).
+      The mesh may span the devices of several processes (``jax.distributed``): each process
+      trains its devices' models and the results are gathered to every host (NumPy). The
+      result does not depend on the mesh or the process count (up to float reassociation).
 
   Returns:
     ``(params, losses)``: stacked parameters with a leading axis S and ``[S, num_steps]``
-    training losses (sharded over ``models`` when a mesh is given).
+    training losses (sharded over ``models`` when a one-process mesh is given; NumPy on every
+    host when the mesh spans processes).
 
   Raises:
     ConfigError: on fewer than 2 models, masks that do not match the pool, or S not a
@@ -244,7 +248,10 @@ def train_shadow_models(
   init_keys, dropout_keys = _keys(seed, np.arange(masks.shape[0]))
   params = _init(model, init_keys, _example(pool, batch_size))
   fns = _compiled(model, optimizer, pool, batch_size, dropout, vmapped=True, mesh=mesh)
-  return _run(fns, params, dropout_keys, index, pool, mesh)
+  out = _run(fns, params, dropout_keys, index, pool, mesh)
+  if mesh is not None and mesh.is_multi_process:  # Every host gets all S models.
+    return distributed.to_host(out)
+  return out
 
 
 def train_one(

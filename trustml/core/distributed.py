@@ -183,6 +183,22 @@ def put_global_batch(
   return out
 
 
+def _is_key(x: Any) -> bool:
+  return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def put(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+  """Places a host or single-device value on a (possibly multi-process) sharding.
+
+  Every process must pass the same value (it is derived from the seed); each transfers only
+  the shards its own devices hold. Typed PRNG keys travel as their raw key data.
+  """
+  if _is_key(x):
+    data = jax.device_put(jax.random.key_data(x), sharding)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+  return jax.device_put(x, sharding)
+
+
 def _row_shards(sharding: jax.sharding.Sharding) -> int:
   """How many ways axis 0 is split (mesh axes named in the spec's first entry)."""
   if not isinstance(sharding, jax.sharding.NamedSharding) or not sharding.spec:
@@ -204,6 +220,19 @@ def to_host(tree: Any) -> Any:
   return jax.tree.unflatten(treedef, out)
 
 
+def same_on_all_processes(value: int, bits: int = 128) -> int:
+  """Process 0's ``value`` (a non-negative int below ``2**bits``) on every process.
+
+  A secret drawn from the OS differs per process; DP noise keys and Poisson coins must not.
+  """
+  if jax.process_count() == 1:
+    return int(value)
+  words = bits // 32
+  arr = np.array([(int(value) >> (32 * i)) & 0xFFFFFFFF for i in range(words)], np.uint32)
+  got = np.asarray(multihost_utils.broadcast_one_to_all(arr)).astype(np.uint64)
+  return sum(int(w) << (32 * i) for i, w in enumerate(got))
+
+
 def sync(name: str) -> None:
   """A barrier across processes (no-op with one process)."""
   if jax.process_count() > 1:
@@ -217,8 +246,10 @@ __all__ = [
   "initialize",
   "is_main_process",
   "process_rows",
+  "put",
   "put_global_batch",
   "resolve_args",
+  "same_on_all_processes",
   "sync",
   "to_host",
 ]

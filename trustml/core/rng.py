@@ -103,8 +103,11 @@ class SecretStreams:
 
   @classmethod
   def fresh(cls) -> "SecretStreams":
-    """Entropy from ``secrets.randbits(128)`` (the OS's CSPRNG)."""
-    return cls(secrets.randbits(128))
+    """Entropy from ``secrets.randbits(128)`` (the OS's CSPRNG); process 0's in a multi-process
+    run, so every process draws the same noise and Poisson coins."""
+    from trustml.core import distributed  # noqa: PLC0415  (distributed imports nothing of ours)
+
+    return cls(distributed.same_on_all_processes(secrets.randbits(128)))
 
   @classmethod
   def from_seed(cls, noise_seed: int) -> "SecretStreams":

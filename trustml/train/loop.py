@@ -256,7 +256,7 @@ def fit(
     if ledger is not None and "ledger" in stored:
       ledger.load_state_dict(stored["ledger"])  # May refuse (fingerprint of the privacy setup).
   workdir_lib.claim(workdir, config)
-  state = placement.place_state(init_state(model, optimizer, first_batch, seed, grad_fn))
+  state = placement.init_state(lambda: init_state(model, optimizer, first_batch, seed, grad_fn))
   wall_before = 0.0
   restored = ckpt.restore_latest(state)
   if restored is not None:

@@ -19,27 +19,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from trustml.core import devices, distributed, validation
 from trustml.train import config as train_config
-
-
-def _is_key(x: Any) -> bool:
-  return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-def put(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
-  """Places one host or single-device value on a (possibly multi-process) sharding.
-
-  Every process must pass the same value (it is derived from the seed); typed PRNG keys travel
-  as their raw key data.
-  """
-  if _is_key(x):
-    data = jax.device_put(jax.random.key_data(x), sharding)
-    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
-  return jax.device_put(x, sharding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +69,16 @@ class DataParallel:
 
   def place_state(self, state: Any) -> Any:
     """The state as global arrays with :meth:`state_shardings`."""
-    return jax.tree.map(put, state, self.state_shardings(state))
+    return jax.tree.map(distributed.put, state, self.state_shardings(state))
+
+  def init_state(self, init_fn: Callable[[], Any]) -> Any:
+    """Runs ``init_fn() -> state`` under ``jax.jit`` with the state's shardings as outputs.
+
+    The state is created directly as global arrays in place (no host round trip, and under
+    FSDP no device ever holds a whole table), compiled once rather than dispatched op by op.
+    """
+    shardings = self.state_shardings(jax.eval_shape(init_fn))
+    return jax.jit(init_fn, out_shardings=shardings)()
 
   def batch_shardings(self, batch: Mapping[str, Any]) -> dict[str, jax.sharding.Sharding]:
     """Rows over ``data``; 0-d step scalars (σ_t, C_t) replicated."""
@@ -120,4 +112,4 @@ class DataParallel:
     return jax.jit(lambda t: t, out_shardings=rep)(tree)
 
 
-__all__ = ["DataParallel", "put"]
+__all__ = ["DataParallel"]
