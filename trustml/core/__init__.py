@@ -1,6 +1,6 @@
-"""Core types, RNG streams and validation shared by every pillar."""
+"""Core types, RNG streams, validation, logs, plots and the one-call entry shared by every pillar."""
 
-from trustml.core import devices, rng, types, validation
+from trustml.core import config_args, devices, entry, logs, plots, rng, types, validation
 from trustml.core.rng import RngStreams
 from trustml.core.types import Batch, Params, PRNGKey
 from trustml.core.validation import ConfigError
@@ -11,7 +11,11 @@ __all__ = [
   "PRNGKey",
   "Params",
   "RngStreams",
+  "config_args",
   "devices",
+  "entry",
+  "logs",
+  "plots",
   "rng",
   "types",
   "validation",
