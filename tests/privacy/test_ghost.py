@@ -16,6 +16,7 @@ import pytest
 
 from trustml.models import registry
 from trustml.privacy import clipping, ghost, per_example
+from trustml.privacy import ghost_rules as rules
 
 B, T, V, C, D = 5, 6, 11, 3, 8
 
@@ -213,3 +214,16 @@ def test_nonfinite_example_is_dropped_with_residual_leaves():
     batch_wo = dict(batch, weight=batch["weight"].at[3].set(0.0), poison=jnp.ones((B,)))
     ref, _ = jax.jit(lambda p, b: ghost.clipped_sum(bad_loss, p, b, 0.1))(params, batch_wo)
     _close(got, ref)
+
+
+def test_lookup_norm_by_sorted_segments_equals_gram():
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(3)
+    ids = jnp.asarray(rng.integers(0, 7, (4, 40)))  # T >= 16: the segment path.
+    g = jnp.asarray(rng.normal(size=(4, 40, 5)))
+    onehot = jax.nn.one_hot(ids, 7, dtype=jnp.float64)
+    dense = jnp.einsum("btv,btd->bvd", onehot, g)  # Materialised per-example table gradient.
+    ref = jnp.sum(dense**2, axis=(1, 2))
+    for method, rows in (("segment", None), ("segment", 7), ("gram", None), ("auto", 7)):
+      got = rules.lookup_sq(ids, g, method=method, table_rows=rows)
+      np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-12)

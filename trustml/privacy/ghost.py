@@ -397,7 +397,7 @@ def clipped_sum(
   for p, (xe, ge, _) in ghost.items():
     sq[p] = rules.bilinear_sq(xe, ge)
   for p, t in tab.items():
-    sq[p] = rules.table_sq(*t)
+    sq[p] = rules.table_sq(*t, table_rows=leaves[p].shape[0])
   for p, val in materialised.items():
     val = val.astype(jnp.promote_types(val.dtype, jnp.float32))
     sq[p] = jnp.sum(jnp.square(val.reshape(size, -1)), 1)

@@ -265,8 +265,47 @@ def bilinear_sum(xe: jax.Array, ge: jax.Array, factor: jax.Array) -> jax.Array:
   return jnp.einsum("bthi,btho->hio", xe, ge * f.astype(ge.dtype))
 
 
+def lookup_sq(
+  ids: jax.Array, g: jax.Array, *, method: str = "auto", table_rows: int | None = None
+) -> jax.Array:
+  """``||Σ_t onehot(id_t) g_tᵀ||²`` per example (``ids [B, T]``, ``g [B, T, D]``).
+
+  ``"segment"``: sort each example's ids, sum the rows of equal ids (one sorted segment sum,
+  ``O(B·T·D)``) and square; ``"gram"``: ``Σ_{t,s} [id_t = id_s] g_t·g_s`` (``O(B·T²·D)``).
+  ``"auto"`` takes the gram for ``T < 16`` (where it is as cheap and has no sort).
+  ``table_rows`` (the vocabulary size, ids in ``[0, table_rows)``) enables a packed-key sort.
+  """
+  dt = _acc_dtype(g)
+  g = g.astype(dt)
+  b, t = ids.shape
+  if t == 1:
+    return jnp.sum(g[:, 0] ** 2, -1)
+  if method == "gram" or (method == "auto" and t < 16):
+    gg = jnp.einsum("btd,bsd->bts", g, g)
+    return jnp.sum(jnp.where(ids[:, :, None] == ids[:, None, :], gg, 0.0), axis=(1, 2))
+  ids = ids.astype(jnp.int32)
+  if table_rows is not None and table_rows * t < 2**31:
+    # One single-operand sort of packed keys id·T + t (XLA:CPU: ~4x faster than argsort).
+    packed = jnp.sort(ids * t + jnp.arange(t, dtype=jnp.int32)[None], axis=1)
+    order, sid = packed % t, packed // t
+  else:
+    order = jnp.argsort(ids, axis=1)
+    sid = jnp.take_along_axis(ids, order, 1)
+  sg = jnp.take_along_axis(g, order[..., None], 1)
+  new = jnp.concatenate([jnp.ones((b, 1), bool), sid[:, 1:] != sid[:, :-1]], 1)
+  seg = jnp.cumsum(new, 1) - 1 + (jnp.arange(b) * t)[:, None]
+  sums = jax.ops.segment_sum(
+    sg.reshape(b * t, -1), seg.reshape(-1), num_segments=b * t, indices_are_sorted=True
+  )
+  return jnp.sum(jnp.square(sums.reshape(b, -1)), 1)
+
+
 def table_sq(
-  ids: jax.Array | None, g: jax.Array | None, x: jax.Array | None, dl: jax.Array | None
+  ids: jax.Array | None,
+  g: jax.Array | None,
+  x: jax.Array | None,
+  dl: jax.Array | None,
+  table_rows: int | None = None,
 ) -> jax.Array:
   """Squared norm of a (possibly tied) table's per-example gradient.
 
@@ -277,13 +316,7 @@ def table_sq(
   """
   total = 0.0
   if ids is not None:
-    dt = _acc_dtype(g)
-    g = g.astype(dt)
-    if ids.shape[1] == 1:
-      total = jnp.sum(g[:, 0] ** 2, -1)
-    else:
-      gg = jnp.einsum("btd,bsd->bts", g, g)
-      total = jnp.sum(jnp.where(ids[:, :, None] == ids[:, None, :], gg, 0.0), axis=(1, 2))
+    total = lookup_sq(ids, g, table_rows=table_rows)
   if x is not None:
     total = total + bilinear_sq(x[:, :, None], dl[:, :, None])
   if ids is not None and x is not None:
@@ -326,6 +359,7 @@ __all__ = [
   "bilinear_sq",
   "bilinear_sum",
   "conv_uses",
+  "lookup_sq",
   "dense_equation",
   "dense_general_equation",
   "einsum_uses",
