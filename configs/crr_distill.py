@@ -39,7 +39,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = a.seed  # Root seed: parameter init, data order, generation sampling.
   config.fairness = ml_collections.ConfigDict()
   config.fairness.task = "crr_distill"  # Dispatch key of launch/fairness.py.
-  config.fairness.her_counterpart = "his"  # Gender swap pairs 'her' with 'his' (or 'him').
+  # Gender swap: 'his' (her <-> his; him unswapped: the published table) | 'him' | 'pos' (CDA
+  # swaps her/his/him/hers by the next-token rule; teacher-probability remapping keeps his).
+  config.fairness.her_counterpart = "his"
 
   config.data = ml_collections.ConfigDict()
   config.data.dir = ""  # Real-data root ('' = $TRUSTML_DATA_DIR, then ../shared/data).

@@ -99,6 +99,24 @@ def test_pronoun_rule_swaps_object_pronouns(pairs):
   assert swap(swap("gave him flowers")) == "gave his flowers"
 
 
+def test_token_level_pronoun_rule_matches_the_text_rule(pairs):
+  from trustml.data import tokenizers  # noqa: PLC0415
+
+  texts = ["she told him .", "he gave her the book", "she took her book to him", "it is his ."]
+  tok = tokenizers.WordTokenizer.build(texts + ["he she his her hers him"], vocab_size=60)
+  itos = [tok.id_to_token(i) for i in range(tok.vocab_size)]
+  p = counterfactual.pronoun_ids(itos, tokenizers.UNK)
+  ids = counterfactual.token_id_pairs(pairs, tok.token_to_id, tokenizers.UNK)
+  tokens, _ = tok.encode_batch(texts, 8)
+  got = np.asarray(counterfactual.swap_token_ids(tokens, ids, pronouns=p))
+  want, _ = tok.encode_batch(
+    [counterfactual.swap_text(t, pairs, pronoun_rule=True) for t in texts], 8
+  )
+  np.testing.assert_array_equal(got, want)
+  plain = np.asarray(counterfactual.swap_token_ids(tokens, ids))
+  assert (plain == tok.token_to_id("him")).any()  # the matching alone leaves 'him'
+
+
 def test_non_involutive_pairs_rejected():
   with pytest.raises(ConfigError, match="involution"):
     counterfactual.swap_text("he", {"he": "she", "she": "it"})

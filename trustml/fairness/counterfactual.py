@@ -25,17 +25,20 @@ end of text, punctuation); likewise ``his -> her`` before an open-class word and
 (articles, determiners, prepositions, conjunctions, pronouns, auxiliaries, common adverbs).
 The rule errs on object pronouns directly followed by a noun phrase without a determiner
 (``gave him flowers -> gave her flowers -> gave his flowers``), so with it the swap is an
-involution everywhere except there. Token-id swaps (:func:`swap_token_ids`) use the matching.
+involution everywhere except there. Token-id swaps (:func:`swap_token_ids`) apply the same
+rule when given :func:`pronoun_ids` (the next token is the next position); mapping a next-token
+*distribution* back (``swap_table``) needs a permutation and uses the matching.
 
 The counterfactual gap of a classifier ``f`` on ``x`` is ``|f(x) - f(x')|``; for class
 probability vectors it is the total-variation distance ``0.5 * sum_c |p_c(x) - p_c(x')|``,
 which equals ``|p_1(x) - p_1(x')|`` for two classes.
 """
 
+import dataclasses
 import os
 import pathlib
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -335,15 +338,73 @@ def swap_table(id_pairs: Mapping[int, int] | jax.typing.ArrayLike, vocab_size: i
   return table
 
 
+@dataclasses.dataclass(frozen=True)
+class PronounIds:
+  """Token ids of her/his/him/hers (``-1`` when out of vocabulary) and the open-class table.
+
+  Attributes:
+    her: id of ``her``.
+    his: id of ``his``.
+    him: id of ``him``.
+    hers: id of ``hers``.
+    open_class: ``[V]`` bool, True for alphabetic tokens outside :data:`CLOSED_CLASS`.
+  """
+
+  her: int
+  his: int
+  him: int
+  hers: int
+  open_class: np.ndarray
+
+
+def pronoun_ids(itos: Sequence[str], unk_id: int | None = 1) -> PronounIds:
+  """:class:`PronounIds` of a vocabulary (``itos[i]`` is token ``i``'s string)."""
+  index = {t.lower(): i for i, t in enumerate(itos) if i != unk_id}
+  open_class = np.array(
+    [t.isalpha() and t.lower() not in CLOSED_CLASS and i != unk_id for i, t in enumerate(itos)],
+    dtype=bool,
+  )
+  return PronounIds(*(index.get(w, -1) for w in ("her", "his", "him", "hers")), open_class)
+
+
+def _pronoun_ids_rule(tokens: jax.Array, swapped: jax.Array, p: PronounIds) -> jax.Array:
+  """Overrides the four pronouns in ``swapped`` by the next-token rule (next position)."""
+  v = p.open_class.shape[0]
+  table = jnp.asarray(p.open_class)
+  nxt = jnp.concatenate([tokens[..., 1:], jnp.full(tokens.shape[:-1] + (1,), -1)], axis=-1)
+  open_next = jnp.where((nxt >= 0) & (nxt < v), table[jnp.clip(nxt, 0, v - 1)], False)
+  out = swapped
+
+  def put(cond, target):
+    return jnp.where(cond, target, out) if target >= 0 else out
+
+  if p.him >= 0:
+    out = put(tokens == p.him, p.her)
+  if p.hers >= 0:
+    out = put(tokens == p.hers, p.his)
+  if p.his >= 0:
+    out = put((tokens == p.his) & open_next, p.her)
+    out = put((tokens == p.his) & ~open_next, p.hers)
+  if p.her >= 0:
+    out = put((tokens == p.her) & open_next, p.his)
+    out = put((tokens == p.her) & ~open_next, p.him)
+  return out
+
+
 def swap_token_ids(
-  tokens: jax.typing.ArrayLike, id_pairs: Mapping[int, int] | jax.typing.ArrayLike
+  tokens: jax.typing.ArrayLike,
+  id_pairs: Mapping[int, int] | jax.typing.ArrayLike,
+  *,
+  pronouns: PronounIds | None = None,
 ) -> jax.Array:
   """Swaps gendered token ids in a token array of any shape (an involution).
 
   Args:
-    tokens: int array of token ids.
+    tokens: int array of token ids (the last axis is the sequence).
     id_pairs: ``[P, 2]`` id pairs (from :func:`token_id_pairs`) or a dict id -> id (either one
       direction or both).
+    pronouns: apply the her/his/him/hers next-token rule (:func:`pronoun_ids`); then the swap
+      is an involution except where the rule misreads an object pronoun before a bare noun.
 
   Returns:
     int32 array of the same shape with every paired id replaced by its partner.
@@ -363,7 +424,10 @@ def swap_token_ids(
   size = int(pairs_arr.max()) + 1 if pairs_arr.size else 1
   table = jnp.asarray(swap_table(pairs_arr, size))
   inside = (tokens >= 0) & (tokens < size)
-  return jnp.where(inside, table[jnp.clip(tokens, 0, size - 1)], tokens).astype(jnp.int32)
+  out = jnp.where(inside, table[jnp.clip(tokens, 0, size - 1)], tokens)
+  if pronouns is not None:
+    out = _pronoun_ids_rule(tokens, out, pronouns)
+  return out.astype(jnp.int32)
 
 
 def counterfactual_gap(scores: jax.typing.ArrayLike, cf_scores: jax.typing.ArrayLike) -> np.ndarray:
@@ -395,11 +459,13 @@ __all__ = [
   "CLOSED_CLASS",
   "HER_COUNTERPARTS",
   "PRONOUNS",
+  "PronounIds",
   "build_matching",
   "check_pairs",
   "count_swappable",
   "counterfactual_gap",
   "load_gender_pairs",
+  "pronoun_ids",
   "swap_table",
   "swap_text",
   "swap_texts",

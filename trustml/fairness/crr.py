@@ -444,6 +444,10 @@ def run(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   eval_arrays = encode_lm(tokenizer, eval_texts, max_len)
   id_pairs = counterfactual.token_id_pairs(pairs, tokenizer.token_to_id, tokenizers.UNK)
   perm = distill.swap_permutation(vocab, id_pairs)
+  pronouns = None
+  if config.fairness.her_counterpart == "pos":  # her/his/him/hers by the next-token rule
+    itos = [tokenizer.id_to_token(i) for i in range(vocab)]
+    pronouns = counterfactual.pronoun_ids(itos, tokenizers.UNK)
   evaluator = _Evaluator(config, tokenizer, eval_arrays, pairs, streams)
 
   def log(msg):
@@ -495,7 +499,7 @@ def run(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   student_init = jax.jit(student.init)(streams.at("params", 1), init_batch)
   dc = config.distill
   for v in variants:
-    arrays = distill.augment(train_arrays, id_pairs, v.cda)
+    arrays = distill.augment(train_arrays, id_pairs, v.cda, pronouns)
     s_steps = train_config.num_train_steps(config.student.train, len(train_texts))
 
     def train_student(v=v, arrays=arrays, s_steps=s_steps):

@@ -278,14 +278,28 @@ def make_kd_step(
   return step
 
 
-def with_swaps(arrays: Mapping[str, np.ndarray], id_pairs: np.ndarray) -> dict[str, np.ndarray]:
-  """Adds ``tokens_swapped`` (the token-level counterfactual of ``tokens``) to encoded arrays."""
+def with_swaps(
+  arrays: Mapping[str, np.ndarray],
+  id_pairs: np.ndarray,
+  pronouns: counterfactual.PronounIds | None = None,
+) -> dict[str, np.ndarray]:
+  """Adds ``tokens_swapped`` (the token-level counterfactual of ``tokens``) to encoded arrays.
+
+  ``pronouns`` switches on the her/his/him/hers next-token rule
+  (:func:`trustml.fairness.counterfactual.pronoun_ids`).
+  """
   out = dict(arrays)
-  out["tokens_swapped"] = np.asarray(counterfactual.swap_token_ids(arrays["tokens"], id_pairs))
+  swapped = counterfactual.swap_token_ids(arrays["tokens"], id_pairs, pronouns=pronouns)
+  out["tokens_swapped"] = np.asarray(swapped)
   return out
 
 
-def augment(arrays: Mapping[str, np.ndarray], id_pairs: np.ndarray, mode: str) -> dict:
+def augment(
+  arrays: Mapping[str, np.ndarray],
+  id_pairs: np.ndarray,
+  mode: str,
+  pronouns: counterfactual.PronounIds | None = None,
+) -> dict:
   """Counterfactual data augmentation of encoded LM arrays.
 
   Args:
@@ -293,6 +307,7 @@ def augment(arrays: Mapping[str, np.ndarray], id_pairs: np.ndarray, mode: str) -
     id_pairs: gendered token-id pairs ``[P, 2]``.
     mode: ``none`` (unchanged), ``one_sided`` (each sequence with a gendered token replaced by
       its swap) or ``two_sided`` (originals plus the swaps of those sequences appended).
+    pronouns: the pronoun rule of the swap (``None``: the word matching only).
 
   Returns:
     New arrays with ``tokens_swapped`` set for every row; ``index`` renumbered.
@@ -301,7 +316,7 @@ def augment(arrays: Mapping[str, np.ndarray], id_pairs: np.ndarray, mode: str) -
     ConfigError: for an unknown mode.
   """
   validation.one_of("distill.cda", mode, CDA_MODES)
-  arrays = with_swaps(arrays, id_pairs)
+  arrays = with_swaps(arrays, id_pairs, pronouns)
   changed = np.any(arrays["tokens_swapped"] != arrays["tokens"], axis=1)
   if mode == "one_sided":
     out = dict(arrays)
@@ -312,7 +327,7 @@ def augment(arrays: Mapping[str, np.ndarray], id_pairs: np.ndarray, mode: str) -
     out = {k: np.concatenate([arrays[k], extra[k]], axis=0) for k in arrays}
   else:
     out = dict(arrays)
-  out = with_swaps(out, id_pairs)
+  out = with_swaps(out, id_pairs, pronouns)
   out["index"] = np.arange(out["tokens"].shape[0], dtype=np.int32)
   return out
 

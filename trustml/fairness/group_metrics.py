@@ -27,6 +27,7 @@ from JAX models elsewhere; a NaN/inf score or a length mismatch raises a ``Confi
 the input.
 """
 
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
@@ -311,15 +312,17 @@ def bootstrap_ci(
   def on_rows(idx):
     return np.asarray(statistic_fn(*(a[idx] for a in arrays)), np.float64)
 
-  res = stats.bootstrap(
-    (np.arange(len(arrays[0])),),
-    on_rows,
-    vectorized=False,
-    n_resamples=num_samples,
-    confidence_level=confidence,
-    method="percentile",
-    rng=rng_lib.numpy_rng(seed, "bootstrap"),
-  )
+  with warnings.catch_warnings():  # NaN resamples are handled below; scipy warns about them
+    warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+    res = stats.bootstrap(
+      (np.arange(len(arrays[0])),),
+      on_rows,
+      vectorized=False,
+      n_resamples=num_samples,
+      confidence_level=confidence,
+      method="percentile",
+      rng=rng_lib.numpy_rng(seed, "bootstrap"),
+    )
   low, high = res.confidence_interval
   draws = np.moveaxis(np.asarray(res.bootstrap_distribution), -1, 0)
   if np.isnan(draws).any():  # scipy's percentiles propagate NaN: leave undefined resamples out
