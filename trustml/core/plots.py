@@ -111,8 +111,12 @@ def plot_run(workdir: str | os.PathLike, title: str | None = None) -> list[str]:
     title: a prefix for the plot titles (default: the workdir's name).
 
   Returns:
-    The paths written.
+    The paths written (none on processes other than 0 of a multi-process run).
   """
+  from trustml.core import distributed  # noqa: PLC0415
+
+  if not distributed.is_main_process():  # Process 0 writes the run contract.
+    return []
   root = pathlib.Path(workdir)
   events = read_events(root)
   name = title or root.name

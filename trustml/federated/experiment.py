@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from trustml.core import distributed
 from trustml.core import rng as rng_lib
 from trustml.core import validation
 from trustml.data import batching
@@ -129,7 +130,7 @@ class _Rounds:
     fn = self.alg.apply if f.backend == "vmap" else self.alg.reference_apply
     state, diag = fn(state, packed, key)
     if self.controls is not None:
-      new = jax.device_get(diag["clients"]["control"])
+      new = distributed.to_host(diag["clients"]["control"])  # Clients of every process.
       for c, n in zip(jax.tree.leaves(self.controls), jax.tree.leaves(new), strict=True):
         c[sel] = n[:real]
     metrics = {k: float(v) for k, v in jax.device_get(diag["metrics"]).items()}
@@ -169,6 +170,8 @@ def _restore(ckpt, state, rounds):
 
 
 def _plot(workdir: pathlib.Path, curve: list[tuple[int, float]], name: str, title: str) -> None:
+  if not distributed.is_main_process():  # Process 0 writes the run contract.
+    return
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use("Agg")

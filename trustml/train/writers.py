@@ -43,6 +43,13 @@ def _writes() -> bool:
   return distributed.is_main_process()
 
 
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+  """Writes via a temporary file and a rename: a reader (another process) never sees half."""
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
 def write_config(workdir: str | os.PathLike, config: Any) -> None:
   """Writes the resolved config as ``config.json`` (process 0 only)."""
   if not _writes():
@@ -50,7 +57,7 @@ def write_config(workdir: str | os.PathLike, config: Any) -> None:
   d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
   path = pathlib.Path(workdir)
   path.mkdir(parents=True, exist_ok=True)
-  (path / "config.json").write_text(json.dumps(jsonable(d), indent=2, sort_keys=True))
+  _write_atomic(path / "config.json", json.dumps(jsonable(d), indent=2, sort_keys=True))
 
 
 def write_summary(workdir: str | os.PathLike, summary: Mapping[str, Any]) -> None:
@@ -59,7 +66,7 @@ def write_summary(workdir: str | os.PathLike, summary: Mapping[str, Any]) -> Non
     return
   path = pathlib.Path(workdir)
   path.mkdir(parents=True, exist_ok=True)
-  (path / "summary.json").write_text(json.dumps(jsonable(summary), indent=2, sort_keys=True))
+  _write_atomic(path / "summary.json", json.dumps(jsonable(summary), indent=2, sort_keys=True))
 
 
 def read_summary(workdir: str | os.PathLike) -> dict[str, Any]:
