@@ -26,6 +26,7 @@ Args (comma-separated after ``:``):
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import nlu
 from trustml.core import config_args
@@ -127,7 +128,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     {
       "enabled": a.dp,  # Clip, noise, fixed denominator, accounting.
       "l2_clip_norm": 1.0,  # Clip of a client's delta (initial clip when adaptive).
-      "noise_multiplier": 1.0,  # Total z fed to the accountant.
+      "noise_multiplier": 1.0,  # Total z: noise std / C (accounted z/2 for fixed cohorts).
       "per_layer": False,  # Clip leaf by leaf.
       "weight_cap": 20.0,  # w_i = min(n_i / weight_cap, 1).
       "adaptive": False,  # Andrew et al. 2021 quantile tracking (diverges with ~20-client cohorts).
@@ -135,6 +136,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "clip_learning_rate": 0.2,  # Geometric clip step.
       "count_noise_multiplier": max(a.per_round / 20.0, 0.6),  # sigma_b (must exceed z / 2).
       "delta": 1e-5,  # Target delta.
+      "accountant": "rdp",  # rdp | pld (pld: Poisson cohorts only).
+      "truncation_budget": 1e-3,  # Poisson cohort cap: run-wide P(truncation) <= this * delta.
+      # None: noise and cohort coins from secret OS entropy (kept in the checkpoint only); an
+      # int fixes them (the run says its guarantee assumes the seed stays secret).
+      "noise_seed": config_dict.placeholder(int),
+      "release_unsafe_stats": False,  # Also write exact cohort sizes / losses (not covered).
     }
   )
   # Centralized baseline budget: the spine loop reads config.train (same model and data).

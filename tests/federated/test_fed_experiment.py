@@ -12,6 +12,8 @@ import pytest
 from configs import fed_lm_shakespeare, fed_nlu, fed_selection
 from trustml.core.validation import ConfigError
 from trustml.federated import experiment
+from trustml.privacy import accounting
+from trustml.train import writers
 
 
 def _mutate(config, **fields):
@@ -81,11 +83,32 @@ def test_continual_activity_smoke(tmp_path):
     assert np.isfinite(s[key]), key
 
 
-def test_dp_smoke_reports_epsilon(tmp_path):
+def test_dp_smoke_reports_epsilon_from_the_ledger_and_releases_nothing_private(tmp_path):
   config = fed_nlu.get_config("smoke,dp,partition=iid,clients=12")
-  s = experiment.run(config, tmp_path)
+  s = experiment.run(config, tmp_path / "a")
   assert s["privacy/unit"] == "user" and 0 < s["privacy/epsilon"] < float("inf")
-  assert s["privacy/epsilon_per_round"] < s["privacy/epsilon"]
+  # ε re-derived with dp_accounting from the ledger's per-round records.
+  acc = accounting.make_accountant("rdp", "poisson")
+  for rec, n in s["privacy/ledger"]:
+    acc.compose(accounting.step_event("poisson", rec["sampling_rate"], rec["noise_multiplier"]), n)
+  assert s["privacy/epsilon"] == acc.get_epsilon(1e-5)
+  # Poisson cohorts are capped with their truncation probability in the total δ (audit A8).
+  assert s["privacy/total_delta"] >= s["privacy/delta"]
+  assert s["privacy/total_delta"] < 1.01 * s["privacy/delta"]
+  # No realised cohort size, exact unclipped fraction or client loss is written (audit A4).
+  # (Eval metrics are on held-out users' test rows.)
+  text = json.dumps({k: v for k, v in s.items() if not k.startswith("eval/")})
+  text += json.dumps([e for e in writers.read_metrics(tmp_path / "a") if "eval" not in e["split"]])
+  private = ("clients_sampled", '"fed/clients_per_round"', 'dp/unclipped_fraction"', "loss\": ")
+  for key in private + ("train/loss", "truncated_rounds"):
+    assert key not in text, key
+  # Fresh secret per run: same config.json, different noise.
+  t = experiment.run(config, tmp_path / "b")
+  assert t["privacy/epsilon"] == s["privacy/epsilon"] and t["eval/loss"] != s["eval/loss"]
+  # A changed config on the same workdir is refused, naming the field.
+  config.dp.noise_multiplier = 2.0
+  with pytest.raises(ConfigError, match="dp.noise_multiplier"):
+    experiment.run(config, tmp_path / "a")
 
 
 @pytest.mark.slow

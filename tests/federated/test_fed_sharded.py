@@ -34,8 +34,9 @@ SCRIPT = textwrap.dedent(
     p["scalars"] = {"denominator": 4.0, "expected_clients": 6.0}
     plain = algorithms.fed_avg(model, client_learning_rate=0.3, **kw)
     sharded = algorithms.fed_avg(model, client_learning_rate=0.3, mesh=mesh, **kw)
-    a, _ = plain.apply(plain.init(params), p, jax.random.key(1))
-    b, db = sharded.apply(sharded.init(params), round_lib.shard_packed(p, mesh), jax.random.key(1))
+    init = (lambda alg: alg.init(params, np.array([3, 4], np.uint32))) if "dp" in kw else (lambda alg: alg.init(params))
+    a, _ = plain.apply(init(plain), p, jax.random.key(1))
+    b, db = sharded.apply(init(sharded), round_lib.shard_packed(p, mesh), jax.random.key(1))
     assert db["clients"]["loss"].sharding.spec[0] == "clients", db["clients"]["loss"].sharding
     out.append((name, diff(a, b)))
   print("RESULT", out)

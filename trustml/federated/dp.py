@@ -1,47 +1,59 @@
 """User-level DP for federated averaging (DP-FedAvg, McMahan et al. 2018; Andrew et al. 2021).
 
-Per round, with clients sampled by Poisson sampling at rate ``q`` (or ``m`` of ``N`` uniformly):
+Only what is federated lives here; clipping, noise, adaptive clipping and accounting are the
+privacy core's (:mod:`trustml.privacy.aggregators`, :mod:`~trustml.privacy.noise`,
+:mod:`~trustml.privacy.adaptive`, :mod:`~trustml.privacy.ledger`), the same code that central
+DP-SGD runs. Per round:
 
-1. each sampled client's model delta ``Delta_i`` is clipped to L2 norm ``C``, either as one flat
-   vector (``per_layer=False``) or leaf by leaf to ``C / sqrt(L)`` for ``L`` leaves
-   (``per_layer=True``; the concatenation still has norm <= ``C``);
-2. the server sums ``sum_i w_i clip(Delta_i)`` with weights capped to ``w_i = min(n_i / n_cap, 1)``
-   (``n_cap = 0`` means ``w_i = 1``);
-3. adds ``N(0, (z_Delta C)^2 I)`` to the sum, and
-4. divides by the *fixed* denominator ``q W`` with ``W = sum_all w_i`` (the expected total weight),
-   not by the data-dependent sum of sampled weights.
+1. each sampled user's model delta ``Δ_i`` is one row of the core's clipped sum (flat, or per
+   layer to ``C/√L``), scaled by the capped weight ``w_i = min(n_i / n_cap, 1) ∈ (0, 1]``:
+   ``S = Σ_i w_i clip_C(Δ_i)``;
+2. the privatizer adds ``N(0, (σ_Δ C)² I)`` to ``S`` from the run's secret key (one draw per
+   round), and the server divides by the *fixed* denominator ``Σ_i π_i w_i`` over the
+   population (the expected total weight), never by the sampled weights;
+3. with adaptive clipping the centred count ``Σ_i (b_i − ½)`` is released with noise σ_b and
+   ``C ← C exp(−η (b̃ − γ))``; the total multiplier z is split as
+   ``z⁻² = σ_Δ⁻² + (2σ_b)⁻²``.
 
-Adaptive clipping (Andrew et al. 2021) tracks a target quantile ``gamma`` of update norms:
-``b = (sum_i 1[||Delta_i|| <= C] + N(0, sigma_b^2)) / (q N)``, ``C <- C exp(-eta (b - gamma))``.
-The total noise multiplier ``z`` is split so that
-``z^-2 = z_Delta^-2 + (2 sigma_b)^-2`` (the count query has sensitivity 1/2 after centering),
-and the accountant is fed ``z``.
+Unit of privacy: the **user** (all of a client's rows). Neighbouring relation: add/remove one
+user under Poisson cohorts (``selection.mode='poisson'``), replace one user under fixed-size
+cohorts (``'without_replacement'``, uniform sampler only). Sensitivity of ``S``: C (add/remove)
+or 2C (replace-one); of the centred count: ½ or 1 — the ledger accounts each round with the
+values that ran.
 """
 
 import dataclasses
-import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from trustml.core import validation
+from trustml.privacy import accounting, aggregators
+
+ACCOUNTANTS = ("rdp", "pld")
 
 
 @dataclasses.dataclass(frozen=True)
 class DpConfig:
-  """User-level DP aggregation settings.
+  """User-level DP aggregation settings (the ``dp`` config section without ``enabled``).
 
   Attributes:
     l2_clip_norm: initial clip ``C`` of a client's delta (> 0).
-    noise_multiplier: total noise multiplier ``z`` (>= 0) fed to the accountant.
+    noise_multiplier: total noise multiplier ``z`` (>= 0): std of the sum's noise over C
+      (shared with the count under adaptive clipping).
     per_layer: clip leaf by leaf to ``C / sqrt(L)`` instead of the flat vector.
     weight_cap: ``n_cap`` of ``w_i = min(n_i / n_cap, 1)``; 0 gives uniform weights 1.
     adaptive: follow a target quantile of update norms (Andrew et al. 2021).
     target_quantile: ``gamma`` in (0, 1).
     clip_learning_rate: ``eta`` of the geometric clip update (> 0).
-    count_noise_multiplier: ``sigma_b`` of the noisy unclipped count (> 0 when adaptive).
+    count_noise_multiplier: ``sigma_b`` of the noisy centred unclipped count (> 0 when adaptive).
     delta: target delta for the reported epsilon.
+    accountant: ``rdp`` or ``pld`` (Poisson cohorts only).
+    truncation_budget: Poisson cohorts are capped so run-wide P(truncation) ≤ this fraction of
+      δ (the probability is added to the reported total δ).
+    noise_seed: None (secret OS entropy, kept in the checkpoint) or an int fixing it.
+    release_unsafe_stats: also write exact statistics of the users' data (realised cohort sizes,
+      exact unclipped fractions, client losses); the run is then marked as not covered.
+    cohort_mode: ``selection.mode`` of the run (set by the experiment): fixes the relation.
   """
 
   l2_clip_norm: float = 1.0
@@ -53,6 +65,11 @@ class DpConfig:
   clip_learning_rate: float = 0.2
   count_noise_multiplier: float = 1.0
   delta: float = 1e-5
+  accountant: str = "rdp"
+  truncation_budget: float = 1e-3
+  noise_seed: int | None = None
+  release_unsafe_stats: bool = False
+  cohort_mode: str = "poisson"
 
   def validate(self) -> "DpConfig":
     """Checks every field before any compute.
@@ -64,6 +81,14 @@ class DpConfig:
     validation.non_negative("dp.noise_multiplier", self.noise_multiplier)
     validation.non_negative("dp.weight_cap", self.weight_cap)
     validation.in_range("dp.delta", self.delta, 0.0, 1.0)
+    validation.one_of("dp.accountant", self.accountant, ACCOUNTANTS)
+    validation.in_range("dp.truncation_budget", self.truncation_budget, 0.0, 1.0)
+    if self.noise_seed is not None:
+      validation.non_negative_int("dp.noise_seed", self.noise_seed)
+    if not isinstance(self.release_unsafe_stats, bool):
+      raise validation.ConfigError(
+        f"dp.release_unsafe_stats={self.release_unsafe_stats!r} is invalid: True or False"
+      )
     if self.adaptive:
       validation.in_range("dp.target_quantile", self.target_quantile, 0.0, 1.0)
       validation.positive("dp.clip_learning_rate", self.clip_learning_rate)
@@ -75,16 +100,51 @@ class DpConfig:
         )
     return self
 
+  @property
+  def count_noise_std(self) -> float:
+    """σ_b when adaptive clipping releases the count, else 0."""
+    return float(self.count_noise_multiplier) if self.adaptive else 0.0
+
+
+def sampling_scheme(mode: str) -> str:
+  """The core's sampling name of a cohort mode: ``poisson`` or ``fixed`` (replace-one)."""
+  return "poisson" if mode == "poisson" else "fixed"
+
+
+def validate_selection(config: DpConfig, sampler_name: str, mode: str) -> None:
+  """Rejects cohort selections whose privacy amplification the ledger cannot account.
+
+  Raises:
+    ConfigError: fixed-size cohorts with a non-uniform sampler (no dp_accounting event), or
+      PLD with fixed-size cohorts.
+  """
+  if mode != "poisson" and sampler_name != "uniform":
+    raise validation.ConfigError(
+      f"selection.sampler={sampler_name!r} is invalid with dp.enabled and "
+      f"selection.mode={mode!r}: fixed-size DP cohorts must be uniform (or use mode='poisson')"
+    )
+  accounting.make_accountant(config.accountant, sampling_scheme(mode))
+
+
+def aggregator(config: DpConfig, mode: str | None = None) -> aggregators.ClippedAggregator:
+  """The user-level clipped aggregator for cohorts drawn in ``mode`` (default the config's)."""
+  mode = config.cohort_mode if mode is None else mode
+  return aggregators.ClippedAggregator(
+    unit="user",
+    relation=aggregators.relation_for_sampling(sampling_scheme(mode)),
+    clipping="per_layer" if config.per_layer else "flat",
+  )
+
 
 def update_noise_multiplier(config: DpConfig) -> float:
-  """``z_Delta``: the noise multiplier left for the update after the count's share.
+  """``σ_Δ``: the update's noise multiplier after the count's share.
 
   Returns ``z`` itself without adaptive clipping, else ``(z^-2 - (2 sigma_b)^-2)^-1/2``.
   """
   z = config.noise_multiplier
   if not config.adaptive or z == 0:
     return z
-  return (z**-2 - (2 * config.count_noise_multiplier) ** -2) ** -0.5
+  return accounting.grad_noise_multiplier(z, config.count_noise_multiplier)
 
 
 def capped_weights(num_examples: np.ndarray, weight_cap: float) -> np.ndarray:
@@ -103,147 +163,12 @@ def capped_weights(num_examples: np.ndarray, weight_cap: float) -> np.ndarray:
   return np.minimum(n / weight_cap, 1.0).astype(np.float32)
 
 
-def global_norm(tree) -> jax.Array:
-  """L2 norm of a pytree as one flat vector."""
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
-
-
-def clip(tree, l2_clip_norm: jax.typing.ArrayLike, per_layer: bool):
-  """Clips a client delta to L2 norm ``l2_clip_norm``.
-
-  Args:
-    tree: one client's delta.
-    l2_clip_norm: ``C``.
-    per_layer: clip each leaf to ``C / sqrt(L)``.
-
-  Returns:
-    ``(clipped_tree, flat_norm_before_clipping)``.
-
-  **Formal guarantees**: the returned tree has flat L2 norm <= ``C`` (per-layer: each of the
-  ``L`` leaves <= ``C / sqrt(L)``, hence the whole <= ``C``). Nothing is bounded about the
-  unclipped norm that is returned (it is used only through the noisy count).
-  """
-  norm = global_norm(tree)
-  leaves = jax.tree.leaves(tree)
-  if per_layer:
-    c = l2_clip_norm / math.sqrt(len(leaves))
-
-    def leaf_clip(x):
-      n = jnp.sqrt(jnp.sum(jnp.square(x)))
-      return x * jnp.minimum(1.0, c / jnp.maximum(n, 1e-12))
-
-    return jax.tree.map(leaf_clip, tree), norm
-  scale = jnp.minimum(1.0, l2_clip_norm / jnp.maximum(norm, 1e-12))
-  return jax.tree.map(lambda x: x * scale, tree), norm
-
-
-def add_noise(tree, stddev: jax.typing.ArrayLike, key: jax.Array):
-  """Adds independent ``N(0, stddev^2)`` to every coordinate of ``tree`` (one key per leaf).
-
-  Args:
-    tree: the weighted sum of clipped deltas.
-    stddev: noise standard deviation ``z_Delta * C``.
-    key: the DP-noise key of this round; required, never reused for another draw.
-
-  Returns:
-    The noised tree.
-
-  **Formal guarantees**: with ``sum_i w_i clip(Delta_i)``, ``w_i <= 1``, ``||clip||<=C``,
-  adding or removing one user changes the sum by at most ``C`` in L2, so this is the Gaussian
-  mechanism with noise multiplier ``stddev / C`` under add/remove-one-user adjacency. Privacy
-  amplification needs the sampling to be as accounted (Poisson with rate ``q``).
-  """
-  leaves, treedef = jax.tree.flatten(tree)
-  keys = jax.random.split(key, len(leaves))
-  noised = [
-    x + stddev * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys, strict=True)
-  ]
-  return jax.tree.unflatten(treedef, noised)
-
-
-def adapt_clip(
-  l2_clip_norm: jax.Array,
-  unclipped_count: jax.Array,
-  key: jax.Array,
-  *,
-  expected_clients: jax.typing.ArrayLike,
-  config: DpConfig,
-) -> tuple[jax.Array, jax.Array]:
-  """Geometric update of the clip toward the target quantile (Andrew et al. 2021).
-
-  Args:
-    l2_clip_norm: current ``C``.
-    unclipped_count: ``sum_i 1[||Delta_i|| <= C]`` over the sampled clients.
-    key: the count-noise key of this round (required).
-    expected_clients: ``q N``.
-    config: DP settings.
-
-  Returns:
-    ``(new_clip, noisy_unclipped_fraction)``.
-
-  **Formal guarantees**: the count has sensitivity 1 (1/2 after centering at 1/2); its noise
-  ``sigma_b`` is part of the split that makes the round a Gaussian mechanism with multiplier
-  ``z``. The clip value itself is then a post-processing of private outputs.
-  """
-  noisy = unclipped_count + config.count_noise_multiplier * jax.random.normal(key, (), jnp.float32)
-  frac = noisy / expected_clients
-  new = l2_clip_norm * jnp.exp(-config.clip_learning_rate * (frac - config.target_quantile))
-  return new.astype(jnp.float32), frac
-
-
-def epsilon(
-  *,
-  noise_multiplier: float,
-  sampling_rate: float,
-  rounds: int,
-  delta: float,
-  population_size: int | None = None,
-  clients_per_round: int | None = None,
-) -> float:
-  """User-level epsilon after ``rounds`` rounds, from ``dp_accounting`` (RDP accountant).
-
-  Poisson sampling at ``sampling_rate`` (add/remove-one-user) by default; with
-  ``population_size`` and ``clients_per_round`` the fixed-size sampling without replacement
-  event (replace-one-user) is accounted instead.
-
-  Args:
-    noise_multiplier: total ``z``.
-    sampling_rate: ``q``.
-    rounds: number of rounds (0 gives 0).
-    delta: target delta.
-    population_size: ``N`` for fixed-size sampling.
-    clients_per_round: ``m`` for fixed-size sampling.
-
-  Returns:
-    epsilon (``inf`` when ``z == 0`` and ``rounds > 0``).
-  """
-  import dp_accounting  # pylint: disable=g-import-not-at-top
-
-  if rounds <= 0:
-    return 0.0
-  if noise_multiplier <= 0:
-    return float("inf")
-  gauss = dp_accounting.GaussianDpEvent(noise_multiplier)
-  if population_size is not None and clients_per_round is not None:
-    event = dp_accounting.SampledWithoutReplacementDpEvent(
-      population_size, clients_per_round, gauss
-    )
-    relation = dp_accounting.NeighboringRelation.REPLACE_ONE
-  else:
-    event = dp_accounting.PoissonSampledDpEvent(sampling_rate, gauss)
-    relation = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
-  accountant = dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
-  accountant.compose(dp_accounting.SelfComposedDpEvent(event, rounds))
-  return float(accountant.get_epsilon(delta))
-
-
 __all__ = [
+  "ACCOUNTANTS",
   "DpConfig",
-  "adapt_clip",
-  "add_noise",
+  "aggregator",
   "capped_weights",
-  "clip",
-  "epsilon",
-  "global_norm",
+  "sampling_scheme",
   "update_noise_multiplier",
+  "validate_selection",
 ]

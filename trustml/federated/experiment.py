@@ -23,23 +23,27 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from trustml.core import distributed
+from trustml.core import distributed, validation
 from trustml.core import rng as rng_lib
-from trustml.core import validation
 from trustml.data import batching
 from trustml.federated import algorithms, continual, packing, population, selection
 from trustml.federated import dp as dp_lib
 from trustml.federated import round as round_lib
+from trustml.privacy import aggregators
+from trustml.privacy import ledger as ledger_lib
+from trustml.privacy import sampling as sampling_lib
 from trustml.train import checkpoint, evaluate, writers
 from trustml.train import experiment as spine
+from trustml.train import workdir as workdir_lib
 
 
 def _dp_config(config: Any) -> dp_lib.DpConfig | None:
   if not config.dp.enabled:
     return None
-  return dp_lib.DpConfig(
-    **{k: v for k, v in config.dp.to_dict().items() if k != "enabled"}
-  ).validate()
+  fields = {k: v for k, v in config.dp.to_dict().items() if k != "enabled"}
+  cfg = dp_lib.DpConfig(**fields, cohort_mode=config.selection.mode).validate()
+  dp_lib.validate_selection(cfg, config.selection.sampler, config.selection.mode)
+  return cfg
 
 
 def _poisson_capacity(m: int) -> int:
@@ -66,6 +70,44 @@ class _Rounds:
     self.num_devices = mesh.devices.size if mesh is not None else 1
     self.truncated = 0
     self.controls = None
+    self.ledger: ledger_lib.PrivacyLedger | None = None  # Set for DP runs.
+    self.records: dict[int, ledger_lib.StepRecord] = {}
+
+  def _coins_seed(self) -> int:
+    """Selection coins: from the ledger's secret under DP (never the public seed)."""
+    return self.ledger.secret.entropy if self.ledger is not None else self.seed
+
+  def dp_record(self, sizes: np.ndarray, r: int | None = None) -> ledger_lib.StepRecord:
+    """The accounting record of a round over clients of ``sizes`` (eligible: size > 0)."""
+    eligible = np.flatnonzero(sizes > 0)
+    n = len(eligible)
+    m = min(self.sampler.num_clients_per_round, n)
+    sampler = selection.Sampler(self.sampler.name, m, self.sampler.beta, self.sampler.mode)
+    pi = selection.inclusion_probabilities(sampler, sizes[eligible])
+    z = dp_lib.update_noise_multiplier(self.dp)
+    agg = dp_lib.aggregator(self.dp)
+    accounted = (
+      aggregators.effective_noise_multiplier(
+        z, agg.sensitivity_factor, self.dp.count_noise_std, agg.count_sensitivity()
+      )
+      if z > 0
+      else 0.0
+    )
+    if sampler.mode == "poisson":
+      q = float(np.max(pi))  # Non-uniform π: each user's inclusion probability is ≤ max π.
+      cap = self.poisson_capacity(n, q)
+      trunc = sampling_lib.truncation_probability(n + 1, q, cap)
+      return ledger_lib.StepRecord("poisson", q, n, 0, accounted, trunc)
+    return ledger_lib.StepRecord("fixed", m / n, n, m, accounted, 0.0)
+
+  def poisson_capacity(self, n: int, q: float) -> int:
+    """Packed client slots of a Poisson cohort (DP: run-wide truncation ≤ budget · δ)."""
+    m = self.sampler.num_clients_per_round
+    if self.dp is None:
+      return _poisson_capacity(m)
+    budget = self.dp.truncation_budget * self.dp.delta
+    rounds = int(self.config.federated.rounds)
+    return sampling_lib.poisson_cap(n + 1, q, self.num_devices, rounds, budget)
 
   def init_controls(self, params):
     if self.alg.spec.scaffold:
@@ -80,10 +122,16 @@ class _Rounds:
     m = min(self.sampler.num_clients_per_round, len(eligible))
     sampler = selection.Sampler(self.sampler.name, m, self.sampler.beta, self.sampler.mode)
     pi = selection.inclusion_probabilities(sampler, sizes[eligible])
-    chosen = selection.sample(sampler, sizes[eligible], seed=self.seed, round_index=r)
-    capacity = _poisson_capacity(m) if sampler.mode == "poisson" else m
+    chosen = selection.sample(sampler, sizes[eligible], seed=self._coins_seed(), round_index=r)
+    if self.dp is not None:
+      self.records[r] = self.dp_record(sizes, r)
+    if sampler.mode == "poisson":
+      q = float(np.max(pi)) if len(pi) else 0.0
+      capacity = self.poisson_capacity(len(eligible), q)
+    else:
+      capacity = m
     if len(chosen) > capacity:
-      keep = rng_lib.numpy_rng(self.seed, "selection/truncate", r).choice(
+      keep = rng_lib.numpy_rng(self._coins_seed(), "selection/truncate", r).choice(
         len(chosen), capacity, replace=False
       )
       chosen = np.sort(chosen[keep])
@@ -134,7 +182,10 @@ class _Rounds:
       for c, n in zip(jax.tree.leaves(self.controls), jax.tree.leaves(new), strict=True):
         c[sel] = n[:real]
     metrics = {k: float(v) for k, v in jax.device_get(diag["metrics"]).items()}
-    metrics["fed/clients_sampled"] = float(real)
+    if self.dp is None:
+      metrics["fed/clients_sampled"] = float(real)
+    else:
+      metrics["unsafe/clients_sampled"] = float(real)  # The realised cohort size is private.
     return state, metrics
 
 
@@ -188,6 +239,45 @@ def _plot(workdir: pathlib.Path, curve: list[tuple[int, float]], name: str, titl
   plt.close(fig)
 
 
+def _dp_ledger(config, dp_cfg, rounds, pop, fingerprint) -> ledger_lib.PrivacyLedger:
+  """The run's privacy ledger: user-level records of each round, the run's secret."""
+  full = np.array([len(x) for x in pop.partition.indices["train"]])
+  static = rounds.dp_record(full)
+
+  def plan(r: int) -> ledger_lib.StepRecord:
+    return rounds.records.get(r, static)
+
+  secret = (
+    rng_lib.SecretStreams.from_seed(int(dp_cfg.noise_seed))
+    if dp_cfg.noise_seed is not None
+    else rng_lib.SecretStreams.fresh()
+  )
+  return ledger_lib.PrivacyLedger(
+    aggregator=dp_lib.aggregator(dp_cfg),
+    plan_fn=plan,
+    delta=dp_cfg.delta,
+    accountant=dp_cfg.accountant,
+    max_steps=int(config.federated.rounds),
+    secret=secret,
+    noise_seed_fixed=dp_cfg.noise_seed is not None,
+    release_unsafe_stats=dp_cfg.release_unsafe_stats,
+    fingerprint=fingerprint,
+    config=workdir_lib.config_dict(config),
+    extra_summary={
+      "privacy/adaptive_clipping": dp_cfg.adaptive,
+      "privacy/weight_cap": dp_cfg.weight_cap,
+      "privacy/cohort_mode": dp_cfg.cohort_mode,
+    },
+  )
+
+
+def _released(metrics: dict[str, float], dp_cfg: dp_lib.DpConfig) -> dict[str, float]:
+  """The round metrics a DP run may write: unsafe/* only with release_unsafe_stats."""
+  if dp_cfg.release_unsafe_stats:
+    return dict(metrics)
+  return {k: v for k, v in metrics.items() if not k.startswith("unsafe/")}
+
+
 def run(
   config: Any, workdir: str | os.PathLike, *, stop_after_round: int | None = None
 ) -> dict[str, Any]:
@@ -218,9 +308,8 @@ def run(
     writers.write_summary(workdir, summary)
     return summary
   dp_cfg = _dp_config(config)
+  workdir_lib.check(workdir, config)  # A workdir holding a different run: refused, untouched.
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  writers.write_config(workdir, config)
   prepared = spine.prepare(config, workdir)
   model, seed = prepared.model, int(config.seed)
   pop = population.build(config, prepared.train, prepared.eval)
@@ -241,8 +330,24 @@ def run(
   alg = algorithms.from_config(model, config.algorithm, mesh=mesh, dp=dp_cfg, dropout=dropout)
   example = batching.take_padded(prepared.train, np.arange(2), 2)
   params = model.init(rng_lib.RngStreams(seed).stream("params"), example)
-  state = alg.init(params)
   rounds = _Rounds(config, model, prepared.train, pop, alg, mesh, dp_cfg)
+  ckpt = checkpoint.Checkpointer(workdir)
+  fingerprint = workdir_lib.fingerprint(config)
+  if dp_cfg is not None:
+    rounds.ledger = _dp_ledger(config, dp_cfg, rounds, pop, fingerprint)
+  latest = ckpt.latest_step()
+  if latest is not None:  # Refuse a checkpoint of another config before restoring anything.
+    stored = ckpt.restore_extra(latest)
+    if "config" in stored:
+      message = workdir_lib.refusal(workdir, stored["config"], workdir_lib.config_dict(config))
+      if message:
+        ckpt.close()
+        raise validation.ConfigError(message)
+    if rounds.ledger is not None and "ledger" in stored:
+      rounds.ledger.load_state_dict(stored["ledger"])
+  workdir_lib.claim(workdir, config)
+  key_data = rounds.ledger.secret.key_data("fed_dp_noise") if rounds.ledger is not None else None
+  state = alg.init(params, key_data) if dp_cfg is not None else alg.init(params)
   rounds.init_controls(params)
 
   metric = _metric_name(model)
@@ -267,7 +372,6 @@ def run(
       for t in range(t_periods)
     ]
 
-  ckpt = checkpoint.Checkpointer(workdir)
   extra: dict[str, Any] = {
     "curve": [],
     "clients": [],
@@ -291,7 +395,11 @@ def run(
       extra,
       wall_seconds=extra["wall_seconds"] + time.perf_counter() - t0,
       truncated=rounds.truncated,
+      config=workdir_lib.config_dict(config),
+      config_fingerprint=fingerprint,
     )
+    if rounds.ledger is not None:
+      e["ledger"] = rounds.ledger.state_dict()
     if continual_mode:
       e["storage"] = storage.state_dict()
     return e
@@ -308,7 +416,12 @@ def run(
     else:
       pool = train_rows
     state, m = rounds.run(state, pool, r)
-    extra["clients"].append(m["fed/clients_sampled"])
+    if rounds.ledger is not None:
+      rounds.ledger.record(r, m)
+      m = _released(m, dp_cfg)
+      m.update(rounds.ledger.progress())
+    if "fed/clients_sampled" in m:
+      extra["clients"].append(m["fed/clients_sampled"])
     writer.write(r + 1, "train", **m)
     last = r + 1 == f.rounds
     if (f.eval_every and (r + 1) % f.eval_every == 0) or last:
@@ -364,30 +477,12 @@ def run(
   if config.partition.kind in ("dirichlet", "cluster"):
     summary["partition/alpha"] = float(config.partition.alpha)
   if dp_cfg is not None:
-    q = config.selection.num_clients_per_round / pop.num_clients
-    kw = (
-      {}
-      if config.selection.mode == "poisson"
-      else {
-        "population_size": pop.num_clients,
-        "clients_per_round": config.selection.num_clients_per_round,
-      }
-    )
-    summary["privacy/epsilon"] = dp_lib.epsilon(
-      noise_multiplier=dp_cfg.noise_multiplier,
-      sampling_rate=q,
-      rounds=f.rounds,
-      delta=dp_cfg.delta,
-      **kw,
-    )
-    summary["privacy/epsilon_per_round"] = dp_lib.epsilon(
-      noise_multiplier=dp_cfg.noise_multiplier, sampling_rate=q, rounds=1, delta=dp_cfg.delta, **kw
-    )
+    summary.update(rounds.ledger.summary())
     summary["privacy/delta"] = dp_cfg.delta
-    summary["privacy/noise_multiplier"] = dp_cfg.noise_multiplier
-    summary["privacy/l2_clip_norm"] = float(state.l2_clip_norm)
-    summary["privacy/sampling_rate"] = q
-    summary["privacy/unit"] = "user"
+    if not dp_cfg.release_unsafe_stats:  # Realised cohort sizes and truncations are private.
+      for key in ("fed/clients_per_round", "fed/poisson_truncated_rounds"):
+        summary.pop(key, None)
+    summary["fed/expected_clients_per_round"] = float(config.selection.num_clients_per_round)
   if continual_mode and extra["period_matrix"]:
     summary.update(_continual_summary(np.asarray(extra["period_matrix"], dtype=np.float64), metric))
   writers.write_summary(workdir, summary)

@@ -103,7 +103,8 @@ def validate(config: Any) -> None:
     dp_fields = {k: v for k, v in config.dp.to_dict().items() if k != "enabled"}
     from trustml.federated import dp as dp_lib  # Local: dp pulls in nothing heavy, kept explicit.
 
-    dp_lib.DpConfig(**dp_fields).validate()
+    dp_cfg = dp_lib.DpConfig(**dp_fields).validate()
+    dp_lib.validate_selection(dp_cfg, s.sampler, s.mode)
 
 
 def sentence_embeddings(

@@ -29,6 +29,8 @@ from jax.sharding import PartitionSpec as P
 from trustml.core import devices
 from trustml.federated import dp as dp_lib
 from trustml.models import contract
+from trustml.privacy import adaptive as adaptive_lib
+from trustml.privacy import noise as noise_lib
 
 CLIENTS_AXIS = "clients"
 
@@ -42,6 +44,7 @@ class ServerState(NamedTuple):
     round: int32 round counter.
     control: SCAFFOLD server control variate (zeros-like params; ``()`` otherwise).
     l2_clip_norm: float32 current DP clip (adaptive clipping); 0 without DP.
+    dp_noise: the DP privatizer's state (secret key data, round count); ``()`` without DP.
   """
 
   params: Any
@@ -49,6 +52,7 @@ class ServerState(NamedTuple):
   round: jax.Array
   control: Any
   l2_clip_norm: jax.Array
+  dp_noise: Any = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,51 +191,78 @@ def _client_key(key, client_id):
   return jax.random.fold_in(jax.random.fold_in(key, 1), client_id)
 
 
+def _global_norm(tree) -> jax.Array:
+  return optax.tree_utils.tree_norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
+
+
 def _aggregate_client(spec, delta, weight, clip_norm):
-  """Per-client contribution to the sums: weighted (clipped) delta and the unclipped indicator."""
+  """Per-client contribution to the sums: weighted (clipped) delta, norm, unclipped, valid.
+
+  Under DP the delta is one row of the privacy core's clipped sum (the same clipping as
+  DP-SGD), scaled by the client's capped weight.
+  """
   real = (weight > 0).astype(jnp.float32)
-  norm = dp_lib.global_norm(delta)
-  if spec.dp is not None:
-    delta, norm = dp_lib.clip(delta, clip_norm, spec.dp.per_layer)
-  contrib = jax.tree.map(lambda d: d * weight, delta)
-  unclipped = (norm <= clip_norm).astype(jnp.float32) * real
-  return contrib, norm, unclipped
+  if spec.dp is None:
+    contrib = jax.tree.map(lambda d: d * weight, delta)
+    return contrib, _global_norm(delta), real, real
+  agg = dp_lib.aggregator(spec.dp)
+  rows = jax.tree.map(lambda d: d[None], delta)
+  contrib, stats = agg.sum(rows, clip_norm, real[None], scale=weight[None])
+  valid = stats["num_examples"] - stats["num_nonfinite"]
+  return contrib, stats["norms"][0], stats["num_unclipped"], valid
 
 
 def _server_step(spec, state: ServerState, sums, key, scalars):
   """Turns the round's sums into the new server state (identical in both backends)."""
-  wsum, wtotal, unclipped, control_sum, loss_sum, num_real = sums
+  del key  # DP noise comes from the secret key in state.dp_noise, never from the round key.
+  wsum, wtotal, unclipped, control_sum, loss_sum, num_real, num_valid = sums
   metrics = {"train/loss": loss_sum / jnp.maximum(num_real, 1.0), "fed/num_clients": num_real}
   clip_norm = state.l2_clip_norm
+  dp_noise = state.dp_noise
   if spec.dp is None:
     # Self-normalised (Hajek) by default; a fixed Horvitz-Thompson denominator when packed.
     denom = scalars.get("fixed_denominator", jnp.maximum(wtotal, 1e-12))
     mean_delta = jax.tree.map(lambda s: s / denom, wsum)
   else:
-    noise_key = jax.random.fold_in(jax.random.fold_in(key, 2), 0)
-    count_key = jax.random.fold_in(jax.random.fold_in(key, 2), 1)
-    stddev = dp_lib.update_noise_multiplier(spec.dp) * clip_norm
-    noised = dp_lib.add_noise(wsum, stddev, noise_key)
-    mean_delta = jax.tree.map(lambda s: s / scalars["denominator"], noised)
-    metrics["dp/l2_clip_norm"] = clip_norm
-    metrics["dp/unclipped_fraction"] = unclipped / jnp.maximum(num_real, 1.0)
+    agg = dp_lib.aggregator(spec.dp)
+    sigma = jnp.float32(dp_lib.update_noise_multiplier(spec.dp))
+    priv = dp_noise._replace(stddev=sigma * clip_norm)
+    # Exact statistics of the users' data: released only with release_unsafe_stats.
+    metrics = {f"unsafe/{k.split('/', 1)[1]}": v for k, v in metrics.items()}
+    metrics["unsafe/unclipped_fraction"] = unclipped / jnp.maximum(num_real, 1.0)
+    metrics.update(
+      {
+        "dp/l2_clip_norm": clip_norm,
+        "dp/noise_multiplier": sigma,
+        "dp/noise_std": sigma * clip_norm,
+        "dp/sensitivity": jnp.float32(agg.sensitivity_factor) * clip_norm,
+        "dp/count_noise_std": jnp.float32(spec.dp.count_noise_std),
+        "dp/count_sensitivity": jnp.float32(agg.count_sensitivity()),
+      }
+    )
     if spec.dp.adaptive:
-      clip_norm, frac = dp_lib.adapt_clip(
-        clip_norm,
-        unclipped,
-        count_key,
-        expected_clients=scalars["expected_clients"],
-        config=spec.dp,
+      stats = {"num_examples": num_valid, "num_nonfinite": 0.0, "num_unclipped": unclipped}
+      frac = adaptive_lib.noisy_unclipped_fraction(
+        agg, stats, spec.dp.count_noise_std, scalars["expected_clients"], priv
+      )
+      new_clip = adaptive_lib.geometric_update(
+        clip_norm, frac, spec.dp.target_quantile, spec.dp.clip_learning_rate
       )
       metrics["dp/noisy_unclipped_fraction"] = frac
+    else:
+      new_clip = clip_norm
+    noised, dp_noise = noise_lib.gaussian_privatizer(priv.key_data).update(wsum, priv)
+    mean_delta = jax.tree.map(lambda s: s / scalars["denominator"], noised)
+    clip_norm = new_clip
   pseudo_grad = jax.tree.map(jnp.negative, mean_delta)
   updates, opt_state = spec.server_optimizer.update(pseudo_grad, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   control = state.control
   if spec.scaffold:
     control = jax.tree.map(lambda c, s: c + s * scalars["control_scale"], control, control_sum)
-  metrics["fed/delta_norm"] = dp_lib.global_norm(mean_delta)
-  return ServerState(params, opt_state, state.round + 1, control, clip_norm), metrics
+  metrics["fed/delta_norm"] = _global_norm(mean_delta)
+  new_state = ServerState(params, opt_state, state.round + 1, control, clip_norm, dp_noise)
+  return new_state, metrics
 
 
 def _default_scalars(packed):
@@ -270,11 +301,17 @@ def build(
     spec.dp.validate()
   step_fn = _make_local_step(model, spec)
 
-  def init(params) -> ServerState:
+  def init(params, dp_key_data=None) -> ServerState:
     clip0 = jnp.float32(spec.dp.l2_clip_norm if spec.dp is not None else 0.0)
     control = _zeros_like(params) if spec.scaffold else ()
     params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
-    return ServerState(params, spec.server_optimizer.init(params), jnp.int32(0), control, clip0)
+    dp_noise = ()
+    if spec.dp is not None:
+      if dp_key_data is None:
+        raise ValueError("init: a DP round needs dp_key_data from the run's secret streams")
+      dp_noise = noise_lib.gaussian_privatizer(dp_key_data).init(params)
+    opt_state = spec.server_optimizer.init(params)
+    return ServerState(params, opt_state, jnp.int32(0), control, clip0, dp_noise)
 
   def local_sums(state, clients, key, axis_name):
     """Per-shard: vmapped local training and this shard's sums (psum'd over devices)."""
@@ -296,7 +333,7 @@ def build(
       clients["batch"], clients["step_mask"], clients["client_id"], control_in
     )
     w = clients["weight"]
-    contrib, norms, unclipped = jax.vmap(
+    contrib, norms, unclipped, valid = jax.vmap(
       lambda d, wi: _aggregate_client(spec, d, wi, state.l2_clip_norm)
     )(deltas, w)
     real = (w > 0).astype(jnp.float32)
@@ -315,6 +352,7 @@ def build(
       control_sum,
       jnp.sum(losses * real),
       jnp.sum(real),
+      jnp.sum(valid),
     )
     if axis_name is not None:
       sums = jax.lax.psum(sums, axis_name)
@@ -354,7 +392,7 @@ def build(
     num = packed["weight"].shape[0]
     wsum = _zeros_like(state.params)
     control_sum = _zeros_like(state.params) if spec.scaffold else ()
-    wtotal = unclipped_total = loss_sum = num_real = 0.0
+    wtotal = unclipped_total = loss_sum = num_real = valid_total = 0.0
     losses_out, norms_out, controls_out = [], [], []
     for c in range(num):
       ckey = _client_key(key, packed["client_id"][c])
@@ -372,7 +410,8 @@ def build(
         losses.append(loss)  # Kept on device: no host sync inside the loop.
       delta = jax.tree.map(jnp.subtract, params, state.params)
       w = jnp.float32(packed["weight"][c])
-      contrib, norm, unc = jit_aggregate(delta, w, state.l2_clip_norm)
+      contrib, norm, unc, valid = jit_aggregate(delta, w, state.l2_clip_norm)
+      valid_total += valid
       wsum = jax.tree.map(jnp.add, wsum, contrib)
       real = float(w > 0)
       loss = jnp.sum(jnp.stack(losses)) / len(losses) if losses else jnp.float32(0.0)
@@ -395,6 +434,7 @@ def build(
       control_sum,
       jnp.float32(loss_sum),
       jnp.float32(num_real),
+      jnp.float32(valid_total),
     )
     new_state, metrics = jit_server(state, sums, key, scalars)
     per_client = {"loss": jnp.asarray(losses_out), "delta_norm": jnp.asarray(norms_out)}
