@@ -270,7 +270,7 @@ def random_effects(
     res = dict(
       ces=float(r.mean_effect_re if tau2 > 0 else r.mean_effect_fe),
       se=float(r.sd_eff_w_re if tau2 > 0 else r.sd_eff_w_fe),
-      q=float(r.q),
+      q=max(float(r.q), 0.0),  # a sum of squares; statsmodels can return -1e-11 for equal ES_i
       tau2=tau2,
       fixed=float(r.mean_effect_fe),
     )
