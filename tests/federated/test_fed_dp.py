@@ -186,3 +186,15 @@ def test_noise_split_and_accounting():
   )
   eps = accounting.epsilon(ev, 1e-5, sampling="fixed")
   assert eps == pytest.approx(16.9, abs=0.1)
+
+
+def test_aggregator_init_apply_on_stacked_deltas():
+  # FedJAX-style (init, apply): clipped weighted sum over the fixed denominator, noise off.
+  agg = dp.DpFedAvgAggregator(dp.DpConfig(l2_clip_norm=1.0, noise_multiplier=0.0))
+  state = agg.init(rng_lib.SecretStreams.from_seed(0).key_data("fed_dp_noise"))
+  deltas = {"w": jnp.array([[3.0, 4.0], [0.3, 0.4], [100.0, 0.0]])}
+  weights = jnp.array([1.0, 0.5, 0.0])  # The third client is padding.
+  mean, new_state, aux = agg.apply(deltas, weights, state, 2.0, 2.0)
+  expected = (np.array([0.6, 0.8]) + 0.5 * np.array([0.3, 0.4])) / 2.0
+  np.testing.assert_allclose(np.asarray(mean["w"]), expected, rtol=1e-6)
+  assert float(aux["dp/sensitivity"]) == 1.0 and int(new_state.privatizer.count) == 1

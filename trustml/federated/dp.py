@@ -23,11 +23,14 @@ values that ran.
 """
 
 import dataclasses
+from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from trustml.core import validation
-from trustml.privacy import accounting, aggregators
+from trustml.privacy import accounting, adaptive, aggregators, noise
 
 ACCOUNTANTS = ("rdp", "pld")
 
@@ -163,9 +166,124 @@ def capped_weights(num_examples: np.ndarray, weight_cap: float) -> np.ndarray:
   return np.minimum(n / weight_cap, 1.0).astype(np.float32)
 
 
+class DpAggregatorState(NamedTuple):
+  """State of :class:`DpFedAvgAggregator` between rounds.
+
+  Attributes:
+    privatizer: the privatizer's state (secret key data, round count, last std).
+    l2_clip_norm: float32 C of the next round (adaptive clipping moves it).
+  """
+
+  privatizer: noise.PrivatizerState
+  l2_clip_norm: jax.Array
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DpFedAvgAggregator:
+  """DP-FedAvg's aggregator as FedJAX-style ``(init, apply)``, built from the privacy core.
+
+  ``init(key_data) -> DpAggregatorState``; ``apply(deltas, weights, state, denominator,
+  expected_clients) -> (mean_delta, state, aux)`` for stacked ``[clients, ...]`` deltas. The
+  sharded round uses its two halves: :meth:`client_sums` per device shard (summable across
+  devices) and :meth:`release` once on the reduced sums.
+
+  Formal guarantees:
+    Each round releases ``(S + N(0, (σ_Δ C)² I)) / denominator`` with ``S = Σ_i w_i clip_C(Δ_i)``,
+    of L2 sensitivity ``aggregator.sensitivity(C)`` for the user relation of the cohort mode,
+    and (adaptive) the centred count with noise σ_b and sensitivity
+    ``aggregator.count_sensitivity()``. ``aux`` carries every std and sensitivity used (for the
+    ledger) and, under ``unsafe/``, exact statistics that only ``release_unsafe_stats`` writes.
+    Not covered: a user who contributes through several clients; the denominator must not
+    depend on the sampled cohort (the experiment passes Σ_i π_i w_i over the population).
+  """
+
+  config: DpConfig
+
+  @property
+  def aggregator(self) -> aggregators.ClippedAggregator:
+    """The user-level clipped aggregator."""
+    return aggregator(self.config)
+
+  def init(self, key_data: Any) -> DpAggregatorState:
+    """The state before round 0 (C_0 and the secret key)."""
+    priv = noise.gaussian_privatizer(key_data).init(None)
+    return DpAggregatorState(priv, jnp.float32(self.config.l2_clip_norm))
+
+  def client_sums(self, deltas: Any, weights: jax.Array, l2_clip_norm: jax.Array):
+    """Clipped, weighted sum of stacked client deltas and the count statistics (one shard).
+
+    Args:
+      deltas: ``[clients, ...]`` pytree of model deltas.
+      weights: ``[clients]`` capped weights (0 = padding client).
+      l2_clip_norm: C of this round.
+
+    Returns:
+      ``(sum_tree, counts, norms)``: counts has ``num_valid`` and ``num_unclipped`` (sum them
+      across shards); ``norms`` are the per-client norms before clipping (not released).
+    """
+    presence = (weights > 0).astype(jnp.float32)
+    total, stats = self.aggregator.sum(deltas, l2_clip_norm, presence, scale=weights)
+    counts = {
+      "num_valid": stats["num_examples"] - stats["num_nonfinite"],
+      "num_unclipped": stats["num_unclipped"],
+    }
+    return total, counts, stats["norms"]
+
+  def release(self, total: Any, counts: dict, state: DpAggregatorState, denominator, expected):
+    """Noises the round's sum once, divides by the fixed denominator, adapts C.
+
+    Args:
+      total: the cohort's clipped weighted sum (reduced over shards).
+      counts: reduced ``num_valid`` / ``num_unclipped``.
+      state: the aggregator state.
+      denominator: the fixed denominator Σ_i π_i w_i.
+      expected: expected cohort size Σ_i π_i (the count's normaliser).
+
+    Returns:
+      ``(mean_delta, new_state, aux)``.
+    """
+    agg = self.aggregator
+    clip = state.l2_clip_norm
+    sigma = jnp.float32(update_noise_multiplier(self.config))
+    priv = state.privatizer._replace(stddev=sigma * clip)
+    aux = {
+      "dp/l2_clip_norm": clip,
+      "dp/noise_multiplier": sigma,
+      "dp/noise_std": sigma * clip,
+      "dp/sensitivity": jnp.float32(agg.sensitivity_factor) * clip,
+      "dp/count_noise_std": jnp.float32(self.config.count_noise_std),
+      "dp/count_sensitivity": jnp.float32(agg.count_sensitivity()),
+      "unsafe/unclipped_fraction": counts["num_unclipped"] / jnp.maximum(counts["num_valid"], 1.0),
+    }
+    new_clip = clip
+    if self.config.adaptive:
+      stats = {
+        "num_examples": counts["num_valid"],
+        "num_nonfinite": 0.0,
+        "num_unclipped": counts["num_unclipped"],
+      }
+      frac = adaptive.noisy_unclipped_fraction(
+        agg, stats, self.config.count_noise_std, expected, priv
+      )
+      new_clip = adaptive.geometric_update(
+        clip, frac, self.config.target_quantile, self.config.clip_learning_rate
+      )
+      aux["dp/noisy_unclipped_fraction"] = frac
+    noised, priv = noise.gaussian_privatizer(priv.key_data).update(total, priv)
+    mean = jax.tree.map(lambda s: s / denominator, noised)
+    return mean, DpAggregatorState(priv, new_clip), aux
+
+  def apply(self, deltas, weights, state, denominator, expected):
+    """One round on stacked deltas: :meth:`client_sums` then :meth:`release`."""
+    total, counts, _ = self.client_sums(deltas, weights, state.l2_clip_norm)
+    return self.release(total, counts, state, denominator, expected)
+
+
 __all__ = [
   "ACCOUNTANTS",
+  "DpAggregatorState",
   "DpConfig",
+  "DpFedAvgAggregator",
   "aggregator",
   "capped_weights",
   "sampling_scheme",

@@ -29,8 +29,6 @@ from jax.sharding import PartitionSpec as P
 from trustml.core import devices
 from trustml.federated import dp as dp_lib
 from trustml.models import contract
-from trustml.privacy import adaptive as adaptive_lib
-from trustml.privacy import noise as noise_lib
 
 CLIENTS_AXIS = "clients"
 
@@ -198,18 +196,18 @@ def _global_norm(tree) -> jax.Array:
 def _aggregate_client(spec, delta, weight, clip_norm):
   """Per-client contribution to the sums: weighted (clipped) delta, norm, unclipped, valid.
 
-  Under DP the delta is one row of the privacy core's clipped sum (the same clipping as
-  DP-SGD), scaled by the client's capped weight.
+  Under DP the delta is one row of the DP aggregator's clipped sum (the privacy core's
+  clipping, the same as DP-SGD), scaled by the client's capped weight.
   """
   real = (weight > 0).astype(jnp.float32)
   if spec.dp is None:
     contrib = jax.tree.map(lambda d: d * weight, delta)
     return contrib, _global_norm(delta), real, real
-  agg = dp_lib.aggregator(spec.dp)
   rows = jax.tree.map(lambda d: d[None], delta)
-  contrib, stats = agg.sum(rows, clip_norm, real[None], scale=weight[None])
-  valid = stats["num_examples"] - stats["num_nonfinite"]
-  return contrib, stats["norms"][0], stats["num_unclipped"], valid
+  contrib, counts, norms = dp_lib.DpFedAvgAggregator(spec.dp).client_sums(
+    rows, weight[None], clip_norm
+  )
+  return contrib, norms[0], counts["num_unclipped"], counts["num_valid"]
 
 
 def _server_step(spec, state: ServerState, sums, key, scalars):
@@ -224,36 +222,15 @@ def _server_step(spec, state: ServerState, sums, key, scalars):
     denom = scalars.get("fixed_denominator", jnp.maximum(wtotal, 1e-12))
     mean_delta = jax.tree.map(lambda s: s / denom, wsum)
   else:
-    agg = dp_lib.aggregator(spec.dp)
-    sigma = jnp.float32(dp_lib.update_noise_multiplier(spec.dp))
-    priv = dp_noise._replace(stddev=sigma * clip_norm)
     # Exact statistics of the users' data: released only with release_unsafe_stats.
     metrics = {f"unsafe/{k.split('/', 1)[1]}": v for k, v in metrics.items()}
-    metrics["unsafe/unclipped_fraction"] = unclipped / jnp.maximum(num_real, 1.0)
-    metrics.update(
-      {
-        "dp/l2_clip_norm": clip_norm,
-        "dp/noise_multiplier": sigma,
-        "dp/noise_std": sigma * clip_norm,
-        "dp/sensitivity": jnp.float32(agg.sensitivity_factor) * clip_norm,
-        "dp/count_noise_std": jnp.float32(spec.dp.count_noise_std),
-        "dp/count_sensitivity": jnp.float32(agg.count_sensitivity()),
-      }
+    agg_state = dp_lib.DpAggregatorState(dp_noise, clip_norm)
+    counts = {"num_valid": num_valid, "num_unclipped": unclipped}
+    mean_delta, agg_state, aux = dp_lib.DpFedAvgAggregator(spec.dp).release(
+      wsum, counts, agg_state, scalars["denominator"], scalars["expected_clients"]
     )
-    if spec.dp.adaptive:
-      stats = {"num_examples": num_valid, "num_nonfinite": 0.0, "num_unclipped": unclipped}
-      frac = adaptive_lib.noisy_unclipped_fraction(
-        agg, stats, spec.dp.count_noise_std, scalars["expected_clients"], priv
-      )
-      new_clip = adaptive_lib.geometric_update(
-        clip_norm, frac, spec.dp.target_quantile, spec.dp.clip_learning_rate
-      )
-      metrics["dp/noisy_unclipped_fraction"] = frac
-    else:
-      new_clip = clip_norm
-    noised, dp_noise = noise_lib.gaussian_privatizer(priv.key_data).update(wsum, priv)
-    mean_delta = jax.tree.map(lambda s: s / scalars["denominator"], noised)
-    clip_norm = new_clip
+    metrics.update(aux)
+    dp_noise, clip_norm = agg_state.privatizer, agg_state.l2_clip_norm
   pseudo_grad = jax.tree.map(jnp.negative, mean_delta)
   updates, opt_state = spec.server_optimizer.update(pseudo_grad, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -309,7 +286,7 @@ def build(
     if spec.dp is not None:
       if dp_key_data is None:
         raise ValueError("init: a DP round needs dp_key_data from the run's secret streams")
-      dp_noise = noise_lib.gaussian_privatizer(dp_key_data).init(params)
+      dp_noise = dp_lib.DpFedAvgAggregator(spec.dp).init(dp_key_data).privatizer
     opt_state = spec.server_optimizer.init(params)
     return ServerState(params, opt_state, jnp.int32(0), control, clip0, dp_noise)
 
