@@ -117,6 +117,11 @@ def test_token_level_pronoun_rule_matches_the_text_rule(pairs):
   assert (plain == tok.token_to_id("him")).any()  # the matching alone leaves 'him'
 
 
+def test_gap_rejects_nan_scores():
+  with pytest.raises(ConfigError, match="cf_scores is invalid: must be finite"):
+    counterfactual.counterfactual_gap(np.array([0.1, 0.2]), np.array([0.1, np.nan]))
+
+
 def test_non_involutive_pairs_rejected():
   with pytest.raises(ConfigError, match="involution"):
     counterfactual.swap_text("he", {"he": "she", "she": "it"})

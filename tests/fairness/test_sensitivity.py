@@ -136,6 +136,14 @@ def test_vocabulary_mismatch_rejected(setup):
     sensitivity.accumulated_prediction_sensitivity(task, tp, prot, pp_small, [batch])
 
 
+def test_nan_parameters_fail_loudly(setup):
+  task, prot, tp, pp, batch = setup
+  bad = {"embed": {"embedding": tp["embed"]["embedding"].at[:, 0].set(np.nan)}, "W": tp["W"],
+         "b": tp["b"]}  # fmt: skip
+  with pytest.raises(ConfigError, match="prediction sensitivity PS"):
+    sensitivity.accumulated_prediction_sensitivity(task, bad, prot, pp, [batch])
+
+
 def test_invalid_options_rejected():
   with pytest.raises(ConfigError, match="aps.reduction"):
     sensitivity.ApsOptions(reduction="max").validate()

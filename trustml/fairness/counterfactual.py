@@ -442,10 +442,10 @@ def counterfactual_gap(scores: jax.typing.ArrayLike, cf_scores: jax.typing.Array
     ``0.5 * sum_c |p_c - p'_c|`` for probability vectors.
 
   Raises:
-    ConfigError: if the shapes differ.
+    ConfigError: if the shapes differ or a score is NaN/inf.
   """
-  s = np.asarray(scores, dtype=np.float64)
-  c = np.asarray(cf_scores, dtype=np.float64)
+  s = validation.finite_array("scores", scores)
+  c = validation.finite_array("cf_scores", cf_scores)
   if s.shape != c.shape or s.ndim not in (1, 2):
     raise validation.ConfigError(
       f"cf_scores shape {c.shape} is invalid: must equal scores shape {s.shape} ([N] or [N, C])"

@@ -241,7 +241,8 @@ def accumulated_prediction_sensitivity(
     ``(aps, per_example)`` where ``per_example`` holds PS of the rows with weight > 0, in order.
 
   Raises:
-    ConfigError: on invalid options or mismatched vocabularies (before any compute).
+    ConfigError: on invalid options or mismatched vocabularies (before any compute), or a
+      non-finite PS (NaN parameters or embeddings).
   """
   options.validate()
   check_same_vocabulary(task_model, task_params, protected_model, protected_params)
@@ -255,7 +256,7 @@ def accumulated_prediction_sensitivity(
     weights.append(w[keep])
   if not values or not np.concatenate(weights).size:
     raise validation.ConfigError("batches are invalid: no example with weight > 0")
-  per_example = np.concatenate(values)
+  per_example = validation.finite_array("prediction sensitivity PS(x)", np.concatenate(values))
   w = np.concatenate(weights)
   return float((per_example * w).sum() / w.sum()), per_example
 
