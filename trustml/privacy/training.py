@@ -41,7 +41,7 @@ def _secret(res: privacy_config.Resolved) -> rng_lib.SecretStreams:
 
 
 def build(
-  config: Any, prepared: experiment.Prepared, *, num_data_shards: int = 1
+  config: Any, prepared: experiment.Prepared, *, num_data_shards: int | None = None
 ) -> tuple[Any, Any, Any, Any]:
   """Builds ``(resolved, dp_sgd, batch_fn, ledger)`` for a DP run.
 
@@ -53,13 +53,16 @@ def build(
   Args:
     config: the full config (``privacy`` with mechanism != 'none').
     prepared: data and model.
-    num_data_shards: devices the global batch is split over (cap multiple).
+    num_data_shards: devices the global batch is split over (the Poisson cap is a multiple of
+      it times the physical batch); default: the ``data`` axis of the config's ``mesh``.
 
   Returns:
     The resolved numbers, the :class:`~trustml.privacy.mechanism.DpSgd` transformation (the
     loop's stateful gradient function), the batch function and the ledger.
   """
   n = batching.num_examples(prepared.train)
+  if num_data_shards is None:
+    num_data_shards = train_config.num_data_shards(config)
   res = privacy_config.resolve(
     config.privacy,
     config.train,
