@@ -57,7 +57,7 @@ class Attention(nn.Module):
     h = self.heads
 
     def split(y):
-      return y.view(b, t, h, d // h).transpose(1, 2)
+      return y.reshape(b, t, h, d // h).transpose(1, 2)
 
     q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
     scores = q @ k.transpose(-1, -2) / math.sqrt(d // h)
@@ -173,7 +173,7 @@ def loss_of(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, labe
     return nn.functional.cross_entropy(logits, label)
   nll = nn.functional.cross_entropy(
     logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), reduction="none"
-  ).view(tokens.shape[0], -1)
+  ).reshape(tokens.shape[0], -1)
   tm = mask[:, 1:].to(nll.dtype)
   return ((nll * tm).sum(1) / tm.sum(1).clamp_min(1.0)).mean()
 
@@ -187,7 +187,7 @@ class LmLoss(nn.Module):
     tokens, mask = target[..., 0], target[..., 1].bool()
     nll = nn.functional.cross_entropy(
       logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), reduction="none"
-    ).view(tokens.shape[0], -1)
+    ).reshape(tokens.shape[0], -1)
     tm = mask[:, 1:].to(nll.dtype)
     per_seq = (nll * tm).sum(1) / tm.sum(1).clamp_min(1.0)
     return per_seq if self.reduction == "none" else per_seq.mean()

@@ -23,6 +23,7 @@ Book-keeping ghost clipping (Bu et al. 2022, "mixed ghost norm") on any Flax Lin
 The result equals the naive ``vmap(grad)`` clipped sum (float64 oracle tests).
 """
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping
@@ -36,6 +37,7 @@ import numpy as np
 
 from trustml.core.types import Batch, Params
 from trustml.privacy import clipping as clipping_lib
+from trustml.privacy import ghost_nnx
 from trustml.privacy import ghost_rules as rules
 
 SMALL_TYPES = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)
@@ -88,55 +90,49 @@ def _interceptor(state: _State):
       state.other_uses.add(path)
       return next_fun(*args, **kwargs)
     x = args[0] if args else kwargs.get("inputs", kwargs.get("query"))
-    state.active.append(path)
-    try:
-      out = next_fun(*args, **kwargs)
-    finally:
-      state.active.pop()
-    idx = len(state.calls)
     extra = {k: v for k, v in kwargs.items() if k == "einsum_str"}
     if len(args) > 1 and isinstance(mod, nn.Einsum):
       extra["einsum_str"] = args[1]
-    state.calls.append(
-      _Call(path, mod.clone(parent=None), method, extra, x.shape, x.dtype, out.shape, out.dtype)
-    )
-    if state.perturb is not None:
-      state.inputs.append(x)
-      if state.perturb[idx] is not None:
-        out = out + state.perturb[idx]
-    return out
+    return record(state, path, mod.clone(parent=None), method, extra, x, args, kwargs, next_fun)
 
   return intercept
+
+
+def record(state: _State, path, module, method, extra, x, args, kwargs, call_fn):
+  """Runs one layer call, recording it (and perturbing its output in the forward pass)."""
+  state.active.append(path)
+  try:
+    out = call_fn(*args, **kwargs)
+  finally:
+    state.active.pop()
+  idx = len(state.calls)
+  state.calls.append(_Call(path, module, method, extra, x.shape, x.dtype, out.shape, out.dtype))
+  if state.perturb is not None:
+    state.inputs.append(x)
+    if state.perturb[idx] is not None:
+      out = out + state.perturb[idx]
+  return out
+
+
+@contextlib.contextmanager
+def _intercepting(state: _State, params: Params):
+  """Records rule-layer calls of Linen (intercept_methods) and NNX (patched) layers."""
+  with nn.intercept_methods(_interceptor(state)), ghost_nnx.patched(state, params, record):
+    yield
+
+
+def _name(path: Path) -> str:
+  return "/".join(str(k) for k in path)
 
 
 def _flatten(params: Params) -> dict[Path, jax.Array]:
   return flax.traverse_util.flatten_dict(params)
 
 
-def _padding(mod: nn.Conv, n: int, kernel_size: tuple):
-  pad = mod.padding
-  if isinstance(pad, str):
-    if pad in ("SAME", "VALID"):
-      return pad
-    if pad == "CAUSAL" and n == 1:
-      dil = mod.kernel_dilation or 1
-      dil = dil if isinstance(dil, int) else dil[0]
-      return ((dil * (kernel_size[0] - 1), 0),)
-    return None
-  if isinstance(pad, int):
-    return ((pad, pad),) * n
-  pairs = tuple((p, p) if isinstance(p, int) else tuple(p) for p in pad)
-  return pairs if len(pairs) == n else None
-
-
-def _tuple(v, n: int) -> tuple:
-  if v is None:
-    return (1,) * n
-  return (v,) * n if isinstance(v, int) else tuple(v)
-
-
 def _call_uses(call: _Call, leaves: Mapping[Path, jax.Array], size: int) -> list | None:
   """The rule uses of one recorded call, or None (its leaves become residual)."""
+  if ghost_nnx.is_nnx(call.module):
+    return ghost_nnx.call_uses(call, leaves, size)
   own = {p[-1]: p for p in leaves if p[:-1] == call.path}
   mod, x_shape = call.module, call.in_shape
   if not own or not x_shape or x_shape[0] != size or call.out_shape[:1] != (size,):
@@ -173,23 +169,23 @@ def _call_uses(call: _Call, leaves: Mapping[Path, jax.Array], size: int) -> list
   elif type(mod) is nn.Conv:
     n = len(kshape) - 2
     ks = tuple(kshape[:-2])
-    pad = _padding(mod, n, ks)
+    pad = rules.conv_padding(mod.padding, mod.kernel_dilation, ks)
     if (
       len(x_shape) != n + 2
       or mod.feature_group_count != 1
       or mod.mask is not None
       or pad is None
-      or _tuple(mod.input_dilation, n) != (1,) * n
+      or rules.as_tuple(mod.input_dilation, n) != (1,) * n
     ):
       return None
     return rules.conv_uses(
       call.path,
       x_shape,
       kshape,
-      strides=_tuple(mod.strides, n),
+      strides=rules.as_tuple(mod.strides, n),
       padding=pad,
-      input_dilation=_tuple(mod.input_dilation, n),
-      kernel_dilation=_tuple(mod.kernel_dilation, n),
+      input_dilation=rules.as_tuple(mod.input_dilation, n),
+      kernel_dilation=rules.as_tuple(mod.kernel_dilation, n),
       bias=bias,
     )
   else:
@@ -225,8 +221,12 @@ def plan(loss_fn: Callable[..., jax.Array], params: Params, batch: Batch, rng=No
     The :class:`Plan`.
   """
   state = _State()
-  with nn.intercept_methods(_interceptor(state)):
-    jax.eval_shape(lambda p, b: loss_fn(p, b, rng), params, batch)
+
+  def traced(p, b):
+    with _intercepting(state, p):
+      return loss_fn(p, b, rng)
+
+  jax.eval_shape(traced, params, batch)
   size = batch["weight"].shape[0]
   leaves = _flatten(params)
   per_call = [_call_uses(c, leaves, size) for c in state.calls]
@@ -256,7 +256,7 @@ def _warn_residual(uncovered: tuple, leaves: Mapping, size: int) -> None:
   parts = []
   for p in uncovered:
     n = int(np.prod(leaves[p].shape))
-    parts.append(f"{'/'.join(p)} ({size} x {n} floats = {size * n * 4 / 2**20:.1f} MB)")
+    parts.append(f"{_name(p)} ({size} x {n} floats = {size * n * 4 / 2**20:.1f} MB)")
   names = ", ".join(parts)
   if names not in _warned:
     _warned.add(names)
@@ -276,23 +276,23 @@ def _run(loss_fn, params, batch, rng, pl: Plan):
     jnp.zeros(c.out_shape, c.out_dtype) if u else None
     for c, u in zip(pl.calls, pl.uses, strict=True)
   ]
-  res = {"/".join(p): jnp.broadcast_to(leaves[p], (size,) + leaves[p].shape) for p in pl.uncovered}
+  res = {_name(p): jnp.broadcast_to(leaves[p], (size,) + leaves[p].shape) for p in pl.uncovered}
 
   def batched(zs, res):
     del res
     state = _State(perturb=zs)
-    with nn.intercept_methods(_interceptor(state)):
+    with _intercepting(state, params):
       losses = loss_fn(params, batch, rng)
     return losses.sum(), (losses, state.inputs)
 
   def one(z_i, res_i, ex_i, index):
     flat = dict(leaves)
     for p in pl.uncovered:
-      flat[p] = res_i["/".join(p)]
+      flat[p] = res_i[_name(p)]
     p_i = flax.traverse_util.unflatten_dict(flat)
     key = None if rng is None else jax.random.fold_in(rng, index)
     state = _State(perturb=[None if z is None else z[None] for z in z_i])
-    with nn.intercept_methods(_interceptor(state)):
+    with _intercepting(state, p_i):
       loss = loss_fn(p_i, jax.tree.map(lambda v: v[None], ex_i), key)[0]
     return loss, [x[0] for x in state.inputs]
 
@@ -303,7 +303,7 @@ def _run(loss_fn, params, batch, rng, pl: Plan):
   forward = vmapped if pl.uncovered else batched
   _, vjp_fn, (losses, inputs) = jax.vjp(forward, zs, res, has_aux=True)
   grads_out, res_grads = vjp_fn(jnp.ones((), losses.dtype))
-  return losses, inputs, grads_out, {p: res_grads["/".join(p)] for p in pl.uncovered}
+  return losses, inputs, grads_out, {p: res_grads[_name(p)] for p in pl.uncovered}
 
 
 def _small_per_example(module, layer_params: dict, x: jax.Array, g: jax.Array) -> dict:
@@ -372,7 +372,11 @@ def clipped_sum(
         val = u.fn(g)
         materialised[u.path] = materialised[u.path] + val if u.path in materialised else val
       else:  # Small
-        pe = _small_per_example(u.module, {p[-1]: leaves[p] for p in u.paths}, x, g)
+        layer_params = {p[-1]: leaves[p] for p in u.paths}
+        if ghost_nnx.is_nnx(u.module):
+          pe = ghost_nnx.small_per_example(u.module, layer_params, x, g)
+        else:
+          pe = _small_per_example(u.module, layer_params, x, g)
         for p in u.paths:
           val = pe[p[-1]]
           materialised[p] = materialised[p] + val if p in materialised else val

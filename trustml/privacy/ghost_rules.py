@@ -172,6 +172,29 @@ def dense_general_equation(ndim: int, axis: Sequence[int], n_features: int) -> s
   return f"{letters},{''.join(letters[a] for a in axis)}{feats}->{free}{feats}"
 
 
+def as_tuple(v, n: int) -> tuple:
+  """An int-or-sequence layer attribute as an ``n``-tuple (None -> ones)."""
+  if v is None:
+    return (1,) * n
+  return (v,) * n if isinstance(v, int) else tuple(v)
+
+
+def conv_padding(padding, kernel_dilation, kernel_size: tuple):
+  """A Flax convolution's padding as ``"SAME"``/``"VALID"`` or explicit pairs; None if the
+  rule does not support it (``"CIRCULAR"``, ``"REFLECT"``, N-d ``"CAUSAL"``)."""
+  n = len(kernel_size)
+  if isinstance(padding, str):
+    if padding in ("SAME", "VALID"):
+      return padding
+    if padding == "CAUSAL" and n == 1:
+      return ((as_tuple(kernel_dilation, 1)[0] * (kernel_size[0] - 1), 0),)
+    return None
+  if isinstance(padding, int):
+    return ((padding, padding),) * n
+  pairs = tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+  return pairs if len(pairs) == n else None
+
+
 def conv_uses(
   path: Sequence[str],
   x_shape: tuple,
@@ -352,6 +375,8 @@ def table_sum(
 
 __all__ = [
   "Attend",
+  "as_tuple",
+  "conv_padding",
   "Bilinear",
   "Lookup",
   "Reduce",
