@@ -101,7 +101,7 @@ class Transformer(nn.Module):
     if self.raw_pos:
       x = self.pos_embed(x)
     else:
-      x = x + self.pos_embed(torch.arange(tokens.shape[1]).expand_as(tokens))
+      x = x + self.pos_embed(torch.arange(tokens.shape[1]).expand_as(tokens).contiguous())
     for block in self.blocks:
       x = block(x, mask)
     x = self.final_ln(x)

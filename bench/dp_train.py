@@ -1,0 +1,104 @@
+"""Benchmark: whole training runs on SNIPS, non-private vs eDP-SGD, same epochs and logical batch.
+
+Both runs are ``python -m launch.train`` on the real SNIPS copy (``data.dir``: '' =
+$TRUSTML_DATA_DIR, then ../shared/data), same model, same number of epochs and the same
+logical batch: the non-private run takes shuffled batches of ``--logical`` rows; the eDP-SGD
+run (configs/dp_nlu.py, ε = ``--eps``) Poisson-samples batches of expected size ``--logical``,
+padded to the sampler's cap and processed in micro-batches of ``--physical`` rows. Reported
+per run: ``train/wall_seconds`` from ``summary.json`` (training loop from the first step to
+the final evaluation: compilation of the step, checkpoints and evaluation included; data
+loading, tokenisation and model init excluded), the process wall time, steps, rows per
+step, and eval accuracy; then the eDP/plain ratios.
+
+  python bench/dp_train.py --model=cnn --epochs=3
+  python bench/dp_train.py --model=transformer --epochs=3 --physical=128
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def _run(config: str, overrides: dict, workdir: str) -> dict:
+  cmd = [sys.executable, "-m", "launch.train", f"--config={config}", f"--workdir={workdir}"]
+  cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
+  t = time.perf_counter()
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+  wall = time.perf_counter() - t
+  if out.returncode:
+    raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
+  with open(os.path.join(workdir, "summary.json")) as f:
+    summary = json.load(f)
+  summary["process_wall_seconds"] = wall
+  return summary
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", default="cnn", choices=("bag", "cnn", "transformer"))
+  parser.add_argument("--epochs", type=float, default=3.0)
+  parser.add_argument("--logical", type=int, default=1024)
+  parser.add_argument("--physical", type=int, default=256)
+  parser.add_argument("--eps", type=float, default=3.0)
+  parser.add_argument("--study", action="store_true", help="privacy-study model variants")
+  parser.add_argument("--workdir", default="", help="parent folder (default: a temp folder)")
+  args = parser.parse_args()
+  parent = args.workdir or tempfile.mkdtemp(prefix="dp_train_")
+  common = {"train.num_epochs": args.epochs, "train.eval_every": 0, "train.checkpoint_every": 0}
+  base = f"data=snips,model={args.model}"
+  runs = {
+    "plain": (f"configs/nlu.py:{base}", dict(common, **{"train.batch_size": args.logical})),
+    "edp": (
+      f"configs/dp_nlu.py:{base},eps={args.eps}",
+      dict(
+        common,
+        **{"train.batch_size": args.physical, "privacy.virtual_batch_size": args.logical},
+      ),
+    ),
+  }
+  results = {}
+  for name, (config, overrides) in runs.items():
+    s = _run(config, overrides, os.path.join(parent, name))
+    rows = s.get("train/batch_size", float("nan"))
+    results[name] = {
+      "model": args.model,
+      "run": name,
+      "train_wall_s": s["train/wall_seconds"],
+      "process_wall_s": s["process_wall_seconds"],
+      "steps": s["train/steps"],
+      "rows_per_step": rows,
+      "accuracy": s.get("eval/accuracy"),
+      "epsilon": s.get("privacy/epsilon"),
+    }
+    print(json.dumps(results[name]), flush=True)
+  p, e = results["plain"], results["edp"]
+  ratio = {
+    "model": args.model,
+    "epochs": args.epochs,
+    "logical": args.logical,
+    "train_wall_ratio": e["train_wall_s"] / p["train_wall_s"],
+    "process_wall_ratio": e["process_wall_s"] / p["process_wall_s"],
+  }
+  print(json.dumps(ratio))
+  print("\n| run | train wall s | process wall s | steps | rows/step | accuracy | ε |")
+  print("|---|---|---|---|---|---|---|")
+  for r in (p, e):
+    eps = "—" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
+    print(
+      f"| {r['run']} | {r['train_wall_s']:.1f} | {r['process_wall_s']:.1f} | {r['steps']} "
+      f"| {r['rows_per_step']} | {r['accuracy']:.4f} | {eps} |"
+    )
+  print(
+    f"\neDP / plain: {ratio['train_wall_ratio']:.2f}x (train loop), "
+    f"{ratio['process_wall_ratio']:.2f}x (process)"
+  )
+
+
+if __name__ == "__main__":
+  main()
