@@ -169,7 +169,9 @@ def parity(name: str, model, params, batch, spec) -> dict:
   out = {}
   plain_jax, _ = jax_step("plain", model, spec["batch"])(params, batch, jax.random.key(0))
   edp_jax, aux = jax_step("edp", model, spec["batch"], sigma=0.0)(params, batch, jax.random.key(0))
-  out["clipped_fraction"] = float(aux.get("unsafe/num_clipped", aux.get("dp/num_clipped", jnp.nan))) / spec["batch"]
+  out["clipped_fraction"] = (
+    float(aux.get("unsafe/num_clipped", aux.get("dp/num_clipped", jnp.nan))) / spec["batch"]
+  )
   pairs = [("plain", plain_jax, "plain")]
   if "opacus_ghost" in steps:
     pairs.append(("dp", edp_jax, "opacus_ghost"))
