@@ -71,6 +71,8 @@ CASES = [
   ("attack-missing-workdir", ["launch.attack", "@missing"], "does not exist"),
   ("attack-workdir-without-run", ["launch.attack", "@empty"], "no config.json"),
   ("attack-summarize-empty", ["launch.attack", "--summarize={empty}"], "summary.json"),
+  ("train-no-config", ["launch.train"], "config=None is invalid"),
+  ("federated-no-config", ["launch.federated"], "config=None is invalid"),
   (
     "train-zero-epochs",
     ["launch.train", "--config=configs/nlu.py", "--config.train.num_epochs=0"],

@@ -41,8 +41,13 @@ def load_config(spec: Any) -> Any:
     ``get_config(arg)`` of that module (a ConfigDict).
 
   Raises:
-    ConfigError: if the config cannot be found.
+    ConfigError: if the config cannot be found (or none is given).
   """
+  if spec is None:
+    raise validation.ConfigError(
+      "config=None is invalid: pass a config (--config=configs/<file>.py[:arg], a ConfigDict "
+      "or a spec string such as 'dp_nlu:smoke')"
+    )
   if not isinstance(spec, str):
     return spec
   target, _, arg = spec.partition(":")
