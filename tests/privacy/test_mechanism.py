@@ -221,3 +221,26 @@ def test_adaptive_count_query_reports_unclipped_fraction():
     0.05 * np.exp(-0.2 * (frac - 0.5)), rel=1e-5
   )
   assert float(aux["dp/count_sensitivity"]) == 0.5  # Centred count, add/remove-one.
+
+
+def test_shard_local_micro_batches_sum_the_same_rows():
+  # With a data mesh axis, micro-batch i takes `physical` rows from each shard's block: a
+  # different grouping of the same rows, so the clipped sum is unchanged (no dropout).
+  model, params = _model("bag")
+  batch = _batch()
+  kw = dict(mechanism="edp_sgd", l2_clip_norm=0.2, noise_multiplier=0.0, normaliser=6.0)
+  key_data = rng_lib.SecretStreams.fresh().key_data("dp_noise")
+  one = mechanism.dp_sgd(
+    model.per_example_loss, key_data=key_data, physical_batch_size=3, dropout=False, **kw
+  )
+  two = mechanism.dp_sgd(
+    model.per_example_loss,
+    key_data=key_data,
+    physical_batch_size=1,
+    dropout=False,
+    num_data_shards=3,
+    **kw,
+  )
+  a = jax.jit(one)(params, batch, jax.random.key(0), one.init(params))[0]
+  b = jax.jit(two)(params, batch, jax.random.key(0), two.init(params))[0]
+  _close(a, b, 1e-6)

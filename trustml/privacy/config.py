@@ -264,6 +264,11 @@ def resolve(
       f"privacy.virtual_batch_size={logical} is invalid: must be <= the {dataset_size} "
       "training examples"
     )
+  if _get(privacy, "sampling") != "poisson" and logical % (physical * num_data_shards):
+    raise validation.ConfigError(
+      f"privacy.virtual_batch_size={logical} is invalid: a fixed-size batch must be a multiple "
+      f"of train.batch_size x data shards = {physical * num_data_shards}"
+    )
   q = logical / dataset_size
   validation.in_range("privacy.sampling_rate", q, 0.0, 1.0, high_inclusive=True)
   steps = int(planned_steps_fn(logical))

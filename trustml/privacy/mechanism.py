@@ -85,13 +85,19 @@ def clipped_sum_fn(
   return naive
 
 
-def _accumulate(sum_fn, mechanism, params, batch, clip, drop_key, physical):
-  """Σ over micro-batches of the clipped sums, and the summed stats (one logical batch)."""
+def _accumulate(sum_fn, mechanism, params, batch, clip, drop_key, physical, shards=1):
+  """Σ over micro-batches of the clipped sums, and the summed stats (one logical batch).
+
+  With ``shards`` > 1 (the batch split over a ``data`` mesh axis in contiguous blocks), micro-
+  batch i takes ``physical`` rows from each shard's block, so every micro-batch stays local to
+  the devices (no cross-device permutes; the clipped sums are reduced once).
+  """
   size = batch["weight"].shape[0]
-  phys = physical or size
+  phys = (physical or size // shards) * shards
   if size % phys:
     raise validation.ConfigError(
-      f"logical batch {size} is invalid: must be a multiple of the physical batch {phys}"
+      f"logical batch {size} is invalid: must be a multiple of the physical batch "
+      f"{phys // shards} x {shards} data shards"
     )
   n_micro = size // phys
 
@@ -102,7 +108,13 @@ def _accumulate(sum_fn, mechanism, params, batch, clip, drop_key, physical):
 
   if n_micro == 1:
     return micro(0, batch)
-  stacked = jax.tree.map(lambda x: x.reshape((n_micro, phys) + x.shape[1:]), batch)
+
+  def split(x):
+    per = phys // shards
+    x = x.reshape((shards, n_micro, per) + x.shape[1:]).swapaxes(0, 1)
+    return x.reshape((n_micro, phys) + x.shape[3:])
+
+  stacked = jax.tree.map(split, batch)
   zero = (jax.tree.map(jnp.zeros_like, params), {n: jnp.zeros((), jnp.float32) for n in _STATS})
 
   def body(carry, xs):
@@ -227,6 +239,7 @@ class DpSgd:
   adaptive: AdaptiveClipping | None = None
   release_unsafe_stats: bool = False
   dropout: bool = True
+  num_data_shards: int = 1
 
   def init(self, params: Params) -> DpSgdState:
     """The initial state (step 0, C_0, the secret key)."""
@@ -243,7 +256,14 @@ class DpSgd:
     sigma = self.schedule(step)
     drop_key = rng_lib.named(key, "dropout") if self.dropout else None
     total, stats = _accumulate(
-      self.sum_fn, self.mechanism, params, batch, clip, drop_key, self.physical_batch_size
+      self.sum_fn,
+      self.mechanism,
+      params,
+      batch,
+      clip,
+      drop_key,
+      self.physical_batch_size,
+      self.num_data_shards,
     )
     priv_state = state.privatizer._replace(stddev=sigma * clip)
     aux: dict[str, jax.Array] = {
@@ -289,6 +309,7 @@ def dp_sgd(
   adaptive: AdaptiveClipping | None = None,
   release_unsafe_stats: bool = False,
   dropout: bool = True,
+  num_data_shards: int = 1,
 ) -> DpSgd:
   """Builds DP-SGD (``dp_sgd``) or eDP-SGD (``edp_sgd``) for a per-example loss.
 
@@ -314,6 +335,8 @@ def dp_sgd(
     release_unsafe_stats: also return exact batch statistics (``loss``, ``unsafe/...``),
       which the guarantee does not cover.
     dropout: pass a dropout key to the model.
+    num_data_shards: devices the batch is split over (``data`` mesh axis); each micro-batch
+      takes ``physical_batch_size`` rows per shard so it stays device-local.
 
   Returns:
     The :class:`DpSgd` transformation.
@@ -359,6 +382,7 @@ def dp_sgd(
     adaptive=adaptive,
     release_unsafe_stats=release_unsafe_stats,
     dropout=dropout,
+    num_data_shards=validation.positive_int("mesh.num_data_shards", num_data_shards),
   )
 
 

@@ -133,6 +133,7 @@ def build(
       else None
     ),
     release_unsafe_stats=res.release_unsafe_stats,
+    num_data_shards=num_data_shards,
   )
   dp = _Keyed(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
   return res, dp, batch_fn, led
