@@ -357,9 +357,10 @@ def clipped_sum(
     x, g = inputs[idx], grads_out[idx]
     for u in uses:
       if isinstance(u, rules.Bilinear):
-        entry = bilinear.setdefault(u.path, {}).setdefault(u.signature, ([], [], u.to_leaf))
+        entry = bilinear.setdefault(u.path, {}).setdefault(u.signature, ([], [], u.to_leaf, []))
         entry[0].append(u.x_fn(x))
         entry[1].append(u.g_fn(g))
+        entry[3].append(None if u.gram_fn is None else (u.gram_fn, x))
       elif isinstance(u, rules.Lookup):
         tables.setdefault(u.path, {"ids": [], "g": [], "x": [], "dl": []})
         tables[u.path]["ids"].append(x.reshape(size, -1))
@@ -384,11 +385,12 @@ def clipped_sum(
   ghost: dict[Path, tuple] = {}
   for path, forms in bilinear.items():
     if len(forms) == 1:
-      ((xs, gs, to_leaf),) = forms.values()
-      ghost[path] = (jnp.concatenate(xs, 1), jnp.concatenate(gs, 1), to_leaf)
+      ((xs, gs, to_leaf, grams),) = forms.values()
+      xx = grams[0][0](grams[0][1]) if len(xs) == 1 and grams[0] is not None else None
+      ghost[path] = (jnp.concatenate(xs, 1), jnp.concatenate(gs, 1), to_leaf, xx)
     else:  # Several einsum forms of one kernel: materialise each form's sum.
       total = 0.0
-      for xs, gs, to_leaf in forms.values():
+      for xs, gs, to_leaf, _ in forms.values():
         pe = rules.bilinear_per_example(jnp.concatenate(xs, 1), jnp.concatenate(gs, 1))
         total = total + to_leaf(pe)
       materialised[path] = total
@@ -398,8 +400,8 @@ def clipped_sum(
   }
 
   sq: dict[Path, jax.Array] = {}
-  for p, (xe, ge, _) in ghost.items():
-    sq[p] = rules.bilinear_sq(xe, ge)
+  for p, (xe, ge, _, xx) in ghost.items():
+    sq[p] = rules.bilinear_sq(xe, ge, xx)
   for p, t in tab.items():
     sq[p] = rules.table_sq(*t, table_rows=leaves[p].shape[0])
   for p, val in materialised.items():
@@ -417,7 +419,7 @@ def clipped_sum(
     return None if v is None else clipping_lib.zero_invalid(v, valid)
 
   out: dict[Path, jax.Array] = {}
-  for p, (xe, ge, to_leaf) in ghost.items():
+  for p, (xe, ge, to_leaf, _) in ghost.items():
     out[p] = to_leaf(rules.bilinear_sum(zero(xe), zero(ge), factors[p]))
   for p, (ids, g, x, dl) in tab.items():
     out[p] = rules.table_sum(

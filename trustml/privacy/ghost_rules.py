@@ -46,6 +46,8 @@ class Bilinear:
     g_fn: ``g -> [B, T, H, O]``.
     to_leaf: ``[..., H, I, O] -> [..., *kernel_shape]`` (leading axes kept).
     signature: uses with equal signatures are concatenated along ``T``.
+    gram_fn: optional ``x -> [B, H, T, T]``, the gram ``x_fn(x) x_fn(x)ᵀ`` computed more
+      cheaply from ``x`` (1-D convolutions: shifted sums of the input's own gram).
   """
 
   path: tuple
@@ -53,6 +55,7 @@ class Bilinear:
   g_fn: Callable
   to_leaf: Callable
   signature: tuple
+  gram_fn: Callable | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,19 +220,22 @@ def conv_uses(
   ks = tuple(kernel_shape[:-2])
   k = int(np.prod(ks))
 
-  def x_fn(x):
-    # im2col by strided slices of the padded input (data movement only; XLA:CPU ran
-    # lax.conv_general_dilated_patches, an identity-kernel convolution, ~10x slower).
-    spatial = x.shape[1:-1]
+  def geometry(spatial):
     dilated = tuple((kk - 1) * d + 1 for kk, d in zip(ks, kernel_dilation, strict=True))
     pads = padding
     if isinstance(padding, str):
       pads = jax.lax.padtype_to_pads(spatial, dilated, strides, padding)
-    xp = jnp.pad(x, ((0, 0), *[tuple(p) for p in pads], (0, 0)))
     out_sp = tuple(
-      (s + lo + hi - dk) // st + 1
-      for s, (lo, hi), dk, st in zip(spatial, pads, dilated, strides, strict=True)
+      (sp + lo + hi - dk) // st + 1
+      for sp, (lo, hi), dk, st in zip(spatial, pads, dilated, strides, strict=True)
     )
+    return tuple(tuple(p) for p in pads), out_sp
+
+  def x_fn(x):
+    # im2col by strided slices of the padded input (data movement only; XLA:CPU ran
+    # lax.conv_general_dilated_patches, an identity-kernel convolution, ~10x slower).
+    pads, out_sp = geometry(x.shape[1:-1])
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
     cols = []
     for offset in np.ndindex(*ks):
       start = (0,) + tuple(o * d for o, d in zip(offset, kernel_dilation, strict=True)) + (0,)
@@ -244,6 +250,19 @@ def conv_uses(
     patches = jnp.stack(cols, -1)  # [B, *out, C_in, K]: features ordered (C_in, *k).
     return patches.reshape(x.shape[0], -1, 1, c_in * k)
 
+  def gram_fn(x):
+    # 1-D: patch_t · patch_s = Σ_j x_{t·st + j·d} · x_{s·st + j·d} over the padded input, so
+    # the patch gram is a sum of k shifted windows of the input gram (B·T²·C_in, not ·C_in·k).
+    ((lo, hi),), (t_out,) = geometry(x.shape[1:-1])
+    xx = jnp.einsum("btc,bsc->bts", x.astype(_acc_dtype(x)), x.astype(_acc_dtype(x)))
+    xx = jnp.pad(xx, ((0, 0), (lo, hi), (lo, hi)))
+    st, d = strides[0], kernel_dilation[0]
+    total = 0.0
+    for j in range(ks[0]):
+      a = j * d
+      total = total + xx[:, a : a + (t_out - 1) * st + 1 : st, a : a + (t_out - 1) * st + 1 : st]
+    return total[:, None]
+
   def g_fn(g):
     return g.reshape(g.shape[0], -1, 1, c_out)
 
@@ -252,7 +271,7 @@ def conv_uses(
     return jnp.moveaxis(w, -n - 2, -2)
 
   sig = ("conv", (1, c_in * k, c_out), tuple(kernel_shape), strides, str(padding))
-  uses: list = [Bilinear(path + ("kernel",), x_fn, g_fn, to_leaf, sig)]
+  uses: list = [Bilinear(path + ("kernel",), x_fn, g_fn, to_leaf, sig, gram_fn if n == 1 else None)]
   if bias is not None:
     uses.append(Reduce(tuple(bias), lambda g: g.reshape(g.shape[0], -1, c_out).sum(1)))
   return uses
@@ -261,13 +280,19 @@ def conv_uses(
 # ---- Per-example squared norms and clipped sums of one leaf from its uses. ----
 
 
-def bilinear_sq(xe: jax.Array, ge: jax.Array) -> jax.Array:
-  """``||Σ_t x_tᵀ g_t||²`` per example for ``xe [B, T, H, I]``, ``ge [B, T, H, O]``."""
+def bilinear_sq(xe: jax.Array, ge: jax.Array, xx: jax.Array | None = None) -> jax.Array:
+  """``||Σ_t x_tᵀ g_t||²`` per example for ``xe [B, T, H, I]``, ``ge [B, T, H, O]``.
+
+  ``xx`` (optional): the gram ``[B, H, T, T]`` of ``xe``, already computed more cheaply.
+  """
   dt = _acc_dtype(xe, ge)
   xe, ge = xe.astype(dt), ge.astype(dt)
   t, i, o = xe.shape[1], xe.shape[3], ge.shape[3]
   if t == 1:
     return jnp.sum(jnp.sum(xe[:, 0] ** 2, -1) * jnp.sum(ge[:, 0] ** 2, -1), -1)
+  if xx is not None and t <= i:  # Ghost costs T²·O given the gram; materialising T·I·O.
+    gg = jnp.einsum("btho,bsho->bhts", ge, ge)
+    return jnp.sum(xx.astype(dt) * gg, axis=(1, 2, 3))
   if t * (i + o) <= i * o:
     xx = jnp.einsum("bthi,bshi->bhts", xe, xe)
     gg = jnp.einsum("btho,bsho->bhts", ge, ge)
