@@ -89,7 +89,7 @@ model = trustml.models.from_flax(
   num_classes=ds.num_classes,
 )
 prepared = trustml.train.from_arrays(model, (x_train, y_train), (x_test, y_test))
-config = trustml.core.entry.load_config("dp_nlu:eps=3")  # DP-SGD, Poisson sampling, δ = 1e-5
+config = trustml.configs.dp_nlu.get_config("eps=3")  # DP-SGD, Poisson sampling, δ = 1e-5
 config.train.num_epochs = 10.0
 config.train.batch_size = 256
 config.privacy.virtual_batch_size = 256

@@ -32,7 +32,7 @@ workdir = tempfile.mkdtemp(prefix="trustml_fair_")
 # ## A trained classifier (here: trained now on the embedded corpus, 2 epochs)
 
 # %%
-config = trustml.core.entry.load_config("nlu")
+config = trustml.configs.nlu.get_config()
 config.train.num_epochs = 2.0
 summary = trustml.train.run(config, f"{workdir}/classifier")
 params, prepared = trustml.train.load_params(config, f"{workdir}/classifier")
@@ -86,5 +86,5 @@ print(f"SEAT effect size {s.effect_size:.3f}, p = {s.p_value:.3f}")
 # counterfactual gap (`configs/aps.py`; `smoke` keeps it to seconds).
 
 # %%
-aps = trustml.fairness.run(trustml.core.entry.load_config("aps:smoke"), f"{workdir}/aps")
+aps = trustml.fairness.run(trustml.configs.aps.get_config("smoke"), f"{workdir}/aps")
 print(f"APS {aps['fairness/aps']:.4g}, counterfactual gap {aps['fairness/counterfactual_gap']:.4g}")

@@ -59,7 +59,7 @@ for name in ("uniform", "activity"):
 # %%
 results = {}
 for name in ("uniform", "activity"):
-  config = trustml.core.entry.load_config(f"fed_selection:sampler={name},rounds=10,per_round=10")
+  config = trustml.configs.fed_selection.get_config(f"sampler={name},rounds=10,per_round=10")
   summary = trustml.federated.run(config, f"{workdir}/{name}")
   results[name] = summary["eval/accuracy"]
 print({k: round(v, 3) for k, v in results.items()})

@@ -100,7 +100,7 @@ def test_dp_training_of_your_own_module_on_your_own_arrays(tmp_path):
   x, y = _data(n=600)
   model = trustml.models.from_flax(MeanPool(), name="mine", kind="classifier", num_classes=2)
   prepared = trustml.train.from_arrays(model, (x[:500], y[:500]), (x[500:], y[500:]))
-  config = trustml.core.entry.load_config("configs/dp_nlu.py:smoke,eps=2")
+  config = trustml.configs.dp_nlu.get_config("smoke,eps=2")
   config.train.batch_size, config.privacy.virtual_batch_size = 32, 64
   summary = trustml.train.run(config, tmp_path / "run", prepared=prepared, progress=False)
   assert summary["data/num_train"] == 500 and summary["model/name"] == "mine"

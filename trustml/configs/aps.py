@@ -21,7 +21,7 @@ Args (comma-separated after ``:``):
 
 import ml_collections
 
-from configs import nlu
+from trustml.configs import nlu
 from trustml.core import config_args
 from trustml.models import registry
 
@@ -75,21 +75,15 @@ def fairness_section(a: ml_collections.ConfigDict, task: str) -> ml_collections.
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the APS config for ``arg`` (see module docstring)."""
-  a = config_args.parse_arg(
+  a = config_args.parse_common(
     arg,
-    data="synthetic",
-    model="bag",
-    smoke=False,
-    seed=0,
     reduction="l1",
     abs_of="jacobian",
     normalize="l1",
     class_weighting="predicted",
     outputs="probs",
   )
-  config = nlu.get_config(
-    f"data={a.data},model={a.model},seed={a.seed}" + (",smoke" if a.smoke else "")
-  )
+  config = nlu.build(a)
   config.fairness = fairness_section(a, "aps")
   if a.data == "hatexplain":  # Protected attribute: the targeted gender (Women vs Men).
     config.data.use_tfds_builder = False

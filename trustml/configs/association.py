@@ -13,18 +13,17 @@ Args: data (hatexplain | synthetic | ...), model, smoke, seed.
 
 import ml_collections
 
-from configs import aps, bias_auc_hatexplain, nlu
+from trustml.configs import aps, bias_auc_hatexplain, nlu
 from trustml.core import config_args
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the association-test config for ``arg``."""
-  a = config_args.parse_arg(arg, data="hatexplain", model="bag", smoke=False, seed=0)
-  rest = f"model={a.model},seed={a.seed}" + (",smoke" if a.smoke else "")
+  a = config_args.parse_common(arg, **bias_auc_hatexplain.BIAS_AUC_ARGS)
+  config = nlu.build(a)
   if a.data == "hatexplain":
-    config = bias_auc_hatexplain.get_config(rest)
+    bias_auc_hatexplain.add_bias_auc(config, a)
   else:
-    config = nlu.get_config(f"data={a.data}," + rest)
     config.fairness = aps.fairness_section(a, "association")
   config.fairness.task = "association"
   if a.smoke:

@@ -31,7 +31,7 @@ import math
 
 import ml_collections
 
-from configs import dp_nlu, nlu
+from trustml.configs import dp_nlu, nlu
 from trustml.core import config_args
 
 # The canary study's transformer classifier: a causal width-5 convolutional stem, causal
@@ -43,28 +43,36 @@ ORDERED_TRANSFORMER = dict(conv_kernel=5, causal_attention=True, pooling="max")
 ORDERED_TRANSFORMER_EPOCHS = 10.0
 
 
+ATTACK_ARGS = dict(
+  model="transformer",
+  ordered=True,
+  eps=float("inf"),
+  repeats=10,
+  secrets=4,
+  shadows=0,
+  dropout=-1.0,
+  epochs=-1.0,
+  small=False,
+)
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the attack config for ``arg`` (see module docstring)."""
-  a = config_args.parse_arg(
-    arg,
-    data="synthetic",
-    model="transformer",
-    ordered=True,
-    eps=float("inf"),
-    repeats=10,
-    secrets=4,
-    shadows=0,
-    dropout=-1.0,
-    epochs=-1.0,
-    small=False,
-    smoke=False,
-    seed=0,
-  )
-  base = f"data={a.data},model={a.model},seed={a.seed}" + (",smoke" if a.smoke else "")
-  if math.isinf(a.eps):
-    config = nlu.get_config(base)
-  else:
-    config = dp_nlu.get_config(f"{base},eps={a.eps}")
+  return build(config_args.parse_common(arg, **ATTACK_ARGS))
+
+
+def build(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The attack config from parsed args (:data:`ATTACK_ARGS` and the common ones).
+
+  Args:
+    a: :func:`trustml.core.config_args.parse_common` output.
+
+  Returns:
+    The config: ``nlu.build`` (plus ``dp_nlu.add_privacy`` for a finite ε), canaries, attack.
+  """
+  config = nlu.build(a)
+  if not math.isinf(a.eps):
+    dp_nlu.add_privacy(config, a)
   if a.model == "transformer" and a.ordered:
     config.model.update(ORDERED_TRANSFORMER)
     config.model.dropout_rate = 0.0
@@ -112,9 +120,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   if a.smoke:
     config.canaries.num_audit = 32
-    keys = config_args.given(arg)  # Explicit args win over the smoke sizes.
-    config.canaries.repeats = config_args.smoke_value(a, keys, "repeats", min(a.repeats, 4))
-    config.canaries.num_secret = config_args.smoke_value(a, keys, "secrets", min(a.secrets, 2))
+    # Explicit args win over the smoke sizes.
+    config.canaries.repeats = config_args.smoke_value(a, "repeats", min(a.repeats, 4))
+    config.canaries.num_secret = config_args.smoke_value(a, "secrets", min(a.secrets, 2))
     config.attack.extraction_restarts = 4
     config.attack.extraction_steps = 10
     config.attack.exposure_chunk_size = 2048

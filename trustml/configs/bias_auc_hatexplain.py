@@ -15,18 +15,31 @@ Args: model (bag | cnn | transformer), epochs, width (embed_dim; 0 = model defau
 
 import ml_collections
 
-from configs import aps, nlu
+from trustml.configs import aps, nlu
 from trustml.core import config_args
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the HateXplain bias-AUC config for ``arg``."""
-  a = config_args.parse_arg(arg, model="bag", epochs=4.0, width=0, layers=0, smoke=False, seed=0)
-  config = nlu.get_config(
-    f"data=hatexplain,model={a.model},seed={a.seed}" + (",smoke" if a.smoke else "")
-  )
+  a = config_args.parse_common(arg, **BIAS_AUC_ARGS)
+  return add_bias_auc(nlu.build(a), a)
+
+
+BIAS_AUC_ARGS = dict(data="hatexplain", epochs=4.0, width=0, layers=0)
+
+
+def add_bias_auc(config: ml_collections.ConfigDict, a: ml_collections.ConfigDict):
+  """HateXplain training settings and the ``fairness`` section of the bias-AUC task.
+
+  Args:
+    config: a config from :func:`trustml.configs.nlu.build` with ``data=hatexplain``.
+    a: parsed args with :data:`BIAS_AUC_ARGS`.
+
+  Returns:
+    ``config`` (changed in place).
+  """
   config.data.use_tfds_builder = False  # Parse the local copy directly (no TFDS build step).
-  config.train.num_epochs = a.epochs if not a.smoke else 0.0  # Passes over the 15,383 posts.
+  config.train.num_epochs = config_args.smoke_value(a, "epochs", 0.0)  # Passes over 15,383 posts.
   config.train.eval_batch_size = 512  # Evaluation batch size.
   if a.width:  # Token-embedding width (and MLP width 2x / CNN filters) instead of the default.
     config.model.embed_dim = a.width

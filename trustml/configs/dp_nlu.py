@@ -17,7 +17,7 @@ Args (comma-separated after ``:``):
 
 import ml_collections
 
-from configs import nlu
+from trustml.configs import nlu
 from trustml.core import config_args, validation
 from trustml.privacy import config as privacy_config
 
@@ -29,20 +29,25 @@ _DP_TRAIN = {
 }
 
 
+DP_ARGS = dict(eps=3.0, clip="", mechanism="edp_sgd")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the DP NLU config for ``arg`` (see module docstring)."""
-  a = config_args.parse_arg(
-    arg,
-    data="synthetic",
-    model="bag",
-    eps=3.0,
-    clip="",
-    mechanism="edp_sgd",
-    smoke=False,
-    seed=0,
-  )
-  base_arg = f"data={a.data},model={a.model},seed={a.seed}" + (",smoke" if a.smoke else "")
-  config = nlu.get_config(base_arg)
+  a = config_args.parse_common(arg, **DP_ARGS)
+  return add_privacy(nlu.build(a), a)
+
+
+def add_privacy(config: ml_collections.ConfigDict, a: ml_collections.ConfigDict):
+  """Switches a base config to DP training: DP optimisation settings and the ``privacy`` section.
+
+  Args:
+    config: a config from :func:`trustml.configs.nlu.build` (changed in place).
+    a: parsed args with ``model``, ``smoke`` and ``eps`` (``clip``, ``mechanism`` optional).
+
+  Returns:
+    ``config``.
+  """
   physical, logical, epochs, lr, clip = _DP_TRAIN[a.model]
   # Optimisation for DP: large logical batches, more epochs, constant-after-warm-up lr.
   config.train.batch_size = physical  # Physical micro-batch (memory bound).
@@ -52,9 +57,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.log_every = 10  # Log train loss every N steps.
   config.train.checkpoint_every = 50  # Checkpoint (with the privacy ledger) every N steps.
   config.privacy = privacy_config.default_privacy_config(
-    mechanism=a.mechanism,  # none | dp_sgd | edp_sgd.
+    mechanism=a.get("mechanism", "edp_sgd"),  # none | dp_sgd | edp_sgd.
     l2_clip_norm=_clip(
-      a.clip, clip
+      a.get("clip", ""), clip
     ),  # Per-example L2 clip norm C (or 'auto' for quantile clipping).
     noise_multiplier=None,  # σ; None: calibrated from target_epsilon for the planned steps.
     target_epsilon=a.eps,  # ε budget; the run never takes a step that would exceed it.

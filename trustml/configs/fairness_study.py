@@ -13,7 +13,7 @@ Args: epochs (per model), smoke, seed.
 
 import ml_collections
 
-from configs import bias_auc_hatexplain
+from trustml.configs import bias_auc_hatexplain, nlu
 from trustml.core import config_args
 
 MODELS = (
@@ -30,10 +30,8 @@ MODELS = (
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the study config for ``arg``."""
-  a = config_args.parse_arg(arg, epochs=2.0, smoke=False, seed=0)
-  config = bias_auc_hatexplain.get_config(
-    f"epochs={a.epochs},seed={a.seed}" + (",smoke" if a.smoke else "")
-  )
+  a = config_args.parse_common(arg, **{**bias_auc_hatexplain.BIAS_AUC_ARGS, "epochs": 2.0})
+  config = bias_auc_hatexplain.add_bias_auc(nlu.build(a), a)
   config.fairness.task = "study"
   config.fairness.study_models = MODELS  # K = 8 models: 'arch-width-sSEED'.
   config.text.max_len = 48  # Shorter sequences keep the study at ~10 CPU minutes.

@@ -15,27 +15,34 @@ causal_lm), plus
 
 import ml_collections
 
-from configs import fed_nlu
+from trustml.configs import fed_nlu, nlu
 from trustml.core import config_args
+
+LM_ARGS = dict(tokenizer="char", max_len=96, min_speeches=10, width=64, layers=2)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the Shakespeare LM config for ``arg`` (see module docstring)."""
-  own = dict(tokenizer="char", max_len=96, min_speeches=10, width=64, layers=2)
-  parts = [p for p in (arg or "").split(",") if p.strip()]
-  mine = [p for p in parts if p.split("=")[0].strip() in own]
-  rest = [p for p in parts if p.split("=")[0].strip() not in own]
-  a = config_args.parse_arg(",".join(mine), **own)
-  keys = config_args.given(",".join(rest))
-  smoke = "smoke" in keys  # Explicit; the smoke sizes never override an explicit arg.
-  defaults = (
-    [] if smoke else [d for d in ("per_round=10", "rounds=40") if d[: d.index("=")] not in keys]
-  )
-  config = fed_nlu.get_config(",".join(["data=tiny_shakespeare", *defaults, *rest]))
-  mine_keys = config_args.given(",".join(mine))
+  smoke = "smoke" in config_args.given(arg)
+  fed = fed_nlu.FED_ARGS if smoke else {**fed_nlu.FED_ARGS, "per_round": 10, "rounds": 40}
+  a = config_args.parse_common(arg, data="tiny_shakespeare", **fed, **LM_ARGS)
+  return add_language_model(fed_nlu.add_federated(nlu.build(a), a), a)
+
+
+def add_language_model(config: ml_collections.ConfigDict, a: ml_collections.ConfigDict):
+  """Turns a federated config into the per-speaker causal LM on Tiny Shakespeare.
+
+  Args:
+    config: a config from :func:`trustml.configs.fed_nlu.add_federated` (changed in place).
+    a: parsed args with :data:`LM_ARGS`.
+
+  Returns:
+    ``config``.
+  """
+  smoke = a.smoke
 
   def pick(key: str, small):  # The smoke size unless the arg set this key explicitly.
-    return small if smoke and key not in mine_keys else a[key]
+    return config_args.smoke_value(a, key, small)
 
   config.data.min_speeches = pick("min_speeches", 60)  # Drop speakers with fewer.
   config.data.test_fraction = 0.2  # Each speaker's last 20% of speeches are held out.
@@ -50,7 +57,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = registry.default_model_config("causal_lm")
   config.model.embed_dim = pick("width", 16)  # Model width.
   config.model.num_layers = pick("layers", 1)  # Transformer blocks.
-  config.model.num_heads = 4 if config.model.embed_dim % 4 == 0 and not smoke else 2  # Attention heads.
+  config.model.num_heads = (
+    4 if config.model.embed_dim % 4 == 0 and not smoke else 2
+  )  # Attention heads.
   config.model.mlp_dim = 2 * config.model.embed_dim  # MLP width.
   config.partition.kind = "natural"  # One client per speaker.
   config.partition.min_examples = 2

@@ -28,31 +28,38 @@ Args (comma-separated after ``:``):
 import ml_collections
 from ml_collections import config_dict
 
-from configs import nlu
+from trustml.configs import nlu
 from trustml.core import config_args
+
+FED_ARGS = dict(
+  algorithm="fedavg",
+  partition="",
+  alpha=1.0,
+  clients=100,
+  per_round=20,
+  rounds=60,
+  dp=False,
+  centralized=False,
+  devices=0,
+)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the federated NLU config for ``arg`` (see module docstring)."""
-  a = config_args.parse_arg(
-    arg,
-    data="synthetic",
-    model="bag",
-    algorithm="fedavg",
-    partition="",
-    alpha=1.0,
-    clients=100,
-    per_round=20,
-    rounds=60,
-    dp=False,
-    centralized=False,
-    devices=0,
-    smoke=False,
-    seed=0,
-  )
-  config = nlu.get_config(
-    f"data={a.data},model={a.model},seed={a.seed}" + (",smoke" if a.smoke else "")
-  )
+  a = config_args.parse_common(arg, **FED_ARGS)
+  return add_federated(nlu.build(a), a)
+
+
+def add_federated(config: ml_collections.ConfigDict, a: ml_collections.ConfigDict):
+  """Adds the federated sections (partition, selection, algorithm, rounds, continual, dp).
+
+  Args:
+    config: a config from :func:`trustml.configs.nlu.build` (changed in place).
+    a: parsed args with :data:`FED_ARGS` and the common ones.
+
+  Returns:
+    ``config``.
+  """
   if a.data == "snips":
     config.data.snips_train = "small"  # 2,100 train queries: sized for CPU sweeps.
   kind = a.partition or ("natural" if a.data in ("synthetic", "tiny_shakespeare") else "dirichlet")
@@ -151,12 +158,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.batch_size = 16
   config.train.eval_every = max(a.rounds * a.per_round * 2 // 10, 1)
   if a.smoke:  # Shrinks what the arg did not set explicitly (clients=1000,smoke keeps 1000).
-    keys = config_args.given(arg)
-    config.partition.num_clients = config_args.smoke_value(a, keys, "clients", min(a.clients, 12))
+    config.partition.num_clients = config_args.smoke_value(a, "clients", min(a.clients, 12))
     config.selection.num_clients_per_round = config_args.smoke_value(
-      a, keys, "per_round", min(a.per_round, 4)
+      a, "per_round", min(a.per_round, 4)
     )
-    config.federated.rounds = config_args.smoke_value(a, keys, "rounds", 3)
+    config.federated.rounds = config_args.smoke_value(a, "rounds", 3)
     config.federated.batch_size = 8
     config.federated.max_local_steps = 2
     config.federated.eval_every = 1

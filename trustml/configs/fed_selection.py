@@ -24,35 +24,37 @@ objective: uniform + num_examples, activity(beta=1) + uniform.
 
 import ml_collections
 
-from configs import fed_lm_shakespeare, fed_nlu
+from trustml.configs import fed_lm_shakespeare, fed_nlu, nlu
 from trustml.core import config_args
 
 _OWN = dict(sampler="uniform", setting="static", beta=1.0, policy="drop_oldest", cap=0, periods=4)
+_ALL_ARGS = {
+  **config_args.COMMON,
+  **fed_nlu.FED_ARGS,
+  **fed_lm_shakespeare.LM_ARGS,
+  **_OWN,
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the selection-study config for ``arg`` (see module docstring)."""
-  parts = [p for p in (arg or "").split(",") if p.strip()]
-  mine = [p for p in parts if p.split("=")[0].strip() in _OWN]
-  rest = [p for p in parts if p.split("=")[0].strip() not in _OWN]
-  a = config_args.parse_arg(",".join(mine), **_OWN)
-  shakes = any(p.strip() == "data=tiny_shakespeare" for p in rest)
+  shakes = config_args.parse_arg(arg, **_ALL_ARGS).data == "tiny_shakespeare"
+  smoke = "smoke" in config_args.given(arg)
+  fed = dict(fed_nlu.FED_ARGS)
+  if shakes and not smoke:
+    fed.update(per_round=10, rounds=40)  # fed_lm_shakespeare's defaults.
+  a = config_args.parse_common(arg, **fed, **fed_lm_shakespeare.LM_ARGS, **_OWN)
   if shakes:
-    config = fed_lm_shakespeare.get_config(
-      ",".join(p for p in rest if p.strip() != "data=tiny_shakespeare")
-    )
+    config = fed_lm_shakespeare.add_language_model(fed_nlu.add_federated(nlu.build(a), a), a)
   else:
-    config = fed_nlu.get_config(",".join(rest))
+    config = fed_nlu.add_federated(nlu.build(a), a)
   config.selection.sampler = a.sampler
   config.selection.beta = a.beta
   # Unbiased pairs: uniform sampling + n_i weights; activity (beta=1) sampling + uniform weights.
   config.selection.weighting = "num_examples" if a.sampler == "uniform" else "uniform"
   config.federated.setting = a.setting
   config.continual.deletion_policy = a.policy
-  smoke = "smoke" in config_args.given(",".join(rest))  # Explicit periods=N wins over smoke.
-  config.continual.num_periods = (
-    3 if smoke and "periods" not in config_args.given(",".join(mine)) else a.periods
-  )
+  config.continual.num_periods = config_args.smoke_value(a, "periods", 3)  # Explicit wins.
   if a.cap:
     config.continual.storage_cap = a.cap
   return config

@@ -1,4 +1,4 @@
-"""Base config for NLU classification (and the base every other config derives from).
+"""Base config for NLU classification (and the base every other config builds on).
 
 Launch:
   python -m launch.train --config=configs/nlu.py --workdir=/tmp/nlu
@@ -38,7 +38,21 @@ _TRAIN = {
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the NLU config for ``arg`` (see module docstring)."""
-  a = config_args.parse_arg(arg, data="synthetic", model="bag", smoke=False, seed=0)
+  return build(config_args.parse_common(arg))
+
+
+def build(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The base config from parsed args (``data``, ``model``, ``seed``, ``smoke``).
+
+  Every experiment config starts here and adds its own sections (``dp_nlu.add_privacy``,
+  ``fed_nlu.add_federated``, ``aps.fairness_section``, ...): one level, no re-parsed strings.
+
+  Args:
+    a: :func:`trustml.core.config_args.parse_common` output.
+
+  Returns:
+    The config.
+  """
   config = ml_collections.ConfigDict()
   config.seed = a.seed  # Root seed: params, data order, dropout, DP noise streams.
   # Data source: name, local data dir (data.dir, else $TRUSTML_DATA_DIR, else ../shared/data).

@@ -15,13 +15,13 @@ Launch:
 Args: as configs/attack.py (data, model, ordered, eps, repeats, secrets, shadows, dropout,
 epochs, small, smoke, seed); the study defaults are data=snips, model=cnn, repeats=10.
 ``model=transformer`` is configs/attack.py's order-aware transformer classifier
-(:data:`configs.attack.ORDERED_TRANSFORMER`), trained without dropout for 10 epochs unless
+(:data:`trustml.configs.attack.ORDERED_TRANSFORMER`), trained without dropout for 10 epochs unless
 ``dropout``/``epochs`` are given.
 """
 
 import ml_collections
 
-from configs import attack
+from trustml.configs import attack
 from trustml.core import config_args
 
 EPSILONS = (float("inf"), 8.0, 4.0, 2.0, 1.0, 0.5)
@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The study's base config: configs/attack.py with SNIPS and the CNN by default.
 
   Both the CNN and the study's transformer (``model=transformer``:
-  :data:`configs.attack.ORDERED_TRANSFORMER`) see the order of a secret's digits; the
+  :data:`trustml.configs.attack.ORDERED_TRANSFORMER`) see the order of a secret's digits; the
   mean-pooled bidirectional transformer of configs/nlu.py (``ordered=False``) memorises the
   digit *set* instead, which caps its exposure (docs/attacks.md).
 
@@ -41,12 +41,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   Returns:
     The config.
   """
-  given = dict(p.split("=", 1) if "=" in p else (p, "") for p in (arg or "").split(",") if p)
-  if "data" not in given and "smoke" not in given:
-    arg = ",".join(filter(None, [arg, "data=snips"]))
-  if "model" not in given:
-    arg = ",".join(filter(None, [arg, "model=cnn"]))
-  return attack.get_config(arg)
+  keys = config_args.given(arg)
+  data = "synthetic" if "smoke" in keys else "snips"  # A smoke run needs no download.
+  return attack.build(
+    config_args.parse_common(arg, **{**attack.ATTACK_ARGS, "model": "cnn"}, data=data)
+  )
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:

@@ -75,6 +75,39 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return out
 
 
+COMMON = dict(data="synthetic", model="bag", seed=0, smoke=False)
+"""The args every experiment config takes: dataset, network, root seed, smoke mode."""
+
+
+def parse_common(arg: str | None, **fields: Any) -> ml_collections.ConfigDict:
+  """Parses a config argument: the :data:`COMMON` args plus a config's own ``fields``.
+
+  The one parser of every ``trustml/configs`` file: a config parses its whole argument once
+  and passes the parsed fields (never a re-serialised string) to the section builders it
+  composes. ``fields`` may also override a common default (``data="hatexplain"``). The
+  result's ``given`` holds the keys written explicitly, so ``smoke`` shrinks only the others
+  (:func:`smoke_value`).
+
+  Args:
+    arg: the string after ``:`` in ``--config=path.py:arg`` (or ``None``).
+    **fields: the config's own args and their defaults.
+
+  Returns:
+    A ConfigDict with the common fields, ``fields`` and ``given`` (a sorted tuple).
+
+  Raises:
+    ConfigError: on an unknown key or a value of the wrong type.
+
+  Example:
+    >>> a = parse_common("smoke,clients=1000", clients=100)
+    >>> (a.data, a.smoke, a.clients, a.given)
+    ('synthetic', True, 1000, ('clients', 'smoke'))
+  """
+  out = parse_arg(arg, **{**COMMON, **fields})
+  out.given = tuple(sorted(given(arg)))
+  return out
+
+
 def given(arg: str | None) -> frozenset[str]:
   """The keys written explicitly in a config argument (``"clients=1000,smoke"`` -> both).
 
@@ -96,21 +129,20 @@ def given(arg: str | None) -> frozenset[str]:
   )
 
 
-def smoke_value(args: Any, keys: frozenset[str], key: str, small: Any) -> Any:
+def smoke_value(args: Any, key: str, small: Any) -> Any:
   """``small`` under ``smoke`` unless ``key`` was given explicitly, else ``args[key]``.
 
   Args:
-    args: the parsed arguments (with a boolean ``smoke``).
-    keys: :func:`given` of the argument string.
+    args: the parsed arguments (:func:`parse_common`: ``smoke`` and ``given``).
     key: the argument.
     small: its smoke-size value.
 
   Returns:
     The value to use.
   """
-  if args.smoke and key not in keys:
+  if args.smoke and key not in args.given:
     return small
   return args[key]
 
 
-__all__ = ["given", "parse_arg", "smoke_value"]
+__all__ = ["COMMON", "given", "parse_arg", "parse_common", "smoke_value"]
