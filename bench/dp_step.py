@@ -17,7 +17,10 @@ Variants: ``plain`` (``trustml.train.loop.mean_loss_grad_fn``), ``edp`` (eDP-SGD
 ``naive`` (vmap DP-SGD); with the ``bench`` extra (torch CPU wheel + opacus) also
 ``torch_plain`` and ``opacus_ghost`` (Opacus 1.6 ghost clipping) on PyTorch twins of the
 same architectures with the same weights (``bench/torch_peers.py``). Before timing, a
-**parity check** runs both DP steps with σ = 0 and compares the clipped mean gradients.
+**parity check** runs both DP steps with σ = 0 and compares the clipped mean gradients
+(trustml's is float64-tested against naive per-example clipping; a large difference flags the
+peer: on the tied causal LM, Opacus's hooks never see the ``x @ embed.weight.T`` use, so its
+per-example norms miss it).
 
 * Time: median of ``--reps`` steps after warm-up; all variants of a model interleaved in one
   process so they see the same machine load. ``ratio_to_plain`` is to the same framework's
@@ -337,13 +340,13 @@ def main() -> None:
         row["parity_rel_err"] = par["dp_rel_err"]
       rows.append(row)
       print(json.dumps(row), flush=True)
-  print("\n| model | variant | step s | × plain | peak RSS MB | × plain |")
-  print("|---|---|---|---|---|---|")
+  print("\n| model | variant | step s | × plain | peak RSS MB | × plain | parity (rel. L2) |")
+  print("|---|---|---|---|---|---|---|")
   for r in rows:
     note = f" ({r['error'][:60]})" if "error" in r else ""
     print(
       f"| {r['model']} | {r['variant']}{note} | {r['median_s']:.4f} | {r['ratio_to_plain']:.2f} "
-      f"| {r['peak_rss_mb']:.0f} | {r['peak_rss_ratio']:.2f} |"
+      f"| {r['peak_rss_mb']:.0f} | {r['peak_rss_ratio']:.2f} | {r.get('parity_rel_err', '')} |"
     )
 
 
