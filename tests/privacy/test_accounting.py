@@ -140,3 +140,16 @@ def test_bad_delta():
   for delta in (0.0, 1.0, -0.1):
     with pytest.raises(ConfigError, match="delta"):
       accounting.epsilon(ev, delta)
+
+
+def test_negative_or_zero_steps_are_one_error_line():
+  with pytest.raises(ConfigError, match="num_steps=-5 is invalid"):
+    accounting.run_event([(1.0, -5)], sampling="poisson", sampling_rate=0.1)
+  with pytest.raises(ConfigError, match="num_steps"):
+    accounting.calibrate_noise_multiplier(
+      1.0, 1e-5, schedule=[(1.0, -3)], sampling="poisson", sampling_rate=0.1
+    )
+  with pytest.raises(ConfigError, match="num_steps=0"):
+    accounting.calibrate_noise_multiplier(
+      1.0, 1e-5, schedule=[(1.0, 0)], sampling="poisson", sampling_rate=0.1
+    )

@@ -334,6 +334,7 @@ def run(
   ckpt = checkpoint.Checkpointer(workdir)
   fingerprint = workdir_lib.fingerprint(config)
   if dp_cfg is not None:
+    validation.warn_large_delta("dp.delta", dp_cfg.delta, pop.num_clients, "users")
     rounds.ledger = _dp_ledger(config, dp_cfg, rounds, pop, fingerprint)
   latest = ckpt.latest_step()
   if latest is not None:  # Refuse a checkpoint of another config before restoring anything.

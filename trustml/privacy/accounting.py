@@ -175,6 +175,7 @@ def run_event(
   """
   events = []
   for sigma, count in segments:
+    validation.non_negative_int("num_steps", count)
     if count > 0:
       event = step_event(
         sampling, sampling_rate, sigma, dataset_size=dataset_size, batch_size=batch_size
@@ -302,6 +303,10 @@ def calibrate_noise_multiplier(
       "(for non-private training set privacy.mechanism='none')"
     )
   validation.in_range("privacy.delta", delta, 0.0, 1.0)
+  for _, n in schedule:
+    validation.non_negative_int("num_steps", n)
+  if not sum(int(n) for _, n in schedule):
+    raise validation.ConfigError("num_steps=0 is invalid: calibration needs at least one step")
 
   def make_event(z: float) -> dp_accounting.DpEvent:
     segs = [(z * rel, n) for rel, n in schedule]
@@ -355,10 +360,10 @@ def calibrate_steps(
   dataset_size: int | None = None,
   max_steps: int = 10_000_000,
 ) -> int:
-  """The largest number of constant-σ steps whose ε stays ≤ target (0 if even one exceeds).
+  """The largest number of constant-z steps whose ε stays ≤ target (0 if even one exceeds).
 
   Args:
-    noise_multiplier: σ > 0.
+    noise_multiplier: the accounted z > 0 (σ under Poisson, σ/2 under shuffle).
     target_epsilon: ε > 0.
     delta: δ in (0, 1).
     sampling: ``"poisson"`` or ``"shuffle"``.
@@ -372,6 +377,7 @@ def calibrate_steps(
   """
   validation.positive("privacy.noise_multiplier", noise_multiplier)
   validation.positive("privacy.target_epsilon", target_epsilon)
+  validation.positive_int("max_steps", max_steps)
 
   def eps_at(n: int) -> float:
     ev = run_event(

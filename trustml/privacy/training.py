@@ -9,12 +9,12 @@ every checkpoint. ``summary.json`` gains the ``privacy/...`` keys of
 """
 
 import dataclasses
-import logging
 import os
 from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 
 from trustml.core import rng as rng_lib
 from trustml.core import validation
