@@ -18,6 +18,7 @@ def test_public_api():
     "extraction",
     "lira",
     "metrics",
+    "run",
     "shadow",
     "study",
   ]

@@ -21,6 +21,7 @@ def test_public_names():
       "population",
       "report",
       "round",
+      "run",
       "scaffold",
       "selection",
     ]
