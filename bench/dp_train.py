@@ -65,7 +65,7 @@ def main() -> None:
   results = {}
   for name, (config, overrides) in runs.items():
     s = _run(config, overrides, os.path.join(parent, name))
-    rows = s.get("train/batch_size", float("nan"))
+    rows = s.get("privacy/batch_rows", s.get("train/batch_size", float("nan")))
     results[name] = {
       "model": args.model,
       "run": name,
