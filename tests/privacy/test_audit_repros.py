@@ -23,7 +23,9 @@ def test_a1_shuffle_is_accounted_with_replace_one_sensitivity():
   s2, _ = clipping.clipped_sum({"w": g2}, 1.0, jnp.ones(2))
   moved = float(jnp.linalg.norm(s1["w"] - s2["w"]))
   agg = aggregators.ClippedAggregator(unit="example", relation="replace_one")
-  print(f"A1(a) replace-one ||S(D)-S(D')|| = {moved:.3f}; declared sensitivity {agg.sensitivity(1.0)}")
+  print(
+    f"A1(a) replace-one ||S(D)-S(D')|| = {moved:.3f}; declared sensitivity {agg.sensitivity(1.0)}"
+  )
   assert moved == pytest.approx(2.0) and agg.sensitivity(1.0) == 2.0
   # (b) one full-batch step at σ = 2: the resolved run accounts z = σ/2 (exact Gaussian bound).
   train = ml_collections.ConfigDict({"batch_size": 100})
@@ -35,9 +37,7 @@ def test_a1_shuffle_is_accounted_with_replace_one_sensitivity():
     100,
     lambda b: 1,
   )
-  eps = accounting.epsilon(
-    ledger.records_event([(res.plan(0), 1)]), 1e-5, sampling="shuffle"
-  )
+  eps = accounting.epsilon(ledger.records_event([(res.plan(0), 1)]), 1e-5, sampling="shuffle")
   exact = pld_lib.from_gaussian_mechanism(2.0, sensitivity=2.0).get_epsilon_for_delta(1e-5)
   print(f"A1(b) q=1, σ=2: ε = {eps:.3f} (was 2.17); exact Gaussian with sensitivity 2: {exact:.3f}")
   assert eps >= exact
@@ -72,7 +72,9 @@ def test_a1_shuffle_is_accounted_with_replace_one_sensitivity():
     ),
     1000,
   )
-  print(f"A1(d) calibrated σ = {res.noise_multiplier:.3f} for ε=2: true ε = {direct.get_epsilon(1e-5):.3f}")
+  print(
+    f"A1(d) calibrated σ = {res.noise_multiplier:.3f} for ε=2: true ε = {direct.get_epsilon(1e-5):.3f}"
+  )
   assert eps <= 2.0 and direct.get_epsilon(1e-5) == pytest.approx(eps, rel=1e-9)
 
 
@@ -144,14 +146,18 @@ def test_a5_ledger_resume_with_changed_sampling_rate_is_refused():
       dp_accounting.SelfComposedDpEvent(accounting.step_event("poisson", 0.01, 1.0), 100),
     ]
   )
-  print(f"A5 mixed q: ledger ε = {c.epsilon():.3f}; true ε = {accounting.epsilon(true_ev, 1e-5):.3f}")
+  print(
+    f"A5 mixed q: ledger ε = {c.epsilon():.3f}; true ε = {accounting.epsilon(true_ev, 1e-5):.3f}"
+  )
   assert c.epsilon() == pytest.approx(accounting.epsilon(true_ev, 1e-5), rel=1e-12)
 
 
 def test_a6_negative_ghost_norm_is_clamped_not_nan():
   sq = jnp.array([-3.0e-7, 4.0, jnp.nan], jnp.float32)
   f, st = clipping.clip_factors([sq], 1.0, jnp.ones(3), "flat")
-  print(f"A6 factors for sq norms {np.asarray(sq)}: {np.asarray(f[0])}, valid {np.asarray(st['valid'])}")
+  print(
+    f"A6 factors for sq norms {np.asarray(sq)}: {np.asarray(f[0])}, valid {np.asarray(st['valid'])}"
+  )
   assert np.asarray(f[0]).tolist() == [1.0, 0.5, 0.0]
   assert np.asarray(st["valid"]).tolist() == [True, True, False]
   g = {"w": jnp.array([[1e-4, 0.0], [2.0, 0.0], [jnp.nan, 1.0]])}
@@ -169,20 +175,14 @@ def test_a7_classic_conversion_run_is_not_cut_short():
       2000,
       lambda logical: 300,
     )
-    led = ledger.PrivacyLedger(
-      aggregator=res.aggregator,
-      plan_fn=res.plan,
-      delta=res.delta,
-      accountant=res.accountant,
-      conversion=res.conversion,
-      target_epsilon=res.target_epsilon,
-      max_steps=res.num_steps,
-    )
+    led = res.ledger()
     step = 0
     while step < 300 and led.can_step(step)[0]:
       led.record(step, {"dp/noise_std": res.noise_multiplier, "dp/sensitivity": 1.0})
       step += 1
-    print(f"A7 {conv}: σ = {res.noise_multiplier:.4f}, ran {led.steps} of 300, ε = {led.epsilon():.4f}")
+    print(
+      f"A7 {conv}: σ = {res.noise_multiplier:.4f}, ran {led.steps} of 300, ε = {led.epsilon():.4f}"
+    )
     assert led.steps == 300 and led.epsilon() <= 1.0
 
 
@@ -194,7 +194,9 @@ def test_a8_truncated_cohorts_enter_delta():
   n, m, rounds = 605, 20, 60
   cap = sampling.poisson_cap(n + 1, m / n, 1, rounds, 1e-3 * 1e-5)
   p = sampling.truncation_probability(n + 1, m / n, cap)
-  print(f"A8 N={n} m={m}: cap {cap} (was {int(m + 4 * math.sqrt(m) + 2)}), run-wide P(trunc) {rounds * p:.2e}")
+  print(
+    f"A8 N={n} m={m}: cap {cap} (was {int(m + 4 * math.sqrt(m) + 2)}), run-wide P(trunc) {rounds * p:.2e}"
+  )
   assert rounds * p <= 1e-8
 
 

@@ -58,12 +58,12 @@ def _released(dp, batch):
   return flat * dp.normaliser, count, aux
 
 
-def _dp(mech, clipping, physical, sampling, adaptive):
+def _dp(mech, clipping, physical, sampling, adaptive, noise_multiplier=0.0):
   return mechanism.dp_sgd(
     MODEL.per_example_loss,
     mechanism=mech,
     l2_clip_norm=C,
-    noise_multiplier=0.0,
+    noise_multiplier=noise_multiplier,
     normaliser=float(B),
     key_data=rng_lib.SecretStreams.fresh().key_data("dp_noise"),
     sampling=sampling,
@@ -115,16 +115,7 @@ def test_measured_sensitivity_is_at_most_the_declared_one(mech, clipping, physic
 
 
 def test_noise_is_one_draw_of_the_stated_std_from_the_secret_key():
-  dp = mechanism.dp_sgd(
-    MODEL.per_example_loss,
-    mechanism="edp_sgd",
-    l2_clip_norm=C,
-    noise_multiplier=2.0,
-    normaliser=float(B),
-    key_data=rng_lib.SecretStreams.fresh().key_data("dp_noise"),
-    physical_batch_size=4,
-    dropout=False,
-  )
+  dp = _dp("edp_sgd", "flat", 4, "poisson", adaptive=False, noise_multiplier=2.0)
   quiet = _dp("edp_sgd", "flat", 4, "poisson", adaptive=False)
   clean, _, _ = _released(quiet, _batch(1))
   noisy, _, aux = _released(dp, _batch(1))
@@ -133,14 +124,5 @@ def test_noise_is_one_draw_of_the_stated_std_from_the_secret_key():
   # ~1,100 coordinates: the sample std is within 10% of σC with overwhelming probability.
   assert np.std(residual) == pytest.approx(2.0 * C, rel=0.1)
   # A second transformation with another secret draws other noise for the same batch and step.
-  other = mechanism.dp_sgd(
-    MODEL.per_example_loss,
-    mechanism="edp_sgd",
-    l2_clip_norm=C,
-    noise_multiplier=2.0,
-    normaliser=float(B),
-    key_data=rng_lib.SecretStreams.fresh().key_data("dp_noise"),
-    physical_batch_size=4,
-    dropout=False,
-  )
+  other = _dp("edp_sgd", "flat", 4, "poisson", adaptive=False, noise_multiplier=2.0)
   assert not np.allclose(_released(other, _batch(1))[0], noisy)

@@ -110,6 +110,11 @@ class SecretStreams:
     return cls(distributed.same_on_all_processes(secrets.randbits(128)))
 
   @classmethod
+  def for_run(cls, noise_seed: int | None) -> "SecretStreams":
+    """:meth:`from_seed` when a ``noise_seed`` is configured, else :meth:`fresh`."""
+    return cls.fresh() if noise_seed is None else cls.from_seed(int(noise_seed))
+
+  @classmethod
   def from_seed(cls, noise_seed: int) -> "SecretStreams":
     """Deterministic streams from an explicit ``privacy.noise_seed``."""
     if int(noise_seed) < 0:

@@ -77,13 +77,24 @@ class _Rounds:
     """Selection coins: from the ledger's secret under DP (never the public seed)."""
     return self.ledger.secret.entropy if self.ledger is not None else self.seed
 
-  def dp_record(self, sizes: np.ndarray, r: int | None = None) -> ledger_lib.StepRecord:
-    """The accounting record of a round over clients of ``sizes`` (eligible: size > 0)."""
+  def _cohort(self, sizes: np.ndarray):
+    """Eligible clients (size > 0), this round's sampler, inclusion probabilities, capacity."""
     eligible = np.flatnonzero(sizes > 0)
-    n = len(eligible)
-    m = min(self.sampler.num_clients_per_round, n)
+    m = min(self.sampler.num_clients_per_round, len(eligible))
     sampler = selection.Sampler(self.sampler.name, m, self.sampler.beta, self.sampler.mode)
     pi = selection.inclusion_probabilities(sampler, sizes[eligible])
+    if sampler.mode == "poisson":
+      capacity = self.poisson_capacity(len(eligible), float(np.max(pi)) if len(pi) else 0.0)
+    else:
+      capacity = m
+    return eligible, sampler, pi, capacity
+
+  def dp_record(self, sizes: np.ndarray) -> ledger_lib.StepRecord:
+    """The accounting record of a round over clients of ``sizes`` (eligible: size > 0)."""
+    eligible, sampler, pi, capacity = self._cohort(sizes)
+    return self._record(len(eligible), sampler, pi, capacity)
+
+  def _record(self, n: int, sampler, pi: np.ndarray, capacity: int) -> ledger_lib.StepRecord:
     z = dp_lib.update_noise_multiplier(self.dp)
     agg = dp_lib.aggregator(self.dp)
     accounted = (
@@ -95,9 +106,9 @@ class _Rounds:
     )
     if sampler.mode == "poisson":
       q = float(np.max(pi))  # Non-uniform π: each user's inclusion probability is ≤ max π.
-      cap = self.poisson_capacity(n, q)
-      trunc = sampling_lib.truncation_probability(n + 1, q, cap)
+      trunc = sampling_lib.truncation_probability(n + 1, q, capacity)
       return ledger_lib.StepRecord("poisson", q, n, 0, accounted, trunc)
+    m = sampler.num_clients_per_round
     return ledger_lib.StepRecord("fixed", m / n, n, m, accounted, 0.0)
 
   def poisson_capacity(self, n: int, q: float) -> int:
@@ -118,18 +129,10 @@ class _Rounds:
   def run(self, state, client_rows: list[np.ndarray], r: int):
     """One round over the clients whose rows are ``client_rows`` (empty clients not eligible)."""
     sizes = np.array([len(x) for x in client_rows])
-    eligible = np.flatnonzero(sizes > 0)
-    m = min(self.sampler.num_clients_per_round, len(eligible))
-    sampler = selection.Sampler(self.sampler.name, m, self.sampler.beta, self.sampler.mode)
-    pi = selection.inclusion_probabilities(sampler, sizes[eligible])
+    eligible, sampler, pi, capacity = self._cohort(sizes)
     chosen = selection.sample(sampler, sizes[eligible], seed=self._coins_seed(), round_index=r)
     if self.dp is not None:
-      self.records[r] = self.dp_record(sizes, r)
-    if sampler.mode == "poisson":
-      q = float(np.max(pi)) if len(pi) else 0.0
-      capacity = self.poisson_capacity(len(eligible), q)
-    else:
-      capacity = m
+      self.records[r] = self._record(len(eligible), sampler, pi, capacity)
     if len(chosen) > capacity:
       keep = rng_lib.numpy_rng(self._coins_seed(), "selection/truncate", r).choice(
         len(chosen), capacity, replace=False
@@ -247,11 +250,7 @@ def _dp_ledger(config, dp_cfg, rounds, pop, fingerprint) -> ledger_lib.PrivacyLe
   def plan(r: int) -> ledger_lib.StepRecord:
     return rounds.records.get(r, static)
 
-  secret = (
-    rng_lib.SecretStreams.from_seed(int(dp_cfg.noise_seed))
-    if dp_cfg.noise_seed is not None
-    else rng_lib.SecretStreams.fresh()
-  )
+  secret = rng_lib.SecretStreams.for_run(dp_cfg.noise_seed)
   return ledger_lib.PrivacyLedger(
     aggregator=dp_lib.aggregator(dp_cfg),
     plan_fn=plan,
@@ -336,16 +335,9 @@ def run(
   if dp_cfg is not None:
     validation.warn_large_delta("dp.delta", dp_cfg.delta, pop.num_clients, "users")
     rounds.ledger = _dp_ledger(config, dp_cfg, rounds, pop, fingerprint)
-  latest = ckpt.latest_step()
-  if latest is not None:  # Refuse a checkpoint of another config before restoring anything.
-    stored = ckpt.restore_extra(latest)
-    if "config" in stored:
-      message = workdir_lib.refusal(workdir, stored["config"], workdir_lib.config_dict(config))
-      if message:
-        ckpt.close()
-        raise validation.ConfigError(message)
-    if rounds.ledger is not None and "ledger" in stored:
-      rounds.ledger.load_state_dict(stored["ledger"])
+  stored = workdir_lib.checked_extra(ckpt, workdir, config)  # Refuses another config's run.
+  if rounds.ledger is not None and "ledger" in stored:
+    rounds.ledger.load_state_dict(stored["ledger"])
   workdir_lib.claim(workdir, config)
   key_data = rounds.ledger.secret.key_data("fed_dp_noise") if rounds.ledger is not None else None
   state = alg.init(params, key_data) if dp_cfg is not None else alg.init(params)

@@ -41,6 +41,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from trustml.core import rng as rng_lib
 from trustml.core import validation
 from trustml.privacy import accounting, adaptive, aggregators, clipping, mechanism
 from trustml.privacy import ledger as ledger_lib
@@ -222,6 +223,29 @@ class Resolved:
   def grad_sigma(self, step: int) -> float:
     """σ applied to the gradient sum at ``step`` (less than σ_t under adaptive clipping)."""
     return self.schedule.host(step)
+
+  def ledger(self, **kwargs: Any) -> ledger_lib.PrivacyLedger:
+    """The run's :class:`~trustml.privacy.ledger.PrivacyLedger` for these numbers.
+
+    Its secret is ``SecretStreams.for_run(noise_seed)`` (fresh OS entropy unless a noise seed
+    is configured).
+
+    Args:
+      **kwargs: further ledger arguments (``fingerprint``, ``config``, ``extra_summary``).
+    """
+    return ledger_lib.PrivacyLedger(
+      aggregator=self.aggregator,
+      plan_fn=self.plan,
+      delta=self.delta,
+      accountant=self.accountant,
+      conversion=self.conversion,
+      target_epsilon=self.target_epsilon,
+      max_steps=self.num_steps,
+      secret=rng_lib.SecretStreams.for_run(self.noise_seed),
+      noise_seed_fixed=self.noise_seed is not None,
+      release_unsafe_stats=self.release_unsafe_stats,
+      **kwargs,
+    )
 
   def plan(self, step: int) -> ledger_lib.StepRecord:
     """The planned :class:`~trustml.privacy.ledger.StepRecord` of step ``step``."""

@@ -8,19 +8,15 @@ every checkpoint. ``summary.json`` gains the ``privacy/...`` keys of
 ``privacy/clipping``.
 """
 
-import dataclasses
 import os
 from typing import Any
 
-import jax
 import numpy as np
 from absl import logging
 
-from trustml.core import rng as rng_lib
 from trustml.core import validation
 from trustml.data import batching
 from trustml.privacy import config as privacy_config
-from trustml.privacy import ledger as ledger_lib
 from trustml.privacy import mechanism, sampling
 from trustml.train import config as train_config
 from trustml.train import experiment, loop
@@ -32,12 +28,6 @@ def _planned_steps(train: Any, n: int):
     return train_config.num_train_steps({**train, "batch_size": int(logical)}, n)
 
   return fn
-
-
-def _secret(res: privacy_config.Resolved) -> rng_lib.SecretStreams:
-  if res.noise_seed is not None:
-    return rng_lib.SecretStreams.from_seed(int(res.noise_seed))
-  return rng_lib.SecretStreams.fresh()
 
 
 def build(
@@ -78,17 +68,7 @@ def build(
     "privacy/adaptive_clipping": res.adaptive,
     "privacy/count_noise_multiplier": res.count_noise_multiplier,
   }
-  led = ledger_lib.PrivacyLedger(
-    aggregator=res.aggregator,
-    plan_fn=res.plan,
-    delta=res.delta,
-    accountant=res.accountant,
-    conversion=res.conversion,
-    target_epsilon=res.target_epsilon,
-    max_steps=res.num_steps,
-    secret=_secret(res),
-    noise_seed_fixed=res.noise_seed is not None,
-    release_unsafe_stats=res.release_unsafe_stats,
+  led = res.ledger(
     fingerprint=workdir_lib.fingerprint(config),
     config=workdir_lib.config_dict(config),
     extra_summary=extra,
@@ -105,21 +85,14 @@ def build(
     def batch_fn(step: int) -> dict[str, np.ndarray]:
       return sampling.shuffle_batch(prepared.train, res.logical_batch_size, led.secret, step)
 
-  class _Keyed(mechanism.DpSgd):
-    """The DP transformation whose initial key is read from the ledger at ``init``."""
-
-    def init(self, params):
-      state = mechanism.DpSgd.init(self, params)
-      key_data = jax.numpy.asarray(led.secret.key_data("dp_noise"))
-      return state._replace(privatizer=state.privatizer._replace(key_data=key_data))
-
-  base = mechanism.dp_sgd(
+  # The key of a fresh run; on resume the checkpointed train state (and ledger) replace both.
+  dp = mechanism.dp_sgd(
     prepared.model.per_example_loss,
     mechanism=res.mechanism,
     l2_clip_norm=res.l2_clip_norm,
     noise_multiplier=res.schedule,
     normaliser=float(res.logical_batch_size),  # Expected (Poisson) or fixed (shuffle) size.
-    key_data=np.zeros(2, np.uint32),
+    key_data=led.secret.key_data("dp_noise"),
     sampling=res.sampling,
     physical_batch_size=res.physical_batch_size,
     clipping=res.clipping,
@@ -135,7 +108,6 @@ def build(
     release_unsafe_stats=res.release_unsafe_stats,
     num_data_shards=num_data_shards,
   )
-  dp = _Keyed(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
   return res, dp, batch_fn, led
 
 

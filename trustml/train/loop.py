@@ -32,7 +32,6 @@ import optax
 from absl import logging
 
 from trustml.core import rng as rng_lib
-from trustml.core.validation import ConfigError
 from trustml.data import batching
 from trustml.models import contract
 from trustml.train import checkpoint, evaluate, experiment, parallel, writers
@@ -245,16 +244,9 @@ def fit(
   placement.check_rows(first_batch)  # Rows must split over the data shards: before compute.
   fingerprint = workdir_lib.fingerprint(config)
   ckpt = checkpoint.Checkpointer(workdir, max_to_keep=int(config.train.max_to_keep))
-  latest = ckpt.latest_step()
-  if latest is not None:  # Refuse before any state is restored or written.
-    stored = ckpt.restore_extra(latest)
-    if "config" in stored:
-      message = workdir_lib.refusal(workdir, stored["config"], workdir_lib.config_dict(config))
-      if message:
-        ckpt.close()
-        raise ConfigError(message)
-    if ledger is not None and "ledger" in stored:
-      ledger.load_state_dict(stored["ledger"])  # May refuse (fingerprint of the privacy setup).
+  stored = workdir_lib.checked_extra(ckpt, workdir, config)  # Before any state is restored.
+  if ledger is not None and "ledger" in stored:
+    ledger.load_state_dict(stored["ledger"])  # May refuse (fingerprint of the privacy setup).
   workdir_lib.claim(workdir, config)
   state = placement.init_state(lambda: init_state(model, optimizer, first_batch, seed, grad_fn))
   wall_before = 0.0

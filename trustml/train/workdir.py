@@ -133,6 +133,33 @@ def check(workdir: str | os.PathLike, config: Any) -> None:
       raise validation.ConfigError(message)
 
 
+def checked_extra(ckpt: Any, workdir: str | os.PathLike, config: Any) -> dict[str, Any]:
+  """The newest checkpoint's JSON side-car, refused if it was written under another config.
+
+  Args:
+    ckpt: a :class:`trustml.train.checkpoint.Checkpointer` of the workdir.
+    workdir: the run directory (for the message).
+    config: the new config.
+
+  Returns:
+    The stored side-car (``{}`` when there is no checkpoint yet).
+
+  Raises:
+    ConfigError: naming the differing fields (the checkpointer is closed first); nothing in
+      the workdir is changed.
+  """
+  latest = ckpt.latest_step()
+  if latest is None:
+    return {}
+  stored = ckpt.restore_extra(latest)
+  if "config" in stored:
+    message = refusal(workdir, stored["config"], config_dict(config))
+    if message:
+      ckpt.close()
+      raise validation.ConfigError(message)
+  return stored
+
+
 def claim(workdir: str | os.PathLike, config: Any) -> pathlib.Path:
   """:func:`check`, then writes ``config.json`` (the run contract) if it is not there.
 
@@ -158,6 +185,7 @@ def claim(workdir: str | os.PathLike, config: Any) -> pathlib.Path:
 
 __all__ = [
   "check",
+  "checked_extra",
   "check_writable",
   "claim",
   "config_dict",
