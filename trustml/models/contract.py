@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from trustml.core import validation
 from trustml.core.types import Batch, Params
 
 InitFn = Callable[[jax.Array, Batch], Params]
@@ -158,10 +159,9 @@ def assemble(
   model computes its loss the same way.
 
   Raises:
-    ValueError: for an unknown ``kind``.
+    ConfigError: for an unknown ``kind`` (a ``ValueError``).
   """
-  if kind not in ("classifier", "lm"):
-    raise ValueError(f"kind={kind!r} is invalid: must be 'classifier' or 'lm'")
+  validation.one_of("kind", kind, ("classifier", "lm"))
   loss_of = lm_losses if kind == "lm" else classifier_losses
   sums_of = lm_metric_sums if kind == "lm" else classifier_metric_sums
 

@@ -144,7 +144,8 @@ def check_model(model: contract.Model, params: Any, batch: Mapping[str, Any]) ->
     keys = list(params) if hasattr(params, "keys") else type(params).__name__
     raise validation.ConfigError(
       f"embedding_path={model.embedding_path!r} is invalid: no token-embedding table there "
-      f"(top-level parameters: {keys}); pass from_flax(..., embedding_path=...)"
+      f"(top-level parameters: {keys}); pass "
+      f"{'from_haiku' if model.framework == 'haiku' else 'from_flax'}(..., embedding_path=...)"
     ) from None
   if getattr(table, "ndim", 0) != 2:
     raise validation.ConfigError(
