@@ -99,7 +99,7 @@ def test_dp_smoke_reports_epsilon_from_the_ledger_and_releases_nothing_private(t
   # (Eval metrics are on held-out users' test rows.)
   text = json.dumps({k: v for k, v in s.items() if not k.startswith("eval/")})
   text += json.dumps([e for e in writers.read_metrics(tmp_path / "a") if "eval" not in e["split"]])
-  private = ("clients_sampled", '"fed/clients_per_round"', 'dp/unclipped_fraction"', "loss\": ")
+  private = ("clients_sampled", '"fed/clients_per_round"', 'dp/unclipped_fraction"', 'loss": ')
   for key in private + ("train/loss", "truncated_rounds"):
     assert key not in text, key
   # Fresh secret per run: same config.json, different noise.
@@ -147,6 +147,27 @@ def test_sweeps_expand():
   assert len(runs) == 12 and len({r["name"] for r in runs}) == 12
   for r in runs[:2]:
     fed_selection.get_config(r["arg"])  # every sweep arg parses
+
+
+def test_selection_study_sweep_covers_every_sampler_weighting_pair():
+  runs = fed_selection.get_sweep("selection_study")
+  assert len(runs) == 40 and len({r["name"] for r in runs}) == 40
+  cells = set()
+  for r in runs:
+    c = fed_selection.get_config(r["arg"])
+    cells.add((c.federated.setting, c.selection.sampler, c.selection.weighting))
+    assert c.data.min_speeches == 1 and c.model.embed_dim == 16 and c.federated.rounds == 600
+  assert len(cells) == 8  # 2 settings x 2 samplers x 2 weightings
+  # The paired default still follows the sampler; an explicit weighting wins.
+  assert fed_selection.get_config("sampler=activity").selection.weighting == "uniform"
+  assert fed_selection.get_config("selection_study,rounds=4").federated.rounds == 4
+
+
+def test_unknown_weighting_is_one_config_error(tmp_path):
+  config = fed_selection.get_config("smoke,weighting=by_size")
+  with pytest.raises(ConfigError, match="selection.weighting='?by_size'? is invalid"):
+    experiment.run(config, tmp_path)
+  assert not pathlib.Path(tmp_path, "summary.json").exists()
 
 
 def test_continual_summary_signs():
