@@ -11,7 +11,12 @@ weighting (``n_i`` or uniform) is chosen when the round is packed
   FedAdagrad / FedAdam / FedYogi use Alg. 2 of the paper (``τ`` outside the square root, no
   bias correction, :mod:`trustml.federated.server_optimizers`); optax's own versions stay
   available as ``optax_adagrad`` / ``optax_adam`` / ``optax_yogi``.
-* SCAFFOLD (Karimireddy et al. 2020), option II control variates, server lr ``eta_g``.
+* SCAFFOLD (Karimireddy et al. 2020), option II control variates, server lr ``eta_g``. The
+  server control update is the paper's ``c <- c + (1/N) sum_{i in S} dc_i = c + |S|/N *
+  mean_{i in S} dc_i``: uniform over the sampled clients whatever the aggregation weighting
+  (:mod:`trustml.federated.round`). The model update uses the packed weights: the paper's
+  ``x <- x + eta_g * mean_{i in S} dy_i`` is ``selection.weighting="uniform"``; with
+  ``num_examples`` the deltas (never the controls) are size-weighted.
 """
 
 from collections.abc import Mapping
@@ -187,6 +192,25 @@ def scaffold(
   """SCAFFOLD (option II). The packed round must carry each client's ``control`` ``[C, ...]`` and
   ``scalars["control_scale"] = 1 / N``; ``diagnostics["clients"]["control"]`` returns the new
   client control variates to store.
+
+  Per sampled client (Alg. 1 of Karimireddy et al. 2020): ``K_i`` local steps
+  ``y <- y - lr (g_i(y) + c - c_i)``, then ``c_i+ = c_i - c + (x - y_i) / (K_i lr)``. The server
+  takes ``x <- x + eta_g * sum_i w_i dy_i / sum_i w_i`` (``w_i`` = the packed weights; uniform
+  weights give the paper's mean) and ``c <- c + control_scale * sum_{i in S} dc_i``, an
+  unweighted sum over the real (weight > 0) clients, i.e. ``|S|/N * mean_{i in S} dc_i``.
+
+  Args:
+    model: the model contract.
+    client_learning_rate: local SGD step size ``lr`` (> 0).
+    server_learning_rate: ``eta_g`` (> 0).
+    mesh: optional ``clients`` mesh for the sharded round.
+    dropout: use dropout keys in local steps.
+
+  Returns:
+    The algorithm ``(init, apply, reference_apply)``.
+
+  Raises:
+    ConfigError: on a non-positive learning rate.
   """
   lr = validation.positive("algorithm.client_learning_rate", client_learning_rate)
   spec = round_lib.RoundSpec(

@@ -236,6 +236,7 @@ def _server_step(spec, state: ServerState, sums, key, scalars):
   params = optax.apply_updates(state.params, updates)
   control = state.control
   if spec.scaffold:
+    # c <- c + (1/N) sum_{i in S} dc_i: control_sum is unweighted (Karimireddy et al., Alg. 1).
     control = jax.tree.map(lambda c, s: c + s * scalars["control_scale"], control, control_sum)
   metrics["fed/delta_norm"] = _global_norm(mean_delta)
   new_state = ServerState(params, opt_state, state.round + 1, control, clip_norm, dp_noise)
