@@ -13,11 +13,14 @@ import numpy as np
 
 
 def load_runs(sweep_dir: str | pathlib.Path) -> list[dict]:
-  """Summaries of every finished run under ``sweep_dir`` (``<run>/summary.json``), with ``run``."""
+  """Summaries of every finished run under ``sweep_dir`` (``<run>/summary.json``), with ``run``
+  and ``seed`` (from ``<run>/config.json``, ``None`` when absent)."""
   runs = []
   for path in sorted(pathlib.Path(sweep_dir).glob("*/summary.json")):
     s = json.loads(path.read_text())
     s["run"] = path.parent.name
+    cfg = path.parent / "config.json"
+    s["seed"] = json.loads(cfg.read_text()).get("seed") if cfg.exists() else None
     runs.append(s)
   return runs
 
@@ -54,6 +57,80 @@ def table(runs: list[dict], group_by: Sequence[str]) -> str:
       )
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+  """Mean and Student-t confidence interval of ``values`` (``scipy.stats.t``).
+
+  Args:
+    values: one figure per seed (at least 2).
+    confidence: the interval's coverage.
+
+  Returns:
+    ``(mean, low, high)``.
+
+  Raises:
+    ValueError: with fewer than 2 values.
+
+  Example:
+    >>> [round(x, 3) for x in t_interval([1.0, 2.0, 3.0])]
+    [2.0, -0.484, 4.484]
+  """
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+
+  v = np.asarray(values, dtype=np.float64)
+  if len(v) < 2:
+    raise ValueError(f"t_interval needs >= 2 values, got {len(v)}")
+  low, high = stats.t.interval(confidence, len(v) - 1, loc=v.mean(), scale=stats.sem(v))
+  return float(v.mean()), float(low), float(high)
+
+
+def interval_table(
+  runs: list[dict], group_by: Sequence[str], metric: str = "eval/perplexity", digits: int = 3
+) -> str:
+  """Markdown table: one row per group, ``n`` and the mean [95% t-interval] of ``metric``."""
+  lines = [
+    "| " + " | ".join([*group_by, "n", f"{metric} mean [95% CI]"]) + " |",
+    "|" + "---|" * (len(group_by) + 2),
+  ]
+  for g, rs in sorted(group(runs, group_by).items(), key=lambda kv: tuple(map(str, kv[0]))):
+    mean, low, high = t_interval([float(r[metric]) for r in rs])
+    cells = [*map(str, g), str(len(rs)), f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def paired_differences(
+  runs: list[dict],
+  group_by: Sequence[str],
+  compare: str,
+  baseline: str,
+  metric: str = "eval/perplexity",
+) -> dict[tuple, tuple[float, float, float, int]]:
+  """Per group, ``metric(compare=other) - metric(compare=baseline)`` paired by ``seed``.
+
+  Args:
+    runs: from :func:`load_runs`.
+    group_by: keys held fixed within a pair (e.g. setting and weighting).
+    compare: the key that differs within a pair (e.g. ``fed/sampler``).
+    baseline: its value subtracted.
+    metric: the summary figure.
+
+  Returns:
+    ``{group + (other value,): (mean, low, high, n pairs)}`` with a 95% t-interval.
+  """
+  out = {}
+  for g, rs in group(runs, group_by).items():
+    base = {r["seed"]: float(r[metric]) for r in rs if r.get(compare) == baseline}
+    for other in sorted({str(r.get(compare)) for r in rs} - {baseline}):
+      diffs = [
+        float(r[metric]) - base[r["seed"]]
+        for r in rs
+        if str(r.get(compare)) == other and r["seed"] in base
+      ]
+      if len(diffs) >= 2:
+        out[(*g, other)] = (*t_interval(diffs), len(diffs))
+  return out
 
 
 def plot_curves(
@@ -97,4 +174,13 @@ def summarize(sweep_dir: str | pathlib.Path, group_by: Sequence[str], title: str
   return md
 
 
-__all__ = ["group", "load_runs", "plot_curves", "summarize", "table"]
+__all__ = [
+  "group",
+  "interval_table",
+  "load_runs",
+  "paired_differences",
+  "plot_curves",
+  "summarize",
+  "t_interval",
+  "table",
+]
