@@ -69,7 +69,7 @@ def test_repeats_zero_is_a_control_that_inserts_no_secret():
   assert not np.any((ids >= 0) & (ids < 3))
   assert int((ids >= 3).sum()) == int(control.audit_included.sum())
   with pytest.raises(ConfigError, match="repeats"):
-    canaries.validate_config(dict(CFG, repeats=-1))
+    canaries.validate_canaries(dict(CFG, repeats=-1))
 
 
 def test_more_secrets_than_classes_still_draws_labels():
@@ -87,7 +87,7 @@ def test_out_of_vocabulary_canary_is_rejected():
   with pytest.raises(ConfigError, match="out-of-vocabulary"):
     canaries.check_in_vocab(cset.secrets, tok)  # "pin" never occurs in the toy corpus
   with pytest.raises(ConfigError, match="num_secret"):
-    canaries.validate_config(dict(CFG, num_secret=99))
+    canaries.validate_canaries(dict(CFG, num_secret=99))
 
 
 def _config(**attack_overrides):
@@ -108,14 +108,14 @@ def _config(**attack_overrides):
 )
 def test_attack_config_bad_input(override, field):
   with pytest.raises(ConfigError, match=field):
-    experiment.validate(_config(**override))
+    experiment.validate_config(_config(**override))
 
 
 def test_configs_and_sweep():
-  experiment.validate(_config())
+  experiment.validate_config(_config())
   dp = attack_config.get_config("smoke,eps=1")
   assert dp.privacy.mechanism != "none" and dp.privacy.target_epsilon == 1.0
-  experiment.validate(dp)
+  experiment.validate_config(dp)
   sweep = privacy_study.get_sweep(None)
   names = [s["name"] for s in sweep]
   assert names[:6] == ["eps_inf", "eps_8", "eps_4", "eps_2", "eps_1", "eps_0.5"]

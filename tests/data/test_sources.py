@@ -35,7 +35,7 @@ def test_public_names():
     "NAMES",
     "default_data_config",
     "load_dataset",
-    "validate_data_config",
+    "validate_data",
   ]
 
 
@@ -46,7 +46,7 @@ def test_default_config_fields_documented_and_valid(name):
   assert cfg.name == name
   for field in cfg:
     assert field in sources.FIELD_DOCS, field
-  assert sources.validate_data_config(cfg)["name"] == name
+  assert sources.validate_data(cfg)["name"] == name
 
 
 def test_synthetic_through_entry_point_uses_seed_and_options():

@@ -45,7 +45,7 @@ def test_invalid_configs_rejected_before_compute(mutate, match):
     config.fairness.task = "study"
     match = "study_models entry 'bag-x-s0'"
   with pytest.raises(ConfigError, match=match):
-    experiment.validate(config)
+    experiment.validate_config(config)
 
 
 def test_unknown_seat_test_and_empty_community_rejected_before_training(

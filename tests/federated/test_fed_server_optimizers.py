@@ -92,8 +92,8 @@ def test_from_config_uses_reddi_and_validates():
   alg = algorithms.from_config(fed_tiny_model.model(), cfg)
   assert alg is not None
   with pytest.raises(ConfigError, match="algorithm.server_tau"):
-    algorithms.validate_config(dict(cfg, server_tau=0.0))
+    algorithms.validate_algorithm(dict(cfg, server_tau=0.0))
   with pytest.raises(ConfigError, match="algorithm.server_b1"):
-    algorithms.validate_config(dict(cfg, server_b1=1.0))
+    algorithms.validate_algorithm(dict(cfg, server_b1=1.0))
   with pytest.raises(ConfigError, match="algorithm.server_optimizer"):
     server_optimizers.scale_by_reddi("rmsprop", b1=0.9, b2=0.99, tau=1e-3)

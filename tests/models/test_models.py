@@ -199,11 +199,11 @@ def test_bad_model_configs():
   for field, bad in (("pooling", "cls"), ("conv_kernel", -1), ("causal_attention", "yes")):
     cfg = dict(registry.default_model_config("transformer"), **{field: bad})
     with pytest.raises(ConfigError, match=f"model.{field}"):
-      registry.validate_model_config(cfg)
+      registry.validate_model(cfg)
   cfg = registry.default_model_config("bag")
   cfg.unknown_field = 3
   with pytest.raises(ConfigError, match="unknown_field"):
-    registry.validate_model_config(cfg)
+    registry.validate_model(cfg)
 
 
 def test_public_api():

@@ -104,7 +104,7 @@ def _privacy(**kw):
 )
 def test_bad_privacy_config_is_a_config_error(kw, field):
   with pytest.raises(ConfigError, match=field):
-    privacy_config.validate(_privacy(**kw), physical_batch_size=32)
+    privacy_config.validate_privacy(_privacy(**kw), physical_batch_size=32)
 
 
 def test_sampling_rate_above_one_is_a_config_error():

@@ -99,15 +99,15 @@ def validate_attack(cfg: Mapping[str, Any], num_audit: int) -> None:
   validation.non_negative_int("attack.num_real_examples", cfg["num_real_examples"])
 
 
-def validate(config: Any) -> None:
+def validate_config(config: Any) -> None:
   """Validates the whole config (spine, privacy, canaries, attack) before any compute."""
   experiment.validate_spine(config, ("privacy", "canaries", "attack"))
-  canaries.validate_config(config.canaries)
+  canaries.validate_canaries(config.canaries)
   validate_attack(config.attack, int(config.canaries.num_audit))
   if config.privacy.mechanism != "none":
     from trustml.privacy import config as privacy_config  # pylint: disable=g-import-not-at-top
 
-    privacy_config.validate(config.privacy, int(config.train.batch_size))
+    privacy_config.validate_privacy(config.privacy, int(config.train.batch_size))
 
 
 def prepare(
@@ -445,7 +445,7 @@ def run(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   Raises:
     ConfigError: for invalid configs, before any compute.
   """
-  validate(config)
+  validate_config(config)
   prepared, cset, canary_id = prepare(config, workdir)
   train_summary, params = _fit(config, workdir, prepared)
   return _attack_and_write(config, workdir, prepared, cset, canary_id, params, train_summary)
@@ -477,7 +477,7 @@ def attack_workdir(workdir: str | os.PathLike) -> dict[str, Any]:
   path = pathlib.Path(workdir)
   config = ml_collections.ConfigDict(json.loads((path / "config.json").read_text()))
   config.attack.fprs = tuple(config.attack.fprs)
-  validate(config)
+  validate_config(config)
   prepared, cset, canary_id = prepare(config, workdir)
   n = batching.num_examples(prepared.train)
   optimizer = train_config.make_optimizer(
@@ -502,5 +502,6 @@ __all__ = [
   "attack_workdir",
   "prepare",
   "run",
-  "validate",
+  "validate_attack",
+  "validate_config",
 ]

@@ -1,7 +1,27 @@
 """Validation of configs and public arguments, before any compute.
 
 Every check raises :class:`ConfigError` (a ``ValueError``) whose message names the field and
-the allowed range, e.g. ``privacy.delta=1.5 is invalid: must be in (0, 1)``.
+the allowed range, e.g. ``privacy.delta=1.5 is invalid: must be in (0, 1)`` (an unknown key:
+``privacy.deltaa is not a known field: allowed fields are ...``).
+
+One naming convention for every validator:
+
+* a config section ``<section>`` is checked by ``validate_<section>(section, *context) -> None``
+  in the module that owns it: ``train.config.validate_train`` / ``validate_text`` /
+  ``validate_mesh``, ``models.registry.validate_model``, ``data.sources.validate_data`` (which
+  also returns the section with its defaults filled in), ``privacy.config.validate_privacy``,
+  ``data.canaries.validate_canaries``, ``attacks.experiment.validate_attack``,
+  ``federated.algorithms.validate_algorithm``;
+* a pillar's whole config is checked by ``validate_config(config) -> None`` in the pillar's
+  experiment module (``attacks.experiment``, ``fairness.experiment``,
+  ``federated.population``), which calls ``train.experiment.validate_spine`` for the sections
+  every pillar shares and the section validators for its own;
+* a typed options object built from a section (``federated.dp.DpConfig``,
+  ``federated.selection.Sampler``, ``fairness.sensitivity.ApsOptions``,
+  ``attacks.extraction.ExtractionConfig``, ``data.synthetic.SyntheticConfig``) checks itself
+  with ``.validate() -> self``;
+* a public function checks its arguments with the helpers below (``positive_int``,
+  ``in_range``, ...), named after the argument.
 """
 
 import math

@@ -81,7 +81,7 @@ class CanarySet:
   audit_included: np.ndarray
 
 
-def validate_config(cfg: Mapping) -> None:
+def validate_canaries(cfg: Mapping) -> None:
   """Validates the ``canaries`` config section.
 
   Raises:
@@ -112,7 +112,7 @@ def make(cfg: Mapping, train: Mapping[str, np.ndarray], num_classes: int) -> Can
   """Draws the canaries of a config section, deterministically from ``cfg['seed']``.
 
   Args:
-    cfg: the ``canaries`` section (see :func:`validate_config`).
+    cfg: the ``canaries`` section (see :func:`validate_canaries`).
     train: the original training split (audit words are drawn from its 500 most frequent
       words, so they are in any tokenizer's vocabulary).
     num_classes: number of labels.
@@ -123,7 +123,7 @@ def make(cfg: Mapping, train: Mapping[str, np.ndarray], num_classes: int) -> Can
   Raises:
     ConfigError: on an invalid section or a label outside ``[0, num_classes)``.
   """
-  validate_config(cfg)
+  validate_canaries(cfg)
   if cfg["label"] >= num_classes:
     raise validation.ConfigError(
       f"canaries.label={cfg['label']} is invalid: must be < num_classes={num_classes}"
@@ -239,5 +239,5 @@ __all__ = [
   "check_in_vocab",
   "insert",
   "make",
-  "validate_config",
+  "validate_canaries",
 ]

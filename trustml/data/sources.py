@@ -145,7 +145,7 @@ def _get(cfg: Mapping[str, Any], key: str) -> Any:
   return _SOURCE_FIELDS[cfg["name"]][key]
 
 
-def validate_data_config(data_config: Mapping[str, Any]) -> dict[str, Any]:
+def validate_data(data_config: Mapping[str, Any]) -> dict[str, Any]:
   """Checks a ``data`` section and returns it as a plain dict with defaults filled in.
 
   Args:
@@ -348,7 +348,7 @@ def load_dataset(data_config: Mapping[str, Any]) -> dataset.TextDataset:
     >>> ds.num_classes
     12
   """
-  cfg = validate_data_config(data_config)
+  cfg = validate_data(data_config)
   name = cfg["name"]
   if name == "synthetic":
     ds = synthetic.generate(_synthetic_config(cfg))
@@ -387,5 +387,5 @@ __all__ = [
   "NAMES",
   "default_data_config",
   "load_dataset",
-  "validate_data_config",
+  "validate_data",
 ]

@@ -67,7 +67,7 @@ def _validate(config: Any) -> list[distill.Variant]:
   for name in ("teacher", "student"):
     sec = config[name]
     validation.known_fields(name, sec.keys(), ("model", "train"))
-    registry.validate_model_config(sec.model)
+    registry.validate_model(sec.model)
     validation.one_of(f"{name}.model.name", sec.model.name, ("causal_lm",))
     train_config.validate_train(sec.train)
   dc = config.distill

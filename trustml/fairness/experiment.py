@@ -64,7 +64,7 @@ FIELDS = (
 NORMAL_LABEL = 1  # HateXplain: 0 hatespeech, 1 normal, 2 offensive.
 
 
-def validate(config: Any) -> None:
+def validate_config(config: Any) -> None:
   """Validates the ``fairness`` section (and the spine sections) before any compute.
 
   Raises:
@@ -77,7 +77,7 @@ def validate(config: Any) -> None:
   validation.known_fields("fairness", fc.keys(), FIELDS)
   experiment.validate_spine(config, ("fairness",))
   sensitivity.ApsOptions(**fc.aps).validate("fairness.aps")
-  registry.validate_model_config(fc.protected_model)
+  registry.validate_model(fc.protected_model)
   validation.positive("fairness.protected_num_epochs", fc.protected_num_epochs)
   validation.positive_int("fairness.num_examples", fc.num_examples)
   validation.positive_int("fairness.bootstrap_samples", fc.bootstrap_samples)
@@ -255,7 +255,7 @@ def aps_and_gap(config, prepared, params, prot_model, prot_params, texts, pairs,
 
 def run_aps(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   """APS vs counterfactual gap for one task classifier (see module docstring)."""
-  validate(config)
+  validate_config(config)
   wd = pathlib.Path(workdir)
   params, prepared, tsum = _train(config, wd / "task")
   pcfg, pprep = _protected_setup(config, prepared)
@@ -362,7 +362,7 @@ def hatexplain_eval(config, prepared, params) -> tuple[dict[str, Any], dict[str,
 
 def run_bias_auc(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   """Trains a HateXplain classifier and reports its bias AUCs on the official test split."""
-  validate(config)
+  validate_config(config)
   wd = pathlib.Path(workdir)
   params, prepared, tsum = _train(config, wd / "task")
   summary, details = hatexplain_eval(config, prepared, params)
@@ -424,7 +424,7 @@ def association_scores(config, prepared, params) -> dict[str, Any]:
 
 def run_association(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   """Trains a classifier and runs SEAT (and CEAT) on its pooled encodings."""
-  validate(config)
+  validate_config(config)
   wd = pathlib.Path(workdir)
   params, prepared, tsum = _train(config, wd / "task")
   summary = association_scores(config, prepared, params)
@@ -444,7 +444,7 @@ def run_association(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
 
 def run_study(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   """Trains K models and correlates intrinsic with extrinsic bias scores across them."""
-  validate(config)
+  validate_config(config)
   wd = pathlib.Path(workdir)
   specs = study.parse_study_models(config.fairness.study_models)
   prepared = experiment.prepare(config, wd)
@@ -543,5 +543,5 @@ __all__ = [
   "run_association",
   "run_bias_auc",
   "run_study",
-  "validate",
+  "validate_config",
 ]

@@ -226,7 +226,7 @@ def scaffold(
   return round_lib.build(model, spec, mesh=mesh)
 
 
-def validate_config(cfg: Mapping[str, Any]) -> None:
+def validate_algorithm(cfg: Mapping[str, Any]) -> None:
   """Checks an ``algorithm`` config section before any compute.
 
   Raises:
@@ -276,7 +276,7 @@ def from_config(
   Raises:
     ConfigError: on invalid fields.
   """
-  validate_config(dict(cfg, dp_enabled=dp is not None))
+  validate_algorithm(dict(cfg, dp_enabled=dp is not None))
   name = cfg["name"]
   clr, slr = cfg["client_learning_rate"], cfg["server_learning_rate"]
   kw = {"mesh": mesh, "dropout": dropout}
@@ -319,5 +319,5 @@ __all__ = [
   "from_config",
   "scaffold",
   "server_optimizer",
-  "validate_config",
+  "validate_algorithm",
 ]

@@ -296,7 +296,7 @@ def run(
   Raises:
     ConfigError: for invalid configs, before any compute.
   """
-  population.validate(config)
+  population.validate_config(config)
   spine.validate_spine(config, population.SECTIONS)
   f = config.federated
   if f.centralized:

@@ -41,7 +41,7 @@ class Population:
     return len(self.sizes)
 
 
-def validate(config: Any) -> None:
+def validate_config(config: Any) -> None:
   """Checks the federated sections of ``config`` before any compute.
 
   Raises:
@@ -70,7 +70,9 @@ def validate(config: Any) -> None:
   validation.one_of(
     "selection.estimator", s.get("estimator", "self_normalized"), selection.ESTIMATORS
   )
-  algorithms.validate_config(dict(config.algorithm.to_dict(), dp_enabled=bool(config.dp.enabled)))
+  algorithms.validate_algorithm(
+    dict(config.algorithm.to_dict(), dp_enabled=bool(config.dp.enabled))
+  )
   f = config.federated
   validation.positive_int("federated.rounds", f.rounds)
   validation.positive_int("federated.batch_size", f.batch_size)
@@ -184,5 +186,5 @@ __all__ = [
   "Population",
   "build",
   "sentence_embeddings",
-  "validate",
+  "validate_config",
 ]

@@ -50,7 +50,7 @@ def default_model_config(name: str) -> ml_collections.ConfigDict:
   return cfg
 
 
-def validate_model_config(cfg: Mapping[str, Any]) -> None:
+def validate_model(cfg: Mapping[str, Any]) -> None:
   """Checks a model config section before any compute.
 
   Raises:
@@ -272,7 +272,7 @@ def build_model(
   Raises:
     ConfigError: for invalid fields or sizes.
   """
-  validate_model_config(model_config)
+  validate_model(model_config)
   validation.positive_int("vocab_size", vocab_size)
   validation.positive_int("max_len", max_len)
   name = model_config["name"]
@@ -308,5 +308,5 @@ __all__ = [
   "check_model",
   "default_model_config",
   "from_flax",
-  "validate_model_config",
+  "validate_model",
 ]

@@ -93,7 +93,7 @@ def _get(cfg, key):
   return cfg[key] if key in cfg else DEFAULTS[key]
 
 
-def validate(privacy: Any, physical_batch_size: int) -> None:
+def validate_privacy(privacy: Any, physical_batch_size: int) -> None:
   """Validates the ``privacy`` section before any compute.
 
   Args:
@@ -280,7 +280,7 @@ def resolve(
     ConfigError: if q = logical / N is not in (0, 1] or calibration is impossible.
   """
   physical = int(train.batch_size)
-  validate(privacy, physical)
+  validate_privacy(privacy, physical)
   validation.positive_int("mesh.num_data_shards", num_data_shards)
   logical = int(_get(privacy, "virtual_batch_size")) or physical
   if logical > dataset_size:
@@ -386,5 +386,5 @@ __all__ = [
   "Resolved",
   "default_privacy_config",
   "resolve",
-  "validate",
+  "validate_privacy",
 ]

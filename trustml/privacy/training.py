@@ -147,7 +147,7 @@ def run(
     (``privacy/covered_by_epsilon`` is then false).
   """
   validation.one_of("privacy.mechanism", config.privacy.mechanism, mechanism.MECHANISMS[1:])
-  privacy_config.validate(config.privacy, int(config.train.batch_size))
+  privacy_config.validate_privacy(config.privacy, int(config.train.batch_size))
   experiment.validate_spine(config, ("privacy",))
   workdir_lib.check(workdir, config)
   prepared = prepared or experiment.prepare(config, workdir)

@@ -56,10 +56,10 @@ def validate_spine(config: Any, extra_sections: tuple[str, ...] = ()) -> None:
   train_config.validate_train(config.train)
   if "mesh" in config:
     train_config.validate_mesh(config.mesh)
-  registry.validate_model_config(config.model)
+  registry.validate_model(config.model)
   from trustml.data import sources  # Imported lazily: sources pull in TFDS.
 
-  sources.validate_data_config(config.data)
+  sources.validate_data(config.data)
 
 
 def _tokenizer(config: Any, ds: dataset.TextDataset, workdir: str | os.PathLike | None):
