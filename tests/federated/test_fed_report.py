@@ -42,3 +42,7 @@ def test_paired_differences_pair_by_seed(tmp_path):
   # Unpaired, the seed-to-seed spread (sd ~1.6) would swamp the -0.5 shift.
   md = report.interval_table(runs, ("fed/sampler",))
   assert "| activity | 5 | 10.500 [" in md and "| uniform | 5 | 11.000 [" in md
+  _write(tmp_path, "c0", 0, "other", 7.25)  # one seed: a mean, no interval
+  assert "| other | 1 | 7.250 |" in report.interval_table(
+    report.load_runs(tmp_path), ("fed/sampler",)
+  )

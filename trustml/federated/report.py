@@ -94,8 +94,13 @@ def interval_table(
     "|" + "---|" * (len(group_by) + 2),
   ]
   for g, rs in sorted(group(runs, group_by).items(), key=lambda kv: tuple(map(str, kv[0]))):
-    mean, low, high = t_interval([float(r[metric]) for r in rs])
-    cells = [*map(str, g), str(len(rs)), f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"]
+    values = [float(r[metric]) for r in rs]
+    if len(values) < 2:  # No interval from one seed.
+      cell = f"{values[0]:.{digits}f}"
+    else:
+      mean, low, high = t_interval(values)
+      cell = f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+    cells = [*map(str, g), str(len(rs)), cell]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
