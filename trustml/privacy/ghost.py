@@ -314,6 +314,19 @@ def _small_per_example(module, layer_params: dict, x: jax.Array, g: jax.Array) -
   return jax.vmap(one)(x, g)
 
 
+def _materialised(factors: list, valid: jax.Array) -> tuple[list, jax.Array]:
+  """The ``[B]`` clip factors and validity, computed once before the weighted sums.
+
+  XLA:CPU otherwise fuses the whole norm -> factor chain (clamps, sums, sqrt, division,
+  finiteness) into every per-element loop that consumes it (each element of the scaled
+  patches recomputed it: the CNN's clipped sum took ~2x longer). ``optimization_barrier`` is
+  expanded away on CPU; a reduction is a fusion root, so the chain ends in a (trivial) max.
+  """
+  stacked = jnp.stack([*factors, valid.astype(factors[0].dtype)])[..., None]
+  stacked = jnp.max(jnp.concatenate([stacked, jnp.full_like(stacked, -jnp.inf)], -1), -1)
+  return list(stacked[:-1]), stacked[-1] > 0
+
+
 def clipped_sum(
   loss_fn: Callable[..., jax.Array],
   params: Params,
@@ -357,10 +370,13 @@ def clipped_sum(
     x, g = inputs[idx], grads_out[idx]
     for u in uses:
       if isinstance(u, rules.Bilinear):
-        entry = bilinear.setdefault(u.path, {}).setdefault(u.signature, ([], [], u.to_leaf, []))
+        entry = bilinear.setdefault(u.path, {}).setdefault(
+          u.signature, ([], [], u.to_leaf, [], [])
+        )
         entry[0].append(u.x_fn(x))
         entry[1].append(u.g_fn(g))
         entry[3].append(None if u.gram_fn is None else (u.gram_fn, x))
+        entry[4].append(None if u.sum_fn is None else (u.sum_fn, x, g))
       elif isinstance(u, rules.Lookup):
         tables.setdefault(u.path, {"ids": [], "g": [], "x": [], "dl": []})
         tables[u.path]["ids"].append(x.reshape(size, -1))
@@ -385,12 +401,13 @@ def clipped_sum(
   ghost: dict[Path, tuple] = {}
   for path, forms in bilinear.items():
     if len(forms) == 1:
-      ((xs, gs, to_leaf, grams),) = forms.values()
+      ((xs, gs, to_leaf, grams, sums),) = forms.values()
       xx = grams[0][0](grams[0][1]) if len(xs) == 1 and grams[0] is not None else None
-      ghost[path] = (jnp.concatenate(xs, 1), jnp.concatenate(gs, 1), to_leaf, xx)
+      sums = sums if all(sm is not None for sm in sums) else None
+      ghost[path] = (jnp.concatenate(xs, 1), jnp.concatenate(gs, 1), to_leaf, xx, sums)
     else:  # Several einsum forms of one kernel: materialise each form's sum.
       total = 0.0
-      for xs, gs, to_leaf, _ in forms.values():
+      for xs, gs, to_leaf, _, _ in forms.values():
         pe = rules.bilinear_per_example(jnp.concatenate(xs, 1), jnp.concatenate(gs, 1))
         total = total + to_leaf(pe)
       materialised[path] = total
@@ -400,7 +417,7 @@ def clipped_sum(
   }
 
   sq: dict[Path, jax.Array] = {}
-  for p, (xe, ge, _, xx) in ghost.items():
+  for p, (xe, ge, _, xx, _) in ghost.items():
     sq[p] = rules.bilinear_sq(xe, ge, xx)
   for p, t in tab.items():
     sq[p] = rules.table_sq(*t, table_rows=leaves[p].shape[0])
@@ -412,15 +429,22 @@ def clipped_sum(
   factors_list, stats = clipping_lib.clip_factors(
     [sq[k] for k in order], l2_clip_norm, batch["weight"], clipping
   )
+  factors_list, valid = _materialised(factors_list, stats["valid"])
   factors = dict(zip(order, factors_list, strict=True))
-  valid = stats["valid"]
 
   def zero(v):
     return None if v is None else clipping_lib.zero_invalid(v, valid)
 
   out: dict[Path, jax.Array] = {}
-  for p, (xe, ge, to_leaf, _) in ghost.items():
-    out[p] = to_leaf(rules.bilinear_sum(zero(xe), zero(ge), factors[p]))
+  for p, (xe, ge, to_leaf, _, sums) in ghost.items():
+    if sums is None:
+      out[p] = to_leaf(rules.bilinear_sum(zero(xe), zero(ge), factors[p]))
+    else:  # The layer's own kernel VJP at the scaled output gradients, summed over its uses.
+      f = factors[p]
+      out[p] = sum(
+        fn(zero(x), zero(g) * f.astype(g.dtype).reshape((-1,) + (1,) * (g.ndim - 1)))
+        for fn, x, g in sums
+      )
   for p, (ids, g, x, dl) in tab.items():
     out[p] = rules.table_sum(
       ids, zero(g), zero(x), zero(dl), factors[p], leaves[p].shape, leaves[p].dtype

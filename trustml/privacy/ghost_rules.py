@@ -48,6 +48,9 @@ class Bilinear:
     signature: uses with equal signatures are concatenated along ``T``.
     gram_fn: optional ``x -> [B, H, T, T]``, the gram ``x_fn(x) x_fn(x)ᵀ`` computed more
       cheaply from ``x`` (1-D convolutions: shifted sums of the input's own gram).
+    sum_fn: optional ``(x, g) -> Σ_b Σ_t x_fn(x)ᵀ g_fn(g)`` as the kernel leaf, computed
+      without the ``x_fn`` form (convolutions: the layer's own kernel VJP, XLA's
+      backward-filter convolution, instead of a dot over im2col patches).
   """
 
   path: tuple
@@ -56,6 +59,7 @@ class Bilinear:
   to_leaf: Callable
   signature: tuple
   gram_fn: Callable | None = None
+  sum_fn: Callable | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,8 +274,29 @@ def conv_uses(
     w = w.reshape(w.shape[:-3] + (c_in,) + tuple(kernel_shape[:-2]) + (c_out,))
     return jnp.moveaxis(w, -n - 2, -2)
 
+  def sum_fn(x, g):
+    # Σ_b Σ_t patch_{b,t}ᵀ g_{b,t} is the kernel gradient of the convolution at cotangent g:
+    # XLA's backward-filter convolution (3x faster than the patch dot on XLA:CPU).
+    pads, _ = geometry(x.shape[1:-1])
+    spatial = "".join(_LETTERS[:n]).upper()
+    dims = jax.lax.conv_dimension_numbers(
+      x.shape, kernel_shape, (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
+    )
+
+    def conv(w):
+      return jax.lax.conv_general_dilated(
+        x, w, strides, pads, rhs_dilation=kernel_dilation, dimension_numbers=dims
+      )
+
+    w0 = jnp.zeros(kernel_shape, jnp.promote_types(x.dtype, g.dtype))
+    return jax.vjp(conv, w0)[1](g.astype(w0.dtype))[0]
+
   sig = ("conv", (1, c_in * k, c_out), tuple(kernel_shape), strides, str(padding))
-  uses: list = [Bilinear(path + ("kernel",), x_fn, g_fn, to_leaf, sig, gram_fn if n == 1 else None)]
+  uses: list = [
+    Bilinear(
+      path + ("kernel",), x_fn, g_fn, to_leaf, sig, gram_fn if n == 1 else None, sum_fn
+    )
+  ]
   if bias is not None:
     uses.append(Reduce(tuple(bias), lambda g: g.reshape(g.shape[0], -1, c_out).sum(1)))
   return uses
