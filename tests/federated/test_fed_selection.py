@@ -98,3 +98,21 @@ def test_fixed_denominator_is_exactly_unbiased_and_self_normalized_is_not():
   assert selection.fixed_denominator("inverse_probability", n, pi_a) == n.sum()
   with pytest.raises(ConfigError, match="sizes has 6, inclusion has 5"):
     selection.fixed_denominator("uniform", n, pi_a[:5])
+
+
+def test_activity_inverse_probability_is_uniform_and_fixed_size_estimators_coincide():
+  sizes = np.array([2, 3, 5, 8, 13, 21, 34, 55, 89, 184], np.float64)  # uncapped at m = 2
+  sampler = selection.Sampler("activity", num_clients_per_round=2, beta=1.0)
+  pi = selection.inclusion_probabilities(sampler, sizes)
+  assert pi.max() < 1.0
+  w = selection.aggregation_weights("inverse_probability", sizes, pi)
+  np.testing.assert_allclose(w, sizes.sum() / 2, rtol=1e-6)  # n_i / pi_i = sum n / m
+  # Uniform weights with exactly m clients: D = sum pi_i = m = the sampled weight sum.
+  assert selection.fixed_denominator("uniform", sizes, pi) == pytest.approx(2.0)
+  chosen = selection.sample(sampler, sizes, seed=0, round_index=0)
+  assert selection.aggregation_weights("uniform", sizes[chosen]).sum() == 2.0
+  # num_examples weights: the sampled sum varies by round (a ratio estimator).
+  sums = {
+    float(sizes[selection.sample(sampler, sizes, seed=0, round_index=r)].sum()) for r in range(20)
+  }
+  assert len(sums) > 1

@@ -32,7 +32,17 @@ Horvitz-Thompson form, which is exactly unbiased for ``sum_i pi_i w_i Delta_i / 
 * any sampler + ``inverse_probability``: ``pi_i w_i = n_i`` exactly, capped or not.
 
 ``activity(beta=1)`` + ``num_examples`` weights ``n_i`` twice (targets ``n_i^2``-weighting) and
-leans towards heavy clients, which is sometimes what an activity study wants to measure.
+leans towards heavy clients, which is sometimes what an activity study wants to measure. Nothing
+here corrects it: neither estimator divides the ``n_i`` weights by ``pi_i``; the weighting that
+does is ``inverse_probability``, and under uncapped ``activity(beta=1)`` its ``w_i = n_i / pi_i``
+is the same constant ``sum n / m`` for every client, i.e. ``uniform`` weights.
+
+With exactly ``m`` clients per round (``uniform``, or ``activity`` without replacement) and
+``uniform`` weights, the sampled weight sum is the constant ``m = D``: the self-normalised and
+the fixed-denominator estimators coincide and are exactly unbiased (for the client-mean
+objective under ``uniform`` sampling, for the example-weighted one under uncapped ``activity``).
+With ``num_examples`` weights the sampled sum ``sum_{i in S} n_i`` varies from round to round and
+the default estimator is a ratio estimator.
 """
 
 import dataclasses
