@@ -1,9 +1,11 @@
-"""Tests of counterfactual role-reversal distillation: objective, mitigations, training steps."""
+"""Tests of counterfactual role-reversal distillation: objective, mitigations, gradients.
+
+Training through the spine loop (resume, mesh) is tested in test_distill_loop.py.
+"""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from trustml.core import validation
@@ -165,8 +167,29 @@ def test_kd_loss_equals_float64_hand_computation():
 # --- mitigation off equals plain KD ----------------------------------------------------------
 
 
-def _plain_kd_reference(teacher, student, tp, sp, arrays, steps, opt, tau, alpha):
-  """Plain KD written directly: teacher softmax targets, kd_loss, optax adam."""
+def _kd_grads(tiny, variant, id_pairs, steps=3):
+  """The KD gradient function's direction on the first ``steps`` batches of ``variant``."""
+  teacher, student, tp, sp, arrays = tiny
+  perm = distill.swap_permutation(V, id_pairs)
+  data = distill.augment(arrays, id_pairs, variant.cda)
+  grad_fn = jax.jit(
+    distill.kd_grad_fn(
+      student.apply,
+      teacher.apply,
+      tp,
+      temperature=2.0,
+      alpha=0.5,
+      combiner=variant.combiner,
+      perm=perm if variant.combiner else None,
+    )
+  )
+  key = jax.random.key(0)
+  return [grad_fn(sp, distill.step_batch(data, 8, 0, s), key)[0] for s in range(steps)]
+
+
+def _plain_kd_grads(tiny, steps=3, tau=2.0, alpha=0.5):
+  """Plain KD written directly: teacher softmax targets, kd_loss, jax.grad."""
+  teacher, student, tp, sp, arrays = tiny
 
   def loss_fn(params, batch):
     probs = jax.nn.softmax(teacher.apply(tp, batch).astype(jnp.float32) / tau, axis=-1)
@@ -178,35 +201,12 @@ def _plain_kd_reference(teacher, student, tp, sp, arrays, steps, opt, tau, alpha
       alpha=alpha,
     )[0]
 
-  @jax.jit
-  def step(params, state, batch):
-    grads = jax.grad(loss_fn)(params, batch)
-    updates, state = opt.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  state = opt.init(sp)
-  params = sp
+  grad = jax.jit(jax.grad(loss_fn))
+  out = []
   for s in range(steps):
     batch = {k: v for k, v in distill.step_batch(arrays, 8, 0, s).items() if k != "tokens_swapped"}
-    params, state = step(params, state, batch)
-  return params
-
-
-def _distil(tiny, variant, id_pairs, steps=3):
-  teacher, student, tp, sp, arrays = tiny
-  opt = optax.adam(1e-2)
-  perm = distill.swap_permutation(V, id_pairs)
-  data = distill.augment(arrays, id_pairs, variant.cda)
-  step = distill.make_kd_step(
-    student.apply,
-    teacher.apply,
-    opt,
-    temperature=2.0,
-    alpha=0.5,
-    combiner=variant.combiner,
-    perm=perm if variant.combiner else None,
-  )
-  return distill.fit(step, sp, opt, data, steps=steps, batch_size=8, seed=0, extra_args=(tp,))
+    out.append(grad(sp, batch))
+  return out
 
 
 def _assert_trees_equal(a, b):
@@ -215,13 +215,18 @@ def _assert_trees_equal(a, b):
 
 
 def test_mitigation_off_equals_plain_kd_bit_for_bit(tiny):
-  teacher, student, tp, sp, arrays = tiny
-  ref = _plain_kd_reference(teacher, student, tp, sp, arrays, 3, optax.adam(1e-2), 2.0, 0.5)
-  plain = _distil(tiny, distill.parse_variant("plain"), ID_PAIRS)
-  _assert_trees_equal(plain, ref)
+  ref = _plain_kd_grads(tiny)
+  _assert_trees_equal(_kd_grads(tiny, distill.parse_variant("plain"), ID_PAIRS), ref)
   # With no gendered pairs, CDA adds nothing and the mean modification is the identity.
   none = np.zeros((0, 2), np.int32)
-  _assert_trees_equal(_distil(tiny, distill.parse_variant("cda+mod_mean"), none), ref)
+  _assert_trees_equal(_kd_grads(tiny, distill.parse_variant("cda+mod_mean"), none), ref)
+  # ... which a real pair list does change.
+  changed = _kd_grads(tiny, distill.parse_variant("cda+mod_mean"), ID_PAIRS)
+  diff = max(
+    float(np.abs(np.asarray(x) - np.asarray(y)).max())
+    for x, y in zip(jax.tree.leaves(changed), jax.tree.leaves(ref), strict=True)
+  )
+  assert diff > 1e-6
 
 
 # --- CDA and variants ------------------------------------------------------------------------
@@ -258,19 +263,21 @@ def test_parse_variant_and_errors():
     with pytest.raises(validation.ConfigError):
       distill.parse_variant(bad)
   with pytest.raises(validation.ConfigError, match="combiner"):
-    distill.make_kd_step(
+    distill.kd_grad_fn(
       lambda p, b: b,
       lambda p, b: b,
-      optax.adam(1e-3),
+      None,
       temperature=1.0,
       alpha=0.5,
       combiner="median",
       perm=np.arange(4),
     )
   with pytest.raises(validation.ConfigError, match="perm"):
-    distill.make_kd_step(
-      lambda p, b: b, lambda p, b: b, optax.adam(1e-3), temperature=1.0, alpha=0.5, combiner="max"
+    distill.kd_grad_fn(
+      lambda p, b: b, lambda p, b: b, None, temperature=1.0, alpha=0.5, combiner="max"
     )
+  with pytest.raises(validation.ConfigError, match="temperature"):
+    distill.kd_grad_fn(lambda p, b: b, lambda p, b: b, None, temperature=0.0, alpha=0.5)
 
 
 def test_profession_pronoun_bias_on_a_fixed_distribution():
@@ -324,7 +331,8 @@ def test_smoke_config_runs_end_to_end(tmp_path, shared_data_dir):
   assert np.isfinite(summary["generation/teacher/template_stereotype_gap"])
   assert writers.read_summary(tmp_path)["generation/perplexity"] == summary["generation/perplexity"]
   assert (tmp_path / "plots" / "gender_disparity_by_profession.png").is_file()
-  assert (tmp_path / "checkpoints" / "teacher").is_dir()
+  assert (tmp_path / "teacher" / "checkpoints").is_dir()
+  assert (tmp_path / "students" / "cda+mod_mean" / "metrics.jsonl").is_file()
   assert "| cda+mod_mean |" in (tmp_path / "crr_table.md").read_text()
 
 
@@ -334,7 +342,8 @@ def test_public_names():
     "augment",
     "combine",
     "kd_loss",
-    "make_kd_step",
+    "kd_grad_fn",
+    "lm_grad_fn",
     "modify_teacher_probs",
   }
   assert set(crr.__all__) >= {"build_corpus", "build_tokenizer", "run"}

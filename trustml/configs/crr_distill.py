@@ -80,6 +80,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     log_every=100,  # Steps between metrics.jsonl training events.
   )
 
+  # Data-parallel mesh of every model's training (0 = all visible devices; batch rows split
+  # over them, parameters replicated or FSDP-split).
+  config.mesh = train_config.default_mesh_config()
+
   config.distill = ml_collections.ConfigDict()
   config.distill.temperature = a.temperature  # KD softening temperature tau.
   config.distill.alpha = a.alpha  # Weight of the hard-label LM cross-entropy.

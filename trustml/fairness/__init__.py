@@ -11,7 +11,10 @@ Modules:
   experiment: the library functions behind ``launch/fairness.py`` (drivers).
   study: the intrinsic-vs-extrinsic study's model specs and correlation tables.
   distill: counterfactual role-reversal knowledge distillation (objective and mitigations).
-  crr: the role-reversal distillation experiment (corpus, teacher, students, table).
+  distill_loop: teacher LM training and student distillation through the spine loop.
+  lm_corpus: the distillation corpus, its swap-closed tokenizer and LM arrays.
+  crr_report: the distillation experiment's template bias, summary keys and table.
+  crr: the role-reversal distillation experiment (driver: corpus, teacher, students, table).
   generation: BOLD prompt generation and gender disparity.
 """
 
@@ -20,10 +23,13 @@ from trustml.fairness import (
   association,
   counterfactual,
   crr,
+  crr_report,
   distill,
+  distill_loop,
   experiment,
   generation,
   group_metrics,
+  lm_corpus,
   sensitivity,
   study,
 )
@@ -51,11 +57,14 @@ __all__ = [
   "counterfactual",
   "counterfactual_gap",
   "crr",
+  "crr_report",
   "distill",
+  "distill_loop",
   "experiment",
   "gmb",
   "generation",
   "group_metrics",
+  "lm_corpus",
   "load_gender_pairs",
   "per_group_table",
   "random_effects",

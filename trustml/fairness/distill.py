@@ -19,10 +19,13 @@ optionally with two mitigations, alone or together:
   the vocabulary) and combined with ``x``'s ``p`` by ``max`` (then renormalised), ``mean`` or
   ``geometric_mean`` (``sqrt(p * q_back)``, renormalised). The student distils towards that.
 
-Every piece is a pure function; the training steps are jitted; data order is a pure function of
-``(seed, step)`` and parameter init of the ``params`` stream, so a run is deterministic from its
-seed. The whole experiment (corpus, teacher, one student per variant, generation disparity and
-perplexity table) is :func:`trustml.fairness.crr.run`.
+Every piece is a pure function. Training goes through the spine's loop
+(:func:`trustml.train.loop.fit`, driven by :mod:`trustml.fairness.distill_loop`):
+:func:`lm_grad_fn` and :func:`kd_grad_fn` are its gradient functions and :func:`step_batch` its
+batches, a pure function of ``(seed, step)``; parameter init is the ``params`` stream, so a run
+is deterministic from its seed, resumes exactly and runs data-parallel on the mesh. The whole
+experiment (corpus, teacher, one student per variant, generation disparity and perplexity
+table) is :func:`trustml.fairness.crr.run`.
 """
 
 import dataclasses
@@ -31,7 +34,6 @@ from collections.abc import Callable, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from trustml.core import validation
 from trustml.data import batching
@@ -41,6 +43,7 @@ from trustml.models import contract
 COMBINERS = ("max", "mean", "geometric_mean")
 CDA_MODES = ("none", "one_sided", "two_sided")
 _STEP_KEYS = ("tokens", "mask", "weight", "tokens_swapped")
+GradFn = Callable[[object, Mapping[str, jax.Array], jax.Array], tuple[object, dict]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,38 +209,49 @@ def lm_loss(logits: jax.Array, batch: Mapping[str, jax.Array]) -> tuple[jax.Arra
   return ce, {"loss": ce, "ce": ce}
 
 
-def make_lm_step(apply_fn: Callable[..., jax.Array], optimizer: optax.GradientTransformation):
-  """A jitted LM training step ``(params, opt_state, batch) -> (params, opt_state, aux)``."""
+def lm_grad_fn(apply_fn: Callable[..., jax.Array]) -> GradFn:
+  """The teacher's gradient for the spine loop: ``grad_fn(params, batch, key)`` of :func:`lm_loss`.
 
-  def loss_fn(params, batch):
-    return lm_loss(apply_fn(params, batch), batch)
+  Args:
+    apply_fn: the LM's ``Model.apply`` (run deterministically: no dropout key).
 
-  @jax.jit
-  def step(params, opt_state, batch):
-    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, aux
+  Returns:
+    ``grad_fn(params, batch, key) -> (grads, {"loss", "ce"})`` for
+    :func:`trustml.train.loop.fit`.
+  """
 
-  return step
+  def grad_fn(params, batch, key):
+    del key  # Deterministic forward pass.
+
+    def loss_fn(p):
+      return lm_loss(apply_fn(p, batch), batch)
+
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, aux
+
+  return grad_fn
 
 
-def make_kd_step(
+def kd_grad_fn(
   student_apply: Callable[..., jax.Array],
   teacher_apply: Callable[..., jax.Array],
-  optimizer: optax.GradientTransformation,
+  teacher_params: object,
   *,
   temperature: float,
   alpha: float,
   kd_weight: float = 1.0,
   combiner: str | None = None,
   perm: np.ndarray | None = None,
-):
-  """A jitted KD step ``(student_params, opt_state, teacher_params, batch) -> (params, opt_state, aux)``.
+) -> GradFn:
+  """The student's gradient for the spine loop: the KD objective against a frozen teacher.
+
+  The teacher's parameters are closed over (read-only; never checkpointed with the student),
+  so the loop's step stays ``(state, batch) -> (state, aux)`` and shards like any other.
 
   Args:
     student_apply: the student's ``Model.apply``.
     teacher_apply: the teacher's ``Model.apply``.
-    optimizer: optax transformation of the student.
+    teacher_params: the trained teacher's parameters.
     temperature: KD temperature > 0.
     alpha: weight of the LM cross-entropy >= 0.
     kd_weight: weight of the KL term >= 0.
@@ -245,8 +259,15 @@ def make_kd_step(
       the batch must carry ``tokens_swapped``).
     perm: the pair-swap permutation ``[V]``, needed with a combiner.
 
+  Returns:
+    ``grad_fn(params, batch, key) -> (grads, {"loss", "kl", "ce"})`` for
+    :func:`trustml.train.loop.fit`.
+
   Raises:
     ConfigError: for invalid temperature/weights, unknown combiner or a missing ``perm``.
+
+  Example:
+    >>> fn = kd_grad_fn(student.apply, teacher.apply, tp, temperature=2.0, alpha=0.5)  # doctest: +SKIP
   """
   validation.positive("distill.temperature", temperature)
   validation.non_negative("distill.alpha", alpha)
@@ -257,7 +278,8 @@ def make_kd_step(
       raise validation.ConfigError("perm=None is invalid: a combiner needs the swap permutation")
   perm_arr = None if perm is None else jnp.asarray(perm, jnp.int32)
 
-  def loss_fn(params, teacher_params, batch):
+  def grad_fn(params, batch, key):
+    del key  # Deterministic forward passes.
     probs = teacher_targets(
       teacher_apply,
       teacher_params,
@@ -266,16 +288,17 @@ def make_kd_step(
       combiner=combiner,
       perm=perm_arr,
     )
-    logits = student_apply(params, batch)
-    return kd_loss(logits, probs, batch, temperature=temperature, alpha=alpha, kd_weight=kd_weight)
 
-  @jax.jit
-  def step(params, opt_state, teacher_params, batch):
-    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, teacher_params, batch)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, aux
+    def loss_fn(p):
+      logits = student_apply(p, batch)
+      return kd_loss(
+        logits, probs, batch, temperature=temperature, alpha=alpha, kd_weight=kd_weight
+      )
 
-  return step
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, aux
+
+  return grad_fn
 
 
 def with_swaps(
@@ -338,48 +361,16 @@ def step_batch(arrays: Mapping[str, np.ndarray], batch_size: int, seed: int, ste
   return {k: batch[k] for k in _STEP_KEYS if k in batch}
 
 
-def fit(
-  step_fn: Callable,
-  params: object,
-  optimizer: optax.GradientTransformation,
-  arrays: Mapping[str, np.ndarray],
-  *,
-  steps: int,
-  batch_size: int,
-  seed: int,
-  extra_args: tuple = (),
-  log_fn: Callable[[int, dict], None] | None = None,
-  log_every: int = 100,
-) -> object:
-  """Runs ``steps`` jitted steps ``step_fn(params, opt_state, *extra_args, batch)``.
-
-  Data order is :func:`trustml.data.batching.shuffled_batch` of ``(seed, step)``.
-
-  Returns:
-    The trained parameters.
-  """
-  validation.positive_int("train.steps", steps)
-  validation.positive_int("train.batch_size", batch_size)
-  opt_state = optimizer.init(params)
-  for s in range(steps):
-    batch = step_batch(arrays, batch_size, seed, s)
-    params, opt_state, aux = step_fn(params, opt_state, *extra_args, batch)
-    if log_fn is not None and ((s + 1) % log_every == 0 or s + 1 == steps):
-      log_fn(s + 1, {k: float(v) for k, v in jax.device_get(aux).items()})
-  return params
-
-
 __all__ = [
   "CDA_MODES",
   "COMBINERS",
   "Variant",
   "augment",
   "combine",
-  "fit",
   "kd_loss",
   "lm_loss",
-  "make_kd_step",
-  "make_lm_step",
+  "kd_grad_fn",
+  "lm_grad_fn",
   "modify_teacher_probs",
   "parse_variant",
   "step_batch",

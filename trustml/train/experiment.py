@@ -45,7 +45,8 @@ def validate_spine(config: Any, extra_sections: tuple[str, ...] = ()) -> None:
 
   Args:
     config: the ConfigDict.
-    extra_sections: further top-level sections the caller owns and validates itself.
+    extra_sections: further top-level sections the caller owns and validates itself
+      (``"data"`` among them: the caller brings its own data, not a spine source).
 
   Raises:
     ConfigError: naming the first invalid field.
@@ -59,7 +60,8 @@ def validate_spine(config: Any, extra_sections: tuple[str, ...] = ()) -> None:
   registry.validate_model(config.model)
   from trustml.data import sources  # Imported lazily: sources pull in TFDS.
 
-  sources.validate_data(config.data)
+  if "data" not in extra_sections:
+    sources.validate_data(config.data)
 
 
 def _tokenizer(config: Any, ds: dataset.TextDataset, workdir: str | os.PathLike | None):

@@ -13,6 +13,10 @@ Plug-ins (the privacy engine uses all three):
   ``__call__(params, batch, key, grad_state) -> (direction, aux, grad_state)``), whose state
   (the DP noise key, σ_t, C_t) lives in :class:`TrainState` and in every checkpoint.
 * ``batch_fn(step) -> batch``: host NumPy batch of fixed shape (default: shuffled batches).
+  A custom objective (e.g. knowledge distillation, whose loss needs a frozen teacher's
+  logits) is a plain ``grad_fn`` closing over what it reads; ``train_metrics`` names the
+  scalars of its ``aux`` to log, and a caller that brings its own data passes ``prepared``
+  with ``"data"`` in ``extra_sections`` (its ``data`` section is then not a spine source).
 * ``ledger``: ``state_dict()``, ``load_state_dict(d)``, ``can_step(step) -> (ok, reason)``,
   ``record(step, aux)``, ``summary() -> dict``, ``progress() -> dict`` (logged every
   ``log_every`` steps: ε so far); stored in every checkpoint.
@@ -32,6 +36,7 @@ import optax
 from absl import logging
 
 from trustml.core import rng as rng_lib
+from trustml.core import validation
 from trustml.data import batching
 from trustml.models import contract
 from trustml.train import checkpoint, evaluate, experiment, parallel, writers
@@ -200,6 +205,7 @@ def fit(
   extra_sections: tuple[str, ...] = (),
   stop_after_step: int | None = None,
   total_steps: int | None = None,
+  train_metrics: tuple[str, ...] = ("loss",),
 ) -> Outcome:
   """Trains (or resumes) a run described by ``config`` in ``workdir``.
 
@@ -211,10 +217,14 @@ def fit(
     grad_fn: replaces the non-private mean gradient (the DP engine plugs in here).
     batch_fn: replaces shuffled batches (Poisson sampling plugs in here).
     ledger: privacy ledger stored in checkpoints; may stop the run (budget stop).
-    extra_sections: extra top-level config sections to accept.
+    extra_sections: extra top-level config sections to accept (the caller validates them);
+      ``"data"`` among them means the caller owns the data: ``prepared`` is then required.
     stop_after_step: simulate preemption: checkpoint and return after this many steps.
     total_steps: planned steps when the caller plans them (DP runs: epochs over the logical
       batch); default from the ``train`` section.
+    train_metrics: scalars of the gradient function's ``aux`` averaged over each logging
+      window and written as ``train`` events (names absent from ``aux`` are skipped: a DP
+      run releases no exact training loss unless asked to).
 
   Returns:
     The Outcome (summary, final state, prepared bundle).
@@ -223,6 +233,10 @@ def fit(
     ConfigError: for invalid configs, before any compute.
   """
   experiment.validate_spine(config, ("privacy",) + tuple(extra_sections))
+  if "data" in extra_sections and prepared is None:
+    raise validation.ConfigError(
+      "prepared=None is invalid: a run that owns its data section must pass its data"
+    )
   workdir_lib.check(workdir, config)  # A workdir holding a different run: refused, untouched.
   workdir = pathlib.Path(workdir)
   prepared = prepared or experiment.prepare(config, workdir)
@@ -266,7 +280,7 @@ def fit(
   writer = writers.MetricWriter(workdir)
   start = int(state.step)
   t0 = time.perf_counter()
-  window: list[jax.Array] = []
+  window: list[Mapping[str, jax.Array]] = []
   stopped_reason = ""
   step = start
   log_every = int(config.train.log_every)
@@ -300,8 +314,9 @@ def fit(
     step += 1
     if ledger is not None:
       ledger.record(step - 1, jax.device_get(aux))
-    if "loss" in aux:  # A DP run releases no exact training loss unless asked to.
-      window.append(aux["loss"])
+    logged = {k: aux[k] for k in train_metrics if k in aux}  # No exact DP loss unless asked.
+    if logged:
+      window.append(logged)
     if step == start + 1:
       t_compiled = time.perf_counter()  # The first call compiles: the ETA leaves it out.
     if log_every and (step % log_every == 0 or step == total):
@@ -309,8 +324,10 @@ def fit(
       rate = (step - start) / max(now - t0, 1e-9)
       steady = (step - start - 1) / max(now - t_compiled, 1e-9) if step > start + 1 else rate
       scalars: dict[str, Any] = {}
-      if window:
-        scalars["loss"] = float(np.mean(jax.device_get(window)))
+      for name in train_metrics:
+        values = [w[name] for w in window if name in w]
+        if values:
+          scalars[name] = float(np.mean(jax.device_get(values)))
       window = []
       if ledger is not None:
         scalars.update(ledger.progress())  # ε spent so far, σ_t, C_t: DP or public values.
@@ -345,7 +362,7 @@ def fit(
       "train/steps": step,
       "train/wall_seconds": wall,
       "train/batch_size": bs,
-      "data/name": config.data.name,
+      "data/name": config.data.get("name", None) or prepared.dataset.name,
       "data/num_train": n,
       "data/num_eval": batching.num_examples(prepared.eval),
       "model/name": model.name,
