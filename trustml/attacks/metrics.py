@@ -14,12 +14,13 @@ achieves at exactly that FPR.
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn import metrics as skm
 
-from trustml.core import validation
+from trustml.core import plots, validation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,8 +163,12 @@ def plot_roc(
   delta: float | None = None,
   tradeoff_fn: Callable[[np.ndarray], np.ndarray] | None = None,
   title: str = "Membership inference ROC",
-) -> None:
+) -> Any:
   """Saves ROC curves on log-log axes beside the DP bounds for the run's (ε, δ).
+
+  The figure (:func:`trustml.core.plots.roc_curves`) draws the chance diagonal, each curve
+  with its AUC, the FPR resolution 1/#non-members, the (ε, δ) trade-off bound and the
+  accountant's trade-off curve when given.
 
   Args:
     curves: legend label -> curve.
@@ -172,51 +177,30 @@ def plot_roc(
     delta: the run's δ.
     tradeoff_fn: optional ``fpr -> tpr bound`` from the accountant (tighter than (ε, δ)).
     title: figure title.
+
+  Returns:
+    The saved figure.
   """
-  import os  # pylint: disable=g-import-not-at-top
-
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig, ax = plt.subplots(figsize=(5, 5))
   grid = np.logspace(-5, 0, 400)
-  ax.plot(grid, grid, ":", color="gray", label="chance")
-  for name, curve in curves.items():
-    ax.plot(
-      np.maximum(curve.fpr, 1e-5),
-      np.maximum(curve.tpr, 1e-5),
-      label=f"{name} (AUC {curve.auc:.3f})",
+  references = {}
+  if epsilon is not None and delta is not None and not math.isinf(epsilon):
+    references[f"(ε={epsilon:.3g}, δ={delta:.1e}) bound"] = (
+      grid,
+      dp_tradeoff_bound(grid, epsilon, delta),
     )
+  if tradeoff_fn is not None:
+    references["accountant trade-off"] = (grid, tradeoff_fn(grid))
+  # Below 1/#non-members the empirical ROC is not resolved (its first segment starts at FPR 0).
   resolution = min(
     (float(c.fpr[c.fpr > 0].min()) for c in curves.values() if (c.fpr > 0).any()), default=None
   )
-  if resolution is not None:
-    # Below 1/#non-members the empirical ROC is not resolved (its first segment starts at FPR 0).
-    ax.axvline(resolution, color="gray", lw=0.8, ls="-.", label="FPR resolution 1/#non-members")
-  if epsilon is not None and delta is not None and not math.isinf(epsilon):
-    ax.plot(
-      grid,
-      dp_tradeoff_bound(grid, epsilon, delta),
-      "--",
-      color="black",
-      label=f"(ε={epsilon:.3g}, δ={delta:.1e}) bound",
-    )
-  if tradeoff_fn is not None:
-    ax.plot(grid, tradeoff_fn(grid), "-.", color="red", label="accountant trade-off")
-  ax.set_xscale("log")
-  ax.set_yscale("log")
-  ax.set_xlim(1e-5, 1)
-  ax.set_ylim(1e-5, 1.05)
-  ax.set_xlabel("FPR")
-  ax.set_ylabel("TPR")
-  ax.set_title(title)
-  ax.legend(loc="lower right", fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  return plots.roc_curves(
+    path,
+    {f"{name} (AUC {c.auc:.3f})": (c.fpr, c.tpr) for name, c in curves.items()},
+    references=references,
+    resolution=resolution,
+    title=title,
+  )
 
 
 __all__ = [

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from trustml.core import validation
+from trustml.core import plots, validation
 
 COLUMNS = (
   ("privacy/epsilon", "ε"),
@@ -74,45 +74,44 @@ def to_markdown(table: Sequence[Mapping[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-def plot(table: Sequence[Mapping[str, Any]], path: str) -> None:
-  """Saves ``privacy_utility_leakage.png``: accuracy and each leakage measure against ε."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+def plot(table: Sequence[Mapping[str, Any]], path: str) -> Any:
+  """Saves ``privacy_utility_leakage.png``: accuracy and each leakage measure against ε.
 
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  One panel per measure (:func:`trustml.core.plots.panel_grid`): the ε-sweep rows as a curve
+  (non-private runs at a stand-in x labelled ∞), the non-DP defense rows as dotted lines, the
+  chance line 0.5 on the MIA AUC panel and ``ε_LB = ε`` on the audit panel.
 
+  Returns:
+    The saved figure.
+  """
   rows = [r for r in table if not str(r.get("name", "")).startswith("defense_")]
   defenses = [r for r in table if str(r.get("name", "")).startswith("defense_")]
   eps = np.array([_num(r.get("privacy/epsilon")) for r in rows])
   finite = eps[np.isfinite(eps)]
   inf_x = (finite.max() * 4) if finite.size else 1.0
   x = np.where(np.isinf(eps), inf_x, eps)
-  order = np.argsort(x)
-  fig, axes = plt.subplots(2, 3, figsize=(12, 7))
-  for ax, (key, label) in zip(axes.flat, COLUMNS[1:], strict=True):
-    y = np.array([_num(r.get(key)) for r in rows])
-    ax.plot(x[order], y[order], "o-", label="DP-SGD / non-private")
-    for d in defenses:
-      ax.axhline(_num(d.get(key)), ls=":", lw=1, color="gray")
-      ax.annotate(
-        str(d.get("name", ""))[8:], (x.min() if x.size else 1, _num(d.get(key))), fontsize=6
-      )
-    if key == "audit/epsilon_lower_bound" and finite.size:
-      grid = np.sort(finite)
-      ax.plot(grid, grid, "--", color="black", label="ε_LB = ε")
-      ax.legend(fontsize=7)
-    ax.set_xscale("log")
-    ax.minorticks_off()
-    ticks = list(np.sort(np.unique(finite))) + [inf_x]
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([f"{t:.2g}" for t in ticks[:-1]] + ["∞"], fontsize=7)
-    ax.set_xlabel("ε")
-    ax.set_title(label)
-  fig.suptitle("Privacy, utility and measured leakage (dotted: non-DP defenses)")
-  fig.tight_layout()
-  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  ticks = list(np.sort(np.unique(finite))) + [inf_x]
+  panels = [
+    plots.Panel(
+      title=label,
+      y=[_num(r.get(key)) for r in rows],
+      hlines={str(d.get("name", ""))[8:]: _num(d.get(key)) for d in defenses},
+      identity=key == "audit/epsilon_lower_bound",
+      chance=0.5 if key == "mia/auc" else None,
+    )
+    for key, label in COLUMNS[1:]
+  ]
+  return plots.panel_grid(
+    path,
+    x,
+    panels,
+    xlabel="ε",
+    series_label="DP-SGD / non-private",
+    xticks=ticks,
+    xticklabels=[f"{t:.2g}" for t in ticks[:-1]] + ["∞"],
+    log_x=True,
+    suptitle="Privacy, utility and measured leakage (dotted: non-DP defenses)",
+  )
 
 
 def summarize_dir(sweep_dir: str) -> dict[str, Any]:

@@ -301,6 +301,7 @@ def run_aps(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
     plots.bar_chart(
       wd / "plots" / "accuracy_per_group.png",
       {f"{group_col}={g}": a for g, a in acc.items()},
+      xlabel=f"group ({group_col})",
       ylabel="accuracy",
       title="accuracy per group (95% bootstrap CI)",
       ci={
@@ -371,6 +372,7 @@ def run_bias_auc(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
     plots.bar_chart(
       wd / "plots" / f"bias_auc_{m}.png",
       dict(zip(details["communities"], details["per"][m], strict=True)),
+      xlabel="community",
       ylabel=f"{m} AUC",
       title=f"{m} AUC per community (GMB {summary[f'bias_auc/gmb_{m}']:.3f})",
       chance=0.5,
@@ -432,6 +434,7 @@ def run_association(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   plots.bar_chart(
     wd / "plots" / "seat_effect_sizes.png",
     {n: summary[f"association/{n}/effect_size"] for n in config.fairness.seat_tests},
+    xlabel="SEAT test",
     ylabel="effect size d",
     title="SEAT effect size per test",
     chance=0.0,
@@ -492,6 +495,7 @@ def run_study(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   plots.bar_chart(
     wd / "plots" / "study_gmb_subgroup.png",
     {r["model"]: r["bias_auc/gmb_subgroup"] for r in rows},
+    xlabel="model",
     ylabel="GMB subgroup AUC",
     title="GMB subgroup AUC per model (95% bootstrap CI)",
     ci={

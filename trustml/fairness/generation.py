@@ -27,12 +27,13 @@ The protocol follows BOLD (Dhamala et al., FAccT 2021) and the counterfactual ro
 
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trustml.core import validation
+from trustml.core import plots, validation
 from trustml.data import sources, tokenizers
 
 NEUTRAL, MALE, FEMALE = 0, 1, 2
@@ -384,36 +385,31 @@ def generate(
   return np.concatenate(out_t), np.concatenate(out_g)
 
 
-def plot_group_disparity(results: Mapping[str, dict], path: str | pathlib.Path, title: str) -> None:
+def plot_group_disparity(results: Mapping[str, dict], path: str | pathlib.Path, title: str) -> Any:
   """Grouped bar plot of per-group disparity ``D_g``, one bar colour per variant.
 
   Args:
     results: variant name -> the dict returned by :func:`disparity`.
     path: output PNG path.
     title: plot title.
+
+  Returns:
+    The saved figure (:func:`trustml.core.plots.grouped_bar_chart`).
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  variants = list(results)
   groups = list(next(iter(results.values()))["per_group"])
-  width = 0.8 / max(len(variants), 1)
-  fig, ax = plt.subplots(figsize=(max(8.0, 0.8 * len(groups)), 5.0))
-  for vi, v in enumerate(variants):
-    vals = [results[v]["per_group"].get(g, {}).get("disparity", np.nan) for g in groups]
-    ax.bar(np.arange(len(groups)) + vi * width, np.nan_to_num(vals), width, label=v)
-  ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2)
-  ax.set_xticklabels(groups, rotation=60, ha="right", fontsize=7)
-  ax.set_ylabel("|male - female| / gendered generations")
-  ax.set_title(title)
-  ax.set_ylim(0.0, 1.2)
-  ax.legend(fontsize=7, ncol=4, loc="upper center")
-  fig.tight_layout()
-  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  values = {
+    v: [r["per_group"].get(g, {}).get("disparity", np.nan) for g in groups]
+    for v, r in results.items()
+  }
+  return plots.grouped_bar_chart(
+    path,
+    groups,
+    values,
+    xlabel="BOLD prompt group",
+    ylabel="|male - female| / gendered generations",
+    title=title,
+    ylim=(0.0, 1.2),
+  )
 
 
 __all__ = [

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from trustml.core import distributed, validation
+from trustml.core import distributed, plots, validation
 from trustml.core import rng as rng_lib
 from trustml.data import batching
 from trustml.federated import algorithms, continual, packing, population, selection
@@ -224,22 +224,17 @@ def _restore(ckpt, state, rounds):
 
 
 def _plot(workdir: pathlib.Path, curve: list[tuple[int, float]], name: str, title: str) -> None:
+  """``plots/eval_curve.png``: the eval metric per round (integer round ticks)."""
   if not distributed.is_main_process():  # Process 0 writes the run contract.
     return
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  (workdir / "plots").mkdir(parents=True, exist_ok=True)
-  fig, ax = plt.subplots(figsize=(5, 3.2))
-  ax.plot([c[0] for c in curve], [c[1] for c in curve], marker="o", ms=3)
-  ax.set_xlabel("round")
-  ax.set_ylabel(f"eval {name}")
-  ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(workdir / "plots" / "eval_curve.png", dpi=110)
-  plt.close(fig)
+  plots.line_plot(
+    workdir / "plots" / "eval_curve.png",
+    {name: ([c[0] for c in curve], [c[1] for c in curve])},
+    xlabel="round",
+    ylabel=f"eval {name}",
+    title=title,
+    integer_x=True,
+  )
 
 
 def _dp_ledger(config, dp_cfg, rounds, pop, fingerprint) -> ledger_lib.PrivacyLedger:

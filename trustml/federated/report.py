@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from trustml.core import plots
+
 
 def load_runs(sweep_dir: str | pathlib.Path) -> list[dict]:
   """Summaries of every finished run under ``sweep_dir`` (``<run>/summary.json``), with ``run``
@@ -140,14 +142,14 @@ def paired_differences(
 
 def plot_curves(
   runs: list[dict], group_by: Sequence[str], path: str | pathlib.Path, title: str = ""
-) -> None:
-  """Mean eval curve per group (shaded +- std over seeds) from ``fed/eval_curve``."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+) -> object:
+  """Mean eval curve per group from ``fed/eval_curve``, shaded with the 95% t-interval over
+  seeds at each round (:func:`t_interval`; no band for a group of one seed).
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  fig, ax = plt.subplots(figsize=(5.5, 3.5))
+  Returns:
+    The saved figure (:func:`trustml.core.plots.line_plot`, integer round ticks).
+  """
+  series, bands = {}, {}
   for g, rs in sorted(group(runs, group_by).items(), key=lambda kv: tuple(map(str, kv[0]))):
     curves = [
       np.asarray(r["fed/eval_curve"], dtype=np.float64) for r in rs if r.get("fed/eval_curve")
@@ -157,17 +159,21 @@ def plot_curves(
     n = min(len(c) for c in curves)
     arr = np.stack([c[:n] for c in curves])
     x, y = arr[0, :, 0], arr[:, :, 1]
-    ax.plot(x, y.mean(0), marker="o", ms=2, label=" / ".join(map(str, g)))
-    ax.fill_between(x, y.mean(0) - y.std(0), y.mean(0) + y.std(0), alpha=0.2)
+    label = " / ".join(map(str, g))
+    series[label] = (x, y.mean(0))
+    if len(curves) >= 2:
+      ci = np.array([t_interval(y[:, k])[1:] for k in range(n)])
+      bands[label] = (ci[:, 0], ci[:, 1])
   metric = "perplexity" if any("eval/perplexity" in r for r in runs) else "accuracy"
-  ax.set_xlabel("round")
-  ax.set_ylabel(f"eval {metric}")
-  ax.set_title(title, fontsize=9)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  return plots.line_plot(
+    path,
+    series,
+    xlabel="round",
+    ylabel=f"eval {metric}",
+    title=(title + " " if title else "") + "(mean over seeds, shaded: 95% t-interval)",
+    bands=bands,
+    integer_x=True,
+  )
 
 
 def summarize(sweep_dir: str | pathlib.Path, group_by: Sequence[str], title: str = "") -> str:
