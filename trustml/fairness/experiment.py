@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy import special
 
 from trustml.core import plots, validation
 from trustml.data import batching, sources
@@ -61,7 +62,7 @@ FIELDS = (
   "ceat_representation",
   "study_models",
 )
-NORMAL_LABEL = 1  # HateXplain: 0 hatespeech, 1 normal, 2 offensive.
+NORMAL_LABEL = group_metrics.HATEXPLAIN_NORMAL  # HateXplain: 0 hate, 1 normal, 2 offensive.
 
 
 def validate_config(config: Any) -> None:
@@ -140,9 +141,7 @@ def _encode(prepared: experiment.Prepared, texts: Sequence[str], labels=None) ->
 
 def _probs(model, params, arrays, batch_size: int) -> np.ndarray:
   logits = evaluate.predict_logits(model, params, arrays, batch_size).astype(np.float64)
-  logits -= logits.max(-1, keepdims=True)
-  p = np.exp(logits)
-  return p / p.sum(-1, keepdims=True)
+  return special.softmax(logits, axis=-1)
 
 
 def _protected_setup(config: Any, prepared: experiment.Prepared):
