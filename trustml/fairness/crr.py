@@ -147,10 +147,16 @@ class _Evaluator:
       self.domains[domain] = (tokens, lengths, groups, names)
     self._samplers: dict[int, Callable] = {}
 
-  def __call__(self, model: contract.Model, params: object) -> dict[str, Any]:
+  def __call__(
+    self, model: contract.Model, params: object, perplexity: float | None = None
+  ) -> dict[str, Any]:
+    """Scores one model; ``perplexity`` on the held-out arrays when already measured (the
+    loop's final evaluation of the same arrays), else computed here."""
     g = self.config.generation
     out: dict[str, Any] = {}
-    out["perplexity"] = evaluate.evaluate(model, params, self.eval_arrays, 256)["perplexity"]
+    if perplexity is None:
+      perplexity = evaluate.evaluate(model, params, self.eval_arrays, 256)["perplexity"]
+    out["perplexity"] = float(perplexity)
     sampler = self._samplers.setdefault(
       id(model.apply),
       generation.make_sampler(
@@ -242,9 +248,10 @@ def run(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
       config[role].model, vocab_size=vocab, num_classes=vocab, max_len=max_len
     )
 
-  def evaluate_model(name: str, model: contract.Model, params: Any) -> None:
+  def evaluate_model(name: str, model: contract.Model, outcome: Any) -> None:
     t_eval = time.time()
-    results[name] = evaluator(model, params)
+    perplexity = outcome.summary.get("eval/perplexity")  # The loop's eval of eval_arrays.
+    results[name] = evaluator(model, outcome.state.params, perplexity)
     logging.info(
       "crr: %s ppl %.2f disparity %.3f (evaluated in %.1fs)",
       name,
@@ -255,9 +262,10 @@ def run(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
 
   teacher = build("teacher")
   bundle = distill_loop.prepared(texts, tokenizer, train_arrays, eval_arrays, teacher)
-  teacher_params = distill_loop.train_teacher(config, wd, bundle).state.params
+  teacher_run = distill_loop.train_teacher(config, wd, bundle)
+  teacher_params = teacher_run.state.params
   results: dict[str, Any] = {}
-  evaluate_model("teacher", teacher, teacher_params)
+  evaluate_model("teacher", teacher, teacher_run)
 
   student = build("student")
   for v in variants:
@@ -266,7 +274,7 @@ def run(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
     outcome = distill_loop.distil_student(
       config, wd, bundle, teacher, teacher_params, v, perm, num_sequences=len(train_texts)
     )
-    evaluate_model(v.name, student, outcome.state.params)
+    evaluate_model(v.name, student, outcome)
 
   headline = config.distill.headline_variant or variants[-1].name
   summary = crr_report.summary(results, headline)
