@@ -40,30 +40,10 @@ def main(argv: list[str]) -> None:
 
     out = trustml.attacks.run(_CONFIG.value, _WORKDIR.value, progress=False)
   else:
-    _check_finished_run(_WORKDIR.value)
-    out = experiment.attack_workdir(_WORKDIR.value)
+    cli.check_workdir(_WORKDIR.value, must_exist=True)
+    out = experiment.attack_workdir(_WORKDIR.value)  # Checks it holds a finished attack run.
   print(json.dumps(out, indent=1, default=str))
   print(logs.summary_line(out, _WORKDIR.value))
-
-
-def _check_finished_run(workdir: str) -> None:
-  """Rejects attacking a workdir that holds no trained run (before any compute)."""
-  import pathlib  # pylint: disable=g-import-not-at-top
-
-  from trustml.core.validation import ConfigError  # pylint: disable=g-import-not-at-top
-
-  cli.check_workdir(workdir, must_exist=True)
-  path = pathlib.Path(workdir)
-  if not (path / "config.json").exists():
-    raise ConfigError(
-      f"workdir={workdir!r} is invalid: it holds no run (no config.json); "
-      "pass --config to train one there"
-    )
-  if not any((path / "checkpoints").glob("[0-9]*")):
-    raise ConfigError(
-      f"workdir={workdir!r} is invalid: it holds no checkpoint yet; "
-      "rerun its training with --config"
-    )
 
 
 if __name__ == "__main__":

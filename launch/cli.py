@@ -54,6 +54,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
     marker = "ConfigError: "
     if marker in text:  # config_flags formats the config file's traceback into the message.
       text = text[text.rindex(marker) + len(marker) :]
+    override = re.search(r"Unknown command line flag '(config\.[^']+)'", text)
+    if override:  # A launcher whose --config is a plain spec string (launch.sweep).
+      _fail(
+        f"--{override.group(1)} is invalid: this launcher takes no --config.<field> overrides "
+        "(a sweep sets fields per run in its config's get_sweep items)"
+      )
     lines = [line for line in text.strip().splitlines() if line.strip()]
     _fail(lines[0] if marker in str(e) else " ".join(lines[-1:]) or str(e))
   except (AttributeError, KeyError) as e:  # An override of a field the config lacks.

@@ -9,6 +9,7 @@ import pytest
 
 import trustml.configs
 from trustml.core import config_args
+from trustml.core.validation import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "trustml" / "configs"
@@ -74,3 +75,15 @@ def test_smoke_is_explicit_and_never_overrides_explicit_args():
   assert bias_auc_hatexplain.get_config("smoke,epochs=1").train.num_epochs == 1.0
   a = config_args.parse_common("smoke,data=snips")
   assert a.given == ("data", "smoke") and a.model == "bag"
+
+
+def test_an_explicit_arg_the_partition_would_ignore_is_an_error():
+  from trustml.configs import fed_nlu
+
+  # The embedded corpus is partitioned by its users: clients= and alpha= would do nothing.
+  with pytest.raises(ConfigError, match=r"^config arg clients=1000 is invalid with partition="):
+    fed_nlu.get_config("smoke,clients=1000")
+  with pytest.raises(ConfigError, match=r"^config arg alpha=0.1 is invalid with partition=iid"):
+    fed_nlu.get_config("partition=iid,alpha=0.1")
+  assert fed_nlu.get_config("data=snips,alpha=0.1").partition.alpha == 0.1  # Dirichlet.
+  assert fed_nlu.get_config("partition=quantity,clients=7").partition.num_clients == 7

@@ -101,6 +101,9 @@ def validate_attack(cfg: Mapping[str, Any], num_audit: int) -> None:
 
 def validate_config(config: Any) -> None:
   """Validates the whole config (spine, privacy, canaries, attack) before any compute."""
+  validation.required_sections(
+    config, ("privacy", "canaries", "attack"), needed_by="an attack", hint="configs/attack.py"
+  )
   experiment.validate_spine(config, ("privacy", "canaries", "attack"))
   canaries.validate_canaries(config.canaries)
   validate_attack(config.attack, int(config.canaries.num_audit))
@@ -126,6 +129,7 @@ def prepare(
   ds = sources.load_dataset(config.data)
   cset = canaries.make(config.canaries, ds.train, max(ds.num_classes, 1))
   ds = canaries.insert(ds, cset, int(config.canaries.seed))
+  experiment.check_train_split(config, len(ds.train["text"]))  # Batch size, δ vs 1/N.
   path = pathlib.Path(workdir) / "tokenizer.json"
   if path.exists():
     tok = tokenizers.load(path)
@@ -471,11 +475,25 @@ def attack_workdir(workdir: str | os.PathLike) -> dict[str, Any]:
   """Attacks the finished run in ``workdir`` (its ``config.json`` and newest checkpoint).
 
   Raises:
-    FileNotFoundError: if the workdir has no config or checkpoint.
-    ConfigError: if its config is invalid.
+    ConfigError: before any compute, if the workdir holds no run, a run not trained for an
+      attack (no canaries), no checkpoint yet, or an invalid config.
   """
   path = pathlib.Path(workdir)
+  where = f"workdir={str(workdir)!r} is invalid"
+  if not (path / "config.json").is_file():
+    raise validation.ConfigError(
+      f"{where}: it holds no run (no config.json); pass --config to train one there"
+    )
   config = ml_collections.ConfigDict(json.loads((path / "config.json").read_text()))
+  if "canaries" not in config or "attack" not in config:
+    raise validation.ConfigError(
+      f"{where}: its run was not trained for an attack (its config.json has no canaries/attack "
+      "sections); train one with launch.attack --config=configs/attack.py"
+    )
+  if not any((path / "checkpoints").glob("[0-9]*")):
+    raise validation.ConfigError(
+      f"{where}: it holds no checkpoint yet; rerun its training with --config"
+    )
   config.attack.fprs = tuple(config.attack.fprs)
   validate_config(config)
   prepared, cset, canary_id = prepare(config, workdir)

@@ -14,7 +14,8 @@ Args (comma-separated after ``:``):
   partition: natural | iid | dirichlet | quantity | cluster ('' = natural where the data has users,
     else dirichlet).
   alpha: Dirichlet concentration of label/cluster skew.
-  clients: number of synthetic clients (partitions other than natural).
+  clients: number of synthetic clients (partitions other than natural; given with natural,
+    it is an error, as is alpha with a partition other than dirichlet or cluster).
   per_round: clients per round.
   rounds: federated rounds.
   dp: user-level DP-FedAvg (Poisson client sampling, fixed clip 1.0; adaptive clipping via
@@ -29,7 +30,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from trustml.configs import nlu
-from trustml.core import config_args
+from trustml.core import config_args, validation
 
 FED_ARGS = dict(
   algorithm="fedavg",
@@ -63,6 +64,7 @@ def add_federated(config: ml_collections.ConfigDict, a: ml_collections.ConfigDic
   if a.data == "snips":
     config.data.snips_train = "small"  # 2,100 train queries: sized for CPU sweeps.
   kind = a.partition or ("natural" if a.data in ("synthetic", "tiny_shakespeare") else "dirichlet")
+  _reject_ignored_args(a, kind)
   # How the train/test rows are split into clients (trustml.federated.partition).
   config.partition = ml_collections.ConfigDict(
     {
@@ -172,6 +174,21 @@ def add_federated(config: ml_collections.ConfigDict, a: ml_collections.ConfigDic
     config.train.num_steps = 6
     config.dp.count_noise_multiplier = 1.0
   return config
+
+
+def _reject_ignored_args(a: ml_collections.ConfigDict, kind: str) -> None:
+  """An arg written explicitly that the partition would ignore is an error, not a no-op."""
+  given = getattr(a, "given", ())
+  if "clients" in given and kind == "natural":
+    raise validation.ConfigError(
+      f"config arg clients={a.clients} is invalid with partition=natural (each user of the "
+      "data is one client): add partition=iid, dirichlet, quantity or cluster"
+    )
+  if "alpha" in given and kind not in ("dirichlet", "cluster"):
+    raise validation.ConfigError(
+      f"config arg alpha={a.alpha:g} is invalid with partition={kind} (alpha is the Dirichlet "
+      "concentration): add partition=dirichlet or cluster"
+    )
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:

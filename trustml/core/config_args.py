@@ -111,8 +111,8 @@ def parse_common(arg: str | None, **fields: Any) -> ml_collections.ConfigDict:
 def given(arg: str | None) -> frozenset[str]:
   """The keys written explicitly in a config argument (``"clients=1000,smoke"`` -> both).
 
-  A ``smoke`` variant shrinks only what the user did not set: ``fed_nlu.py:clients=1000,smoke``
-  keeps 1000 clients.
+  A ``smoke`` variant shrinks only what the user did not set:
+  ``fed_nlu.py:partition=iid,clients=1000,smoke`` keeps 1000 clients.
 
   Args:
     arg: the string after ``:`` in ``--config=path.py:arg`` (or ``None``).

@@ -180,6 +180,26 @@ def known_fields(
       )
 
 
+def required_sections(config: Any, sections: Iterable[str], *, needed_by: str, hint: str) -> None:
+  """Rejects a config that lacks a top-level section a pillar needs (one line, no traceback).
+
+  Args:
+    config: the full config (a ConfigDict or mapping).
+    sections: the sections the pillar reads.
+    needed_by: who needs them, for the message (``"launch.federated"``).
+    hint: where a suitable config comes from (``"configs/fed_nlu.py"``).
+
+  Raises:
+    ConfigError: ``config is invalid for <needed_by>: it lacks the section(s) ...``.
+  """
+  missing = [name for name in sections if name not in config]
+  if missing:
+    raise ConfigError(
+      f"config is invalid for {needed_by}: it lacks the section(s) {', '.join(missing)} "
+      f"(start from {hint})"
+    )
+
+
 def warn_large_delta(field: str, delta: Any, num_units: int, units: str = "examples") -> bool:
   """Logs a warning when a DP δ exceeds ``1 / num_units`` (and says so).
 
@@ -221,5 +241,7 @@ __all__ = [
   "one_of",
   "positive",
   "positive_int",
+  "required_sections",
   "same_length",
+  "warn_large_delta",
 ]

@@ -46,8 +46,11 @@ def validate_config(config: Any) -> None:
 
   Raises:
     ConfigError: naming the first invalid field (alpha <= 0, unknown algorithm or sampler,
-      storage cap < 1, ...).
+      storage cap < 1, ...), or a missing federated section.
   """
+  validation.required_sections(
+    config, SECTIONS, needed_by="federated training", hint="configs/fed_nlu.py"
+  )
   p = config.partition
   validation.one_of("partition.kind", p.kind, PARTITIONS)
   if p.kind in ("iid", "dirichlet", "quantity", "cluster"):

@@ -14,6 +14,8 @@ import pytest
 
 _RO = "/proc/1/trustml_run"  # procfs: exists, and no one (root included) may create in it.
 
+_NO_STEPS = ["--config.train.num_epochs=0", "--config.train.num_steps=0"]
+
 # (id, launcher args with {tmp}, {file}, {empty} placeholders, expected text in the error line)
 CASES = [
   (
@@ -83,9 +85,86 @@ CASES = [
     ["launch.train", "--config=configs/nlu.py:smoke", "--config.train.batch_size=100000"],
     "train.batch_size=100000 is invalid",
   ),
+  (
+    "sweep-typo-field",
+    ["launch.sweep", "--config=configs/nlu.py:smoke", "--config.train.batchsize=3"],
+    "--config.train.batchsize is invalid: this launcher takes no --config.<field> overrides",
+  ),
+  (
+    "federated-workdir-readonly",
+    ["launch.federated", "--config=configs/fed_nlu.py:smoke", "@ro"],
+    "not writable",
+  ),
+  (
+    "fairness-workdir-readonly",
+    ["launch.fairness", "--config=configs/aps.py:smoke", "@ro"],
+    "not writable",
+  ),
+  (
+    "attack-workdir-readonly",
+    ["launch.attack", "--config=configs/attack.py:smoke", "@ro"],
+    "not writable",
+  ),
+  (
+    "sweep-workdir-readonly",
+    ["launch.sweep", "--config=configs/nlu.py:smoke", "@ro"],
+    "not writable",
+  ),
+  ("attack-workdir-of-a-train-run", ["launch.attack", "@trainrun"], "not trained for an attack"),
+  (
+    "train-negative-steps",
+    ["launch.train", "--config=configs/nlu.py:smoke", "--config.train.num_steps=-5"],
+    "train.num_steps=-5 is invalid",
+  ),
+  (
+    "federated-zero-rounds",
+    ["launch.federated", "--config=configs/fed_nlu.py:smoke", "--config.federated.rounds=0"],
+    "federated.rounds=0 is invalid",
+  ),
+  (
+    "attack-zero-epochs",
+    ["launch.attack", "--config=configs/attack.py:smoke", *_NO_STEPS],
+    "train.num_epochs=0.0 is invalid",
+  ),
+  (
+    "fairness-zero-epochs",
+    ["launch.fairness", "--config=configs/aps.py:smoke", *_NO_STEPS],
+    "train.num_epochs=0.0 is invalid",
+  ),
+  (
+    "attack-batch-larger-than-data",
+    ["launch.attack", "--config=configs/attack.py:smoke", "--config.train.batch_size=100000"],
+    "train.batch_size=100000 is invalid",
+  ),
+  (
+    "fairness-batch-larger-than-data",
+    ["launch.fairness", "--config=configs/aps.py:smoke", "--config.train.batch_size=100000"],
+    "train.batch_size=100000 is invalid",
+  ),
+  (  # :smoke keeps the explicit clients=1000, which a natural (per-user) partition would ignore.
+    "federated-smoke-keeps-explicit-clients",
+    ["launch.federated", "--config=configs/fed_nlu.py:smoke,clients=1000"],
+    "clients=1000 is invalid with partition=natural",
+  ),
+  (
+    "federated-not-a-federated-config",
+    ["launch.federated", "--config=configs/nlu.py:smoke"],
+    "lacks the section(s) partition, selection",
+  ),
+  (
+    "attack-not-an-attack-config",
+    ["launch.attack", "--config=configs/nlu.py:smoke"],
+    "lacks the section(s) canaries, attack",
+  ),
 ]
 
-_WORKDIRS = {"@file": "{file}", "@ro": _RO, "@missing": "{tmp}/missing", "@empty": "{empty}"}
+_WORKDIRS = {
+  "@file": "{file}",
+  "@ro": _RO,
+  "@missing": "{tmp}/missing",
+  "@empty": "{empty}",
+  "@trainrun": "{tmp}/trainrun",  # A finished launch.train run: config.json without canaries.
+}
 
 
 def _expand(args: list[str], tmp: pathlib.Path) -> list[str]:
@@ -107,6 +186,8 @@ def test_bad_input_prints_one_error_line(tmp_path, repo_root, args, expected):
     pytest.skip("no read-only directory to point --workdir at on this machine")
   (tmp_path / "a_file").write_text("not a directory\n")
   (tmp_path / "empty").mkdir()
+  (tmp_path / "trainrun").mkdir()
+  (tmp_path / "trainrun" / "config.json").write_text('{"seed": 0, "model": {"name": "bag"}}')
   cmd = [sys.executable, "-m", *_expand(args, tmp_path)]
   p = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=600)
   lines = [line for line in p.stderr.splitlines() if line.strip()]
