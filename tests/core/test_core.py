@@ -30,6 +30,19 @@ def test_parse_arg_types_and_errors():
     config_args.parse_arg("steps=a", steps=1)
 
 
+def test_smoke_requested_reads_the_value_not_the_key():
+  assert config_args.smoke_requested("data=snips,smoke")
+  assert config_args.smoke_requested("smoke=true,eps=1")
+  assert not config_args.smoke_requested("smoke=false")  # The key is there, smoke is off.
+  assert not config_args.smoke_requested(None) and not config_args.smoke_requested("eps=1")
+  with pytest.raises(validation.ConfigError, match="smoke='maybe' is invalid"):
+    config_args.smoke_requested("smoke=maybe")
+  from trustml.configs import privacy_study  # Its smoke default is the embedded corpus.
+
+  assert privacy_study.get_config("smoke=false").data.name == "snips"
+  assert privacy_study.get_config("smoke").data.name == "synthetic"
+
+
 @pytest.mark.parametrize(
   "fn,args,match",
   [

@@ -41,8 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   Returns:
     The config.
   """
-  keys = config_args.given(arg)
-  data = "synthetic" if "smoke" in keys else "snips"  # A smoke run needs no download.
+  data = "synthetic" if config_args.smoke_requested(arg) else "snips"  # Smoke: no download.
   return attack.build(
     config_args.parse_common(arg, **{**attack.ATTACK_ARGS, "model": "cnn"}, data=data)
   )

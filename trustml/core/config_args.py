@@ -129,6 +129,31 @@ def given(arg: str | None) -> frozenset[str]:
   )
 
 
+def smoke_requested(arg: str | None) -> bool:
+  """Whether a config argument turns smoke mode on, read before the full parse.
+
+  For a config whose *defaults* differ under smoke (a smoke study defaults to the embedded
+  corpus), so it can pick them before :func:`parse_common`. ``smoke``, ``smoke=1`` and
+  ``smoke=true`` turn it on; ``smoke=false`` (which ``"smoke" in given(arg)`` would take for
+  on) and a missing ``smoke`` do not.
+
+  Args:
+    arg: the string after ``:`` in ``--config=path.py:arg`` (or ``None``).
+
+  Returns:
+    The value of ``smoke``.
+
+  Raises:
+    ConfigError: if ``smoke`` has a value that is not a boolean.
+
+  Example:
+    >>> (smoke_requested("data=snips,smoke"), smoke_requested("smoke=false"))
+    (True, False)
+  """
+  parts = [p for p in (arg or "").split(",") if p.partition("=")[0].strip() == "smoke"]
+  return bool(parse_arg(",".join(parts), smoke=False).smoke)
+
+
 def smoke_value(args: Any, key: str, small: Any) -> Any:
   """``small`` under ``smoke`` unless ``key`` was given explicitly, else ``args[key]``.
 
@@ -145,4 +170,4 @@ def smoke_value(args: Any, key: str, small: Any) -> Any:
   return args[key]
 
 
-__all__ = ["COMMON", "given", "parse_arg", "parse_common", "smoke_value"]
+__all__ = ["COMMON", "given", "parse_arg", "parse_common", "smoke_requested", "smoke_value"]
