@@ -1,5 +1,6 @@
 """Bring your own Haiku functions: up-front contract checks, then DP training with ε."""
 
+import flax.linen as nn
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -54,6 +55,8 @@ def test_missing_pieces_are_named_in_one_line_up_front():
     _model(body=no_training_flag)
   with pytest.raises(ConfigError, match=r"^states_fn=embed_fn is invalid: must accept"):
     _model(states_fn=embed_fn)
+  with pytest.raises(ConfigError, match=r"^embed_fn=Embed is invalid: is a Flax module: use"):
+    _model(nn.Embed(60, 8))
   with pytest.raises(ConfigError, match=r"^embedding_path='embed' is invalid"):
     _model(embedding_path="embed")
   with pytest.raises(ConfigError, match=r"^kind='regressor' is invalid"):

@@ -53,6 +53,8 @@ def _problem(field: str, fn: Any) -> str | None:
       f"pass the untransformed Haiku function {signature}: from_haiku transforms embed_fn and "
       "body_fn together (hk.multi_transform) so they share parameters"
     )
+  if any(c.__module__.startswith("flax.") for c in type(fn).__mro__):
+    return "is a Flax module: use trustml.models.from_flax (or from_nnx) for it"
   if not callable(fn):
     return f"must be a function {signature}"
   try:
