@@ -165,22 +165,6 @@ def test_virtual_batches_accumulate_under_one_noise_draw():
   _close(noisy3[0], noisy1[0], 1e-5)  # Same key, one draw: identical noise for any micro-batching.
 
 
-def test_rolled_micro_batch_loop_equals_unrolled(monkeypatch):
-  model, params = _model("bag")
-  batch = _batch()
-  kw = dict(mechanism="edp_sgd", l2_clip_norm=0.2, normaliser=6.0, dropout=False)
-  key = jax.random.key(3)
-  unrolled = jax.jit(
-    mechanism.make_grad_fn(model, noise_multiplier=1.0, physical_batch_size=2, **kw)
-  )
-  want = unrolled(params, batch, key)
-  monkeypatch.setattr(mechanism, "_MAX_UNROLL", 1)  # Force the rolled lax.scan path.
-  rolled = jax.jit(mechanism.make_grad_fn(model, noise_multiplier=1.0, physical_batch_size=2, **kw))
-  got = rolled(params, batch, key)
-  _close(got[0], want[0], 1e-6)
-  assert float(got[1]["unsafe/num_examples"]) == float(want[1]["unsafe/num_examples"])
-
-
 def test_optax_transformation_clips_noises_and_folds_the_step():
   model, params = _model("bag")
   batch = _batch()

@@ -370,9 +370,7 @@ def clipped_sum(
     x, g = inputs[idx], grads_out[idx]
     for u in uses:
       if isinstance(u, rules.Bilinear):
-        entry = bilinear.setdefault(u.path, {}).setdefault(
-          u.signature, ([], [], u.to_leaf, [], [])
-        )
+        entry = bilinear.setdefault(u.path, {}).setdefault(u.signature, ([], [], u.to_leaf, [], []))
         entry[0].append(u.x_fn(x))
         entry[1].append(u.g_fn(g))
         entry[3].append(None if u.gram_fn is None else (u.gram_fn, x))
