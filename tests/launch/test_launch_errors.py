@@ -151,6 +151,11 @@ CASES = [
     ["launch.federated", "--config=configs/nlu.py:smoke"],
     "lacks the section(s) partition, selection",
   ),
+  (  # The embedded corpus has no digits: a control's never-inserted secrets are unknown words.
+    "attack-control-on-data-without-the-secret-words",
+    ["launch.attack", "--config=configs/privacy_study.py:repeats=0,smoke"],
+    "a control run (canaries.repeats=0) never inserts its secrets",
+  ),
   (
     "attack-not-an-attack-config",
     ["launch.attack", "--config=configs/nlu.py:smoke"],

@@ -146,7 +146,15 @@ def prepare(
   secrets = cset.secrets
   if int(config.canaries.repeats) == 0:
     secrets = tuple(dataclasses.replace(c, prefix="") for c in secrets)
-  canaries.check_in_vocab(secrets + cset.audits, tok)
+  try:
+    canaries.check_in_vocab(secrets + cset.audits, tok)
+  except validation.ConfigError as e:
+    if int(config.canaries.repeats) != 0:
+      raise
+    raise validation.ConfigError(
+      f"{e}; a control run (canaries.repeats=0) never inserts its secrets, so their words must "
+      f"occur in the training text of data.name={config.data.name!r} (SNIPS has the digits)"
+    ) from None
   path.parent.mkdir(parents=True, exist_ok=True)
   tok.save(path)
   max_len = int(config.text.max_len)
