@@ -73,7 +73,9 @@ def tiny_setup(num_devices: int = 0, optimizer: str = "sgd"):
   return c, texts, arrays, models
 
 
-def distil(config, texts, arrays, models, workdir, teacher_params, variant, stop_after_step=None):
+def distil(
+  config, texts, arrays, models, workdir, teacher_params, variant, stop_after_step=None, **kw
+):
   """One student of ``variant`` distilled from ``teacher_params``: its Outcome."""
   v = distill.parse_variant(variant)
   data = distill.augment(arrays, ID_PAIRS, v.cda)
@@ -87,6 +89,7 @@ def distil(config, texts, arrays, models, workdir, teacher_params, variant, stop
     distill.swap_permutation(V, ID_PAIRS),
     num_sequences=N,
     stop_after_step=stop_after_step,
+    **kw,
   )
 
 
@@ -177,6 +180,10 @@ def test_interrupted_distillation_resumes_to_identical_params(setup, tmp_path):
   resumed = distil(*args, tmp_path / "b", tp, v)
   assert resumed.summary["train/steps"] == 4
   _assert_trees_equal(resumed.state.params, full.state.params)
+  # The shared student init computed once equals what the loop draws for each student.
+  init = distill_loop.student_init(config, models["student"], arrays)
+  shared = distil(*args, tmp_path / "c", tp, v, init_params=init)
+  _assert_trees_equal(shared.state.params, full.state.params)
   # A finished teacher folder restores its parameters without another step.
   bundle = distill_loop.prepared(texts, None, arrays, arrays, models["teacher"])
   again = distill_loop.train_teacher(config, setup[4], bundle)

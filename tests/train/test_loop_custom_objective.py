@@ -63,3 +63,17 @@ def test_train_metrics_logs_the_named_aux_scalars(tmp_path, config):
   plain_events = [e for e in writers.read_metrics(tmp_path / "plain") if e["split"] == "train"]
   assert "rows" not in plain_events[0]
   assert [e["loss"] for e in plain_events] == pytest.approx([e["loss"] for e in events], rel=1e-6)
+
+
+def test_init_params_replace_the_params_stream(tmp_path, config):
+  prepared = experiment.prepare(config)
+  default = loop.fit(config, tmp_path / "default", prepared=prepared)
+  same = prepared.model.init(rng_lib.RngStreams(config.seed).stream("params"), prepared.train)
+  given = loop.fit(config, tmp_path / "given", prepared=prepared, init_params=same)
+  for x, y in zip(
+    jax.tree.leaves(given.state.params), jax.tree.leaves(default.state.params), strict=True
+  ):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  other = prepared.model.init(rng_lib.RngStreams(config.seed + 7).stream("params"), prepared.train)
+  moved = loop.fit(config, tmp_path / "other", prepared=prepared, init_params=other)
+  assert moved.summary["eval/loss"] != default.summary["eval/loss"]

@@ -268,11 +268,20 @@ def run(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   evaluate_model("teacher", teacher, teacher_run)
 
   student = build("student")
+  init = distill_loop.student_init(config, student, {k: v[:2] for k, v in train_arrays.items()})
   for v in variants:
     arrays = distill.augment(train_arrays, id_pairs, v.cda, pronouns)
     bundle = distill_loop.prepared(texts, tokenizer, arrays, eval_arrays, student)
     outcome = distill_loop.distil_student(
-      config, wd, bundle, teacher, teacher_params, v, perm, num_sequences=len(train_texts)
+      config,
+      wd,
+      bundle,
+      teacher,
+      teacher_params,
+      v,
+      perm,
+      num_sequences=len(train_texts),
+      init_params=init,
     )
     evaluate_model(v.name, student, outcome)
 

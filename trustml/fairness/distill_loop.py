@@ -10,8 +10,9 @@ workdir contract (a folder holding another model's run is refused), and data-par
 the mesh of the ``mesh`` section (batch rows over ``data``, parameters replicated or FSDP).
 
 The objectives are :func:`trustml.fairness.distill.lm_grad_fn` (teacher) and
-:func:`trustml.fairness.distill.kd_grad_fn` (students: the frozen teacher's parameters are
-closed over, not checkpointed with the student); batches are
+:func:`trustml.fairness.distill.kd_grad_fn` (students, through :class:`FrozenTeacherKd`: the
+frozen teacher's parameters are the gradient mechanism's state, so they reach the step as an
+argument, shard like the state and are saved in the student's checkpoints); batches are
 :func:`trustml.fairness.distill.step_batch` of ``(seed, step)``, the same data order for the
 teacher and every student. Students initialise from the ``params`` stream of ``seed + 1``
 (the teacher's is ``seed``), so no student shares the teacher's initial draws.
@@ -22,9 +23,11 @@ import pathlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
+from trustml.core import rng as rng_lib
 from trustml.data import dataset
 from trustml.fairness import distill
 from trustml.models import contract
@@ -34,6 +37,33 @@ from trustml.train import workdir as workdir_lib
 
 OWNED_SECTIONS = ("data", "fairness", "distill")
 TRAIN_METRICS = ("loss", "ce", "kl")
+
+
+class FrozenTeacherKd:
+  """The KD gradient for the loop, with the frozen teacher's parameters as its state.
+
+  A stateful gradient mechanism (:class:`trustml.train.loop.StatefulGradFn`): ``init`` returns
+  the teacher's parameters, which then ride in the loop's ``TrainState.grad_state``, placed
+  with the state's shardings (replicated, or FSDP-split), passed to the jitted step as an
+  argument rather than compiled into it as constants, returned unchanged, and saved in every
+  student checkpoint (a student's checkpoint holds the teacher it is distilled from).
+  """
+
+  def __init__(self, student_apply: Any, teacher_apply: Any, teacher_params: Any, **kd: Any):
+    distill.kd_grad_fn(student_apply, teacher_apply, teacher_params, **kd)  # Validates kd.
+    self._apply = (student_apply, teacher_apply)
+    self._teacher_params = teacher_params
+    self._kd = kd
+
+  def init(self, params: Any) -> Any:
+    """The teacher's parameters (the mechanism's state)."""
+    del params
+    return self._teacher_params
+
+  def __call__(self, params, batch, key, grad_state):
+    grad_fn = distill.kd_grad_fn(*self._apply, grad_state, **self._kd)
+    grads, aux = grad_fn(params, batch, key)
+    return grads, aux, grad_state
 
 
 def _section(value: Any) -> ml_collections.ConfigDict:
@@ -116,7 +146,16 @@ def prepared(
   return experiment.Prepared(corpus, tokenizer, train, eval_arrays, model)
 
 
-def _fit(sub, workdir, bundle, grad_fn, total, stop_after_step, data_seed) -> loop.Outcome:
+def student_init(config: Any, model: contract.Model, example_batch: Mapping[str, Any]) -> Any:
+  """The students' shared initial parameters: ``model.init`` on the ``params`` stream of
+  ``seed + 1`` (what the loop would draw for each student), computed once for all variants."""
+  key = rng_lib.RngStreams(int(config.seed) + 1).stream("params")
+  return jax.jit(model.init)(key, example_batch)
+
+
+def _fit(
+  sub, workdir, bundle, grad_fn, total, stop_after_step, data_seed, init_params=None
+) -> loop.Outcome:
   bs = int(sub.train.batch_size)
 
   def batch_fn(step: int) -> dict[str, np.ndarray]:
@@ -132,6 +171,7 @@ def _fit(sub, workdir, bundle, grad_fn, total, stop_after_step, data_seed) -> lo
     stop_after_step=stop_after_step,
     total_steps=total,
     train_metrics=TRAIN_METRICS,
+    init_params=init_params,
   )
 
 
@@ -171,6 +211,7 @@ def distil_student(
   *,
   num_sequences: int,
   stop_after_step: int | None = None,
+  init_params: Any = None,
 ) -> loop.Outcome:
   """Distils (or resumes) one student in ``<workdir>/students/<variant>``.
 
@@ -186,13 +227,15 @@ def distil_student(
     num_sequences: sequences of the un-augmented corpus: ``num_epochs`` counts these, so every
       variant takes the same number of steps.
     stop_after_step: simulate preemption (checkpoint and return after this many steps).
+    init_params: :func:`student_init` when already computed (the variants share it); the
+      loop draws the same parameters itself when ``None``.
 
   Returns:
     The loop's Outcome (``state.params``: the student's parameters).
   """
   sub = run_config(config, "student", variant)
   dc = config.distill
-  grad_fn = distill.kd_grad_fn(
+  grad_fn = FrozenTeacherKd(
     bundle.model.apply,
     teacher.apply,
     teacher_params,
@@ -211,10 +254,12 @@ def distil_student(
     total,
     stop_after_step,
     int(config.seed),
+    init_params,
   )
 
 
 __all__ = [
+  "FrozenTeacherKd",
   "OWNED_SECTIONS",
   "TRAIN_METRICS",
   "check_workdirs",
@@ -222,6 +267,7 @@ __all__ = [
   "prepared",
   "run_config",
   "student_dir",
+  "student_init",
   "teacher_dir",
   "train_teacher",
 ]

@@ -182,9 +182,12 @@ def init_state(
   example_batch: Mapping[str, np.ndarray],
   seed: int,
   grad_fn: GradFn | StatefulGradFn | None = None,
+  params: Any = None,
 ) -> TrainState:
-  """Initial state: parameters from the ``params`` stream of ``seed``, the mechanism's state."""
-  params = model.init(rng_lib.RngStreams(seed).stream("params"), example_batch)
+  """Initial state: parameters from the ``params`` stream of ``seed`` (or ``params`` when
+  given), the optimizer's and the mechanism's state."""
+  if params is None:
+    params = model.init(rng_lib.RngStreams(seed).stream("params"), example_batch)
   grad_state = _stateful(grad_fn).init(params) if grad_fn is not None else ()
   return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), grad_state)
 
@@ -206,6 +209,7 @@ def fit(
   stop_after_step: int | None = None,
   total_steps: int | None = None,
   train_metrics: tuple[str, ...] = ("loss",),
+  init_params: Any = None,
 ) -> Outcome:
   """Trains (or resumes) a run described by ``config`` in ``workdir``.
 
@@ -225,6 +229,9 @@ def fit(
     train_metrics: scalars of the gradient function's ``aux`` averaged over each logging
       window and written as ``train`` events (names absent from ``aux`` are skipped: a DP
       run releases no exact training loss unless asked to).
+    init_params: start from these parameters (a shared or pretrained initialisation, e.g.
+      one init reused by several runs) instead of ``model.init`` on the ``params`` stream of
+      ``config.seed``; a resumed run restores its checkpoint instead.
 
   Returns:
     The Outcome (summary, final state, prepared bundle).
@@ -262,7 +269,9 @@ def fit(
   if ledger is not None and "ledger" in stored:
     ledger.load_state_dict(stored["ledger"])  # May refuse (fingerprint of the privacy setup).
   workdir_lib.claim(workdir, config)
-  state = placement.init_state(lambda: init_state(model, optimizer, first_batch, seed, grad_fn))
+  state = placement.init_state(
+    lambda: init_state(model, optimizer, first_batch, seed, grad_fn, init_params)
+  )
   wall_before = 0.0
   restored = ckpt.restore_latest(state)
   if restored is not None:
