@@ -23,7 +23,7 @@ LM_ARGS = dict(tokenizer="char", max_len=96, min_speeches=10, width=64, layers=2
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the Shakespeare LM config for ``arg`` (see module docstring)."""
-  smoke = "smoke" in config_args.given(arg)
+  smoke = config_args.smoke_requested(arg)
   fed = fed_nlu.FED_ARGS if smoke else {**fed_nlu.FED_ARGS, "per_round": 10, "rounds": 40}
   a = config_args.parse_common(arg, data="tiny_shakespeare", **fed, **LM_ARGS)
   return add_language_model(fed_nlu.add_federated(nlu.build(a), a), a)

@@ -70,7 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the selection-study config for ``arg`` (see module docstring)."""
   arg = _with_study(arg)
   shakes = config_args.parse_arg(arg, **_ALL_ARGS).data == "tiny_shakespeare"
-  smoke = "smoke" in config_args.given(arg)
+  smoke = config_args.smoke_requested(arg)
   fed = dict(fed_nlu.FED_ARGS)
   if shakes and not smoke:
     fed.update(per_round=10, rounds=40)  # fed_lm_shakespeare's defaults.
