@@ -165,6 +165,25 @@ def test_virtual_batches_accumulate_under_one_noise_draw():
   _close(noisy3[0], noisy1[0], 1e-5)  # Same key, one draw: identical noise for any micro-batching.
 
 
+@pytest.mark.parametrize("name,unrolled", [("cnn", True), ("bag", False)])
+def test_micro_batch_loop_policy_and_its_result(name, unrolled):
+  # eDP on CPU unrolls the micro-batch loop only for models with convolutions; either loop
+  # gives the whole-batch clipped sum.
+  model, params = _model(name)
+  batch = _batch()
+  sum_fn = mechanism.clipped_sum_fn(model.per_example_loss, "edp_sgd")
+  half = jax.tree.map(lambda x: x[: x.shape[0] // 2], batch)
+  assert mechanism._unrolled(sum_fn, "edp_sgd", 2, params, half) is unrolled
+  assert mechanism._unrolled(sum_fn, "dp_sgd", 2, params, half) is False
+  kw = dict(mechanism="edp_sgd", l2_clip_norm=0.2, normaliser=6.0, dropout=False)
+  key = jax.random.key(3)
+  whole = jax.jit(mechanism.make_grad_fn(model, noise_multiplier=0.0, **kw))(params, batch, key)
+  micro = jax.jit(
+    mechanism.make_grad_fn(model, noise_multiplier=0.0, physical_batch_size=B // 2, **kw)
+  )(params, batch, key)
+  _close(micro[0], whole[0], 1e-6)
+
+
 def test_optax_transformation_clips_noises_and_folds_the_step():
   model, params = _model("bag")
   batch = _batch()
