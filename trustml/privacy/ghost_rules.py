@@ -235,12 +235,12 @@ def conv_uses(
     )
     return tuple(tuple(p) for p in pads), out_sp
 
-  def x_fn(x):
-    # im2col by strided slices of the padded input (data movement only; XLA:CPU ran
-    # lax.conv_general_dilated_patches, an identity-kernel convolution, ~10x slower).
+  def windows(x):
+    # The strided window of the padded input seen by each kernel offset, in kernel order
+    # (data movement only; XLA:CPU ran lax.conv_general_dilated_patches, an identity-kernel
+    # convolution, ~10x slower).
     pads, out_sp = geometry(x.shape[1:-1])
     xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    cols = []
     for offset in np.ndindex(*ks):
       start = (0,) + tuple(o * d for o, d in zip(offset, kernel_dilation, strict=True)) + (0,)
       limit = (
@@ -250,8 +250,10 @@ def conv_uses(
         )
         + (c_in,)
       )
-      cols.append(jax.lax.slice(xp, start, limit, (1, *strides, 1)))
-    patches = jnp.stack(cols, -1)  # [B, *out, C_in, K]: features ordered (C_in, *k).
+      yield jax.lax.slice(xp, start, limit, (1, *strides, 1))
+
+  def x_fn(x):
+    patches = jnp.stack(list(windows(x)), -1)  # [B, *out, C_in, K]: features (C_in, *k).
     return patches.reshape(x.shape[0], -1, 1, c_in * k)
 
   def gram_fn(x):
@@ -279,21 +281,9 @@ def conv_uses(
     # windows of the padded input: no im2col copy. (XLA:CPU: the patch dot with its transposed
     # patch copy cost ~2x this; the layer's own backward-filter convolution was as fast at
     # top level but ~25x slower inside the rolled micro-batch loop.)
-    pads, out_sp = geometry(x.shape[1:-1])
-    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
     dt = jnp.promote_types(x.dtype, g.dtype)
-    out = []
-    for offset in np.ndindex(*ks):
-      start = (0,) + tuple(o * d for o, d in zip(offset, kernel_dilation, strict=True)) + (0,)
-      limit = (
-        (x.shape[0],)
-        + tuple(
-          st0 + (o - 1) * st + 1 for st0, o, st in zip(start[1:-1], out_sp, strides, strict=True)
-        )
-        + (c_in,)
-      )
-      win = jax.lax.slice(xp, start, limit, (1, *strides, 1)).reshape(-1, c_in)
-      out.append(jnp.einsum("nc,no->co", win.astype(dt), g.reshape(-1, c_out).astype(dt)))
+    g2 = g.reshape(-1, c_out).astype(dt)
+    out = [jnp.einsum("nc,no->co", w.reshape(-1, c_in).astype(dt), g2) for w in windows(x)]
     return jnp.stack(out).reshape(kernel_shape)
 
   sig = ("conv", (1, c_in * k, c_out), tuple(kernel_shape), strides, str(padding))
