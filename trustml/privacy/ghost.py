@@ -437,7 +437,7 @@ def clipped_sum(
   for p, (xe, ge, to_leaf, _, sums) in ghost.items():
     if sums is None:
       out[p] = to_leaf(rules.bilinear_sum(zero(xe), zero(ge), factors[p]))
-    else:  # The layer's own kernel VJP at the scaled output gradients, summed over its uses.
+    else:  # The rule's own sum (sum_fn) at the scaled output gradients, over the layer's uses.
       f = factors[p]
       out[p] = sum(
         fn(zero(x), zero(g) * f.astype(g.dtype).reshape((-1,) + (1,) * (g.ndim - 1)))

@@ -60,7 +60,7 @@ def _standard_normals(keys: jax.Array, shapes: list[tuple]) -> list[jax.Array]:
   """i.i.d. ``N(0, 1)`` float32 arrays of ``shapes``, one key each (jax.random.normal,
   threefry2x32), in a form that is fast on XLA:CPU.
 
-  Two formulation choices, measured on XLA:CPU (docs/privacy_performance.md §3); neither
+  Two formulation choices, measured on XLA:CPU (docs/privacy_performance.md §5); neither
   changes the distribution or the generator:
 
   * the draw is replicated (one draw for the logical batch, the same on every device), so it
