@@ -165,23 +165,86 @@ def test_virtual_batches_accumulate_under_one_noise_draw():
   _close(noisy3[0], noisy1[0], 1e-5)  # Same key, one draw: identical noise for any micro-batching.
 
 
-@pytest.mark.parametrize("name,unrolled", [("cnn", True), ("bag", False)])
-def test_micro_batch_loop_policy_and_its_result(name, unrolled):
-  # eDP on CPU unrolls the micro-batch loop only for models with convolutions; either loop
-  # gives the whole-batch clipped sum.
+@pytest.mark.parametrize("name", ["cnn", "bag"])
+def test_micro_batch_loop_with_and_without_padding_skip_equals_the_whole_batch(name):
+  # The rolled loop (convolutions re-laid out for XLA:CPU) and the skip of all-padding
+  # micro-batches both give the whole-batch clipped sum; sigma = 0 so values compare exactly.
   model, params = _model(name)
-  batch = _batch()
-  sum_fn = mechanism.clipped_sum_fn(model.per_example_loss, "edp_sgd")
-  half = jax.tree.map(lambda x: x[: x.shape[0] // 2], batch)
-  assert mechanism._unrolled(sum_fn, "edp_sgd", 2, params, half) is unrolled
-  assert mechanism._unrolled(sum_fn, "dp_sgd", 2, params, half) is False
-  kw = dict(mechanism="edp_sgd", l2_clip_norm=0.2, normaliser=6.0, dropout=False)
+  batch = _batch(8)
+  batch = dict(batch, weight=batch["weight"].at[5:].set(0.0))  # Rows 5..7 are padding.
   key = jax.random.key(3)
-  whole = jax.jit(mechanism.make_grad_fn(model, noise_multiplier=0.0, **kw))(params, batch, key)
-  micro = jax.jit(
-    mechanism.make_grad_fn(model, noise_multiplier=0.0, physical_batch_size=B // 2, **kw)
-  )(params, batch, key)
-  _close(micro[0], whole[0], 1e-6)
+  kd = rng_lib.SecretStreams.fresh().key_data("dp_noise")
+
+  def run(physical, skip, shards=1):
+    dp = mechanism.dp_sgd(
+      model.per_example_loss,
+      mechanism="edp_sgd",
+      l2_clip_norm=0.2,
+      noise_multiplier=0.0,
+      normaliser=6.0,
+      key_data=kd,
+      physical_batch_size=physical,
+      dropout=False,
+      skip_padding=skip,
+      num_data_shards=shards,
+    )
+    return jax.jit(lambda p, b: dp(p, b, key, dp.init(p))[0])(params, batch)
+
+  whole = run(None, False)
+  for physical, skip in ((2, False), (2, True), (1, True)):
+    _close(run(physical, skip), whole, 1e-6)
+  # Two shards of 4 rows, 1 row per micro-batch: the last live row of either shard sets the
+  # trip count (shard 0 holds rows 0-3, shard 1 row 4 then padding).
+  _close(run(1, True, shards=2), whole, 1e-6)
+
+
+def test_padding_skip_runs_only_the_live_micro_batches():
+  # The trip count is the number of micro-batches up to the last live row: counted through
+  # the loss calls' effect on a stat that counts micro-batches run (num_examples counts real
+  # rows, so use a loss whose padding rows would be counted if processed).
+  model, params = _model("bag")
+  batch = _batch(8)
+  batch = dict(batch, weight=batch["weight"].at[3:].set(0.0))
+  calls = []
+
+  def counting_sum(params, b, clip, rng):
+    jax.debug.callback(lambda: calls.append(1))
+    return mechanism.clipped_sum_fn(model.per_example_loss, "edp_sgd")(params, b, clip, rng)
+
+  for skip, expected in ((False, 4), (True, 2)):
+    calls.clear()
+    total, _ = jax.jit(
+      lambda p, b, skip=skip: mechanism._accumulate(
+        counting_sum, "edp_sgd", p, b, 0.2, None, 2, 1, skip
+      )
+    )(params, batch)
+    jax.block_until_ready(total)
+    assert len(calls) == expected
+
+
+def test_cnn_micro_batch_loop_compiles_to_library_convolutions():
+  # XLA:CPU's library layout for every convolution of the rolled eDP loop (core/conv_layout):
+  # without the re-layout the input-gradient convolution appears as b0f_0oi->b0f.
+  if jax.default_backend() != "cpu":
+    pytest.skip("XLA:CPU layout check")
+  model, params = _model("cnn")
+  batch = _batch(8)
+  fn = mechanism.make_grad_fn(
+    model,
+    mechanism="edp_sgd",
+    l2_clip_norm=0.2,
+    noise_multiplier=1.0,
+    normaliser=8.0,
+    physical_batch_size=2,
+    dropout=False,
+  )
+  hlo = jax.jit(fn).lower(params, batch, jax.random.key(0)).compile().as_text()
+  labels = [
+    line.split("dim_labels=")[1].split(",")[0]
+    for line in hlo.splitlines()
+    if " convolution(" in line
+  ]
+  assert labels and all(lab == "b0f_0io->b0f" for lab in labels), labels
 
 
 def test_optax_transformation_clips_noises_and_folds_the_step():

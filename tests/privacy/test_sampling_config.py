@@ -52,6 +52,25 @@ def test_poisson_batches_are_fixed_shape_and_padded_with_weight_zero():
   assert tiny["weight"].sum() == 8
 
 
+def test_poisson_batches_dealt_over_blocks_hold_real_rows_first_in_every_block():
+  secret = rng_lib.SecretStreams.fresh()
+  flat = sampling.poisson_batch(_arrays(), 0.1, 96, secret, 3)
+  blocks = sampling.poisson_batch(_arrays(), 0.1, 96, secret, 3, num_blocks=4)
+  real = flat["index"][flat["index"] >= 0]
+  np.testing.assert_array_equal(np.sort(blocks["index"][blocks["index"] >= 0]), np.sort(real))
+  for k in flat:  # Same rows, permuted: every column follows its row.
+    order = np.argsort(blocks["index"][blocks["index"] >= 0])
+    np.testing.assert_array_equal(blocks[k][blocks["index"] >= 0][order], flat[k][: real.size])
+  counts = []
+  for block in np.split(blocks["weight"], 4):
+    live = block > 0
+    counts.append(int(live.sum()))
+    assert not np.any(live[live.sum() :]) and np.all(live[: live.sum()])  # Real rows first.
+  assert max(counts) - min(counts) <= 1  # Dealt round-robin.
+  with pytest.raises(ConfigError):
+    sampling.poisson_batch(_arrays(), 0.1, 96, secret, 3, num_blocks=5)
+
+
 def test_shuffle_batches_are_fresh_uniform_subsets():
   secret = rng_lib.SecretStreams.fresh()
 
@@ -100,6 +119,7 @@ def _privacy(**kw):
     (dict(sampling="shuffle", accountant="pld"), "accountant"),
     (dict(clipping="per_weight"), "clipping"),
     (dict(bogus_field=1), "bogus_field"),
+    (dict(skip_padding="yes"), "skip_padding"),
   ],
 )
 def test_bad_privacy_config_is_a_config_error(kw, field):

@@ -175,3 +175,18 @@ def test_every_privacy_field_overridable_from_the_command_line(tmp_path, repo_ro
   assert summary["privacy/noise_multiplier"] == pytest.approx(1.1)
   assert summary["privacy/adaptive_clipping"] is True
   assert summary["privacy/noise_seed_fixed"] is True
+
+
+def test_padding_skip_trains_the_same_model_and_says_so(tmp_path):
+  # Same noise seed: same Poisson batches and noise; skipping all-padding micro-batches
+  # (smoke: cap of 16-row micro-batches) must not change the trained parameters.
+  config = _config(noise_seed=5)
+  base = training.run(config, tmp_path / "pad")
+  skip = training.run(_config(noise_seed=5, skip_padding=True), tmp_path / "skip")
+  assert base["privacy/batch_rows"] > base["privacy/logical_batch_size"]  # There is padding.
+  assert base["privacy/skip_padding"] is False and skip["privacy/skip_padding"] is True
+  assert skip["privacy/epsilon"] == base["privacy/epsilon"]
+  pa = loop.load_params(config, tmp_path / "pad")[0]
+  pb = loop.load_params(_config(noise_seed=5, skip_padding=True), tmp_path / "skip")[0]
+  for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)

@@ -20,6 +20,10 @@ Fields (``configs/dp_nlu.py`` sets them; ``configs/nlu.py`` only has ``mechanism
 * ``noise_seed``: None (default: the privacy randomness — noise and sampling coins — comes from
   OS entropy at the run's first start and is kept only in its checkpoint) or an int that fixes
   it for reproducible research (the run then says its guarantee assumes the seed is secret).
+* ``skip_padding``: skip micro-batches of the Poisson cap that hold only padding rows (the
+  sampler puts each device's real rows first). Same released update, less compute (the cap
+  pads ~6 std of the batch size); the step time then reveals ⌈|B_t| / train.batch_size⌉,
+  a timing side channel the ε does not cover. Off by default (constant-time steps).
 * ``release_unsafe_stats``: also write exact statistics of the private training data (training
   loss on sampled batches, clipped / non-finite counts); marks the run as not covered by its ε.
 
@@ -66,6 +70,7 @@ DEFAULTS: dict[str, Any] = dict(
   noise_decay=1.0,
   truncation_budget=1e-3,
   noise_seed=None,
+  skip_padding=False,
   release_unsafe_stats=False,
 )
 NOISE_SCHEDULES = ("constant", "exp_decay")
@@ -136,6 +141,9 @@ def validate_privacy(privacy: Any, physical_batch_size: int) -> None:
     raise validation.ConfigError(
       f"privacy.release_unsafe_stats={unsafe!r} is invalid: True or False"
     )
+  skip = _get(privacy, "skip_padding")
+  if not isinstance(skip, bool):
+    raise validation.ConfigError(f"privacy.skip_padding={skip!r} is invalid: True or False")
   validation.in_range("privacy.delta", _get(privacy, "delta"), 0.0, 1.0)
   sampling = validation.one_of("privacy.sampling", _get(privacy, "sampling"), accounting.SAMPLINGS)
   acc = validation.one_of("privacy.accountant", _get(privacy, "accountant"), accounting.ACCOUNTANTS)
@@ -191,6 +199,7 @@ class Resolved:
     schedule: the gradient-noise schedule (:class:`~trustml.privacy.mechanism.NoiseSchedule`).
     noise_seed: the explicit noise seed, or None (OS entropy).
     release_unsafe_stats: exact private statistics are released too.
+    skip_padding: all-padding micro-batches are skipped (Poisson only; timing not covered).
   """
 
   mechanism: str
@@ -215,6 +224,7 @@ class Resolved:
   schedule: mechanism.NoiseSchedule
   noise_seed: int | None
   release_unsafe_stats: bool
+  skip_padding: bool = False
 
   def accounted_sigma(self, step: int) -> float:
     """The planned accounted z of step ``step`` (σ_t over the sensitivity factor)."""
@@ -367,6 +377,7 @@ def resolve(
     schedule=schedule,
     noise_seed=_get(privacy, "noise_seed"),
     release_unsafe_stats=bool(_get(privacy, "release_unsafe_stats")),
+    skip_padding=bool(_get(privacy, "skip_padding")) and sampling == "poisson",
   )
 
 

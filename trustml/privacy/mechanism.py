@@ -32,12 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from trustml.core import conv_layout, validation
 from trustml.core import rng as rng_lib
-from trustml.core import validation
 from trustml.core.types import Batch, Params
 from trustml.models import contract
 from trustml.privacy import adaptive as adaptive_lib
-from trustml.privacy import aggregators, ghost, ghost_rules, noise, per_example
+from trustml.privacy import aggregators, ghost, noise, per_example
 from trustml.privacy import clipping as clipping_lib
 
 MECHANISMS = ("none", "dp_sgd", "edp_sgd")
@@ -72,7 +72,6 @@ def clipped_sum_fn(
     def fn(params, batch, l2_clip_norm, rng):
       return ghost.clipped_sum(loss_fn, params, batch, l2_clip_norm, clipping=clipping, rng=rng)
 
-    fn.loss_fn = loss_fn  # Read by _accumulate's loop policy.
     return fn
 
   def naive(params, batch, l2_clip_norm, rng):
@@ -85,34 +84,18 @@ def clipped_sum_fn(
   return naive
 
 
-def _unrolled(sum_fn, mechanism: str, n_micro: int, params, micro_batch) -> bool:
-  """Whether the micro-batch loop is unrolled: eDP-SGD on XLA:CPU for models with convolutions.
-
-  Inside a rolled loop XLA:CPU emitted the CNN's convolutions as plain loops instead of its
-  convolution library (the privacy study's CNN train step, 5 x 256 rows: 1.65 s rolled vs
-  0.91 s unrolled); without convolutions the rolled loop was as fast or faster and compiles in
-  half the time (bag 5 x 256: 39 vs 136 ms; transformer 4 x 64: 21.7 vs 22.6 s).
-  """
-  if mechanism != "edp_sgd" or n_micro > 16 or jax.default_backend() != "cpu":
-    return False
-  loss_fn = getattr(sum_fn, "loss_fn", None)
-  if loss_fn is None:
-    return False
-  pl = ghost.plan(loss_fn, params, micro_batch, None)
-  return any(
-    isinstance(u, ghost_rules.Bilinear) and u.signature[0] == "conv"
-    for uses in pl.uses
-    if uses
-    for u in uses
-  )
-
-
-def _accumulate(sum_fn, mechanism, params, batch, clip, drop_key, physical, shards=1):
+def _accumulate(
+  sum_fn, mechanism, params, batch, clip, drop_key, physical, shards=1, skip_padding=False
+):
   """Σ over micro-batches of the clipped sums, and the summed stats (one logical batch).
 
   With ``shards`` > 1 (the batch split over a ``data`` mesh axis in contiguous blocks), micro-
   batch i takes ``physical`` rows from each shard's block, so every micro-batch stays local to
   the devices (no cross-device permutes; the clipped sums are reduced once).
+
+  With ``skip_padding`` the loop runs only over the micro-batches up to the last one holding a
+  row of non-zero weight in any shard (the sampler puts each shard's real rows first): the
+  result is the same, the trip count is dynamic (one compiled body either way).
   """
   size = batch["weight"].shape[0]
   phys = (physical or size // shards) * shards
@@ -145,13 +128,24 @@ def _accumulate(sum_fn, mechanism, params, batch, clip, drop_key, physical, shar
     t, s = micro(i, b)
     return (jax.tree.map(jnp.add, acc, t), {n: acc_stats[n] + s[n] for n in acc_stats}), None
 
-  # Rolled (one micro-batch live at a time) unless _unrolled says otherwise.
-  if _unrolled(sum_fn, mechanism, n_micro, params, jax.tree.map(lambda x: x[0], stacked)):
-    carry = zero
-    for i in range(n_micro):
-      carry, _ = body(carry, (i, jax.tree.map(lambda x, i=i: x[i], stacked)))
-    return carry
-  (total, stats), _ = jax.lax.scan(body, zero, (jnp.arange(n_micro), stacked))
+  # Rolled: one micro-batch live at a time, one copy of the step to compile. The body's
+  # convolutions are put in XLA:CPU's library layout (core/conv_layout: inside a loop they
+  # were otherwise emitted as naive loop nests).
+  if not skip_padding:
+    (total, stats), _ = jax.lax.scan(
+      conv_layout.loop_body(body), zero, (jnp.arange(n_micro), stacked)
+    )
+    return total, stats
+  per = phys // shards
+  live = (batch["weight"] != 0).reshape(shards, n_micro * per)
+  last = jnp.max(jnp.where(live, jnp.arange(n_micro * per)[None], -1), axis=1)  # [shards]
+  trips = (jnp.max(last) + per) // per  # Micro-batches up to the last live row (0 if none).
+
+  def loop(i, carry):
+    xs = (i, jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), stacked))
+    return body(carry, xs)[0]
+
+  total, stats = jax.lax.fori_loop(0, trips, conv_layout.loop_body(loop), zero)
   return total, stats
 
 
@@ -240,7 +234,8 @@ class DpSgd:
     ``aggregator.count_sensitivity()``; ``aux`` carries every std and sensitivity used so the
     ledger accounts the pair as one Gaussian query. Not covered: the dropout key (public, can
     only add randomness); anything in ``aux`` under ``unsafe/`` (exact statistics of the
-    sampled batch, present only with ``release_unsafe_stats``).
+    sampled batch, present only with ``release_unsafe_stats``); with ``skip_padding``, the
+    step's running time (it grows with ⌈|B_t| / physical_batch_size⌉).
   """
 
   aggregator: aggregators.ClippedAggregator
@@ -255,6 +250,7 @@ class DpSgd:
   release_unsafe_stats: bool = False
   dropout: bool = True
   num_data_shards: int = 1
+  skip_padding: bool = False
 
   def init(self, params: Params) -> DpSgdState:
     """The initial state (step 0, C_0, the secret key)."""
@@ -279,6 +275,7 @@ class DpSgd:
       drop_key,
       self.physical_batch_size,
       self.num_data_shards,
+      self.skip_padding,
     )
     priv_state = state.privatizer._replace(stddev=sigma * clip)
     aux: dict[str, jax.Array] = {
@@ -325,6 +322,7 @@ def dp_sgd(
   release_unsafe_stats: bool = False,
   dropout: bool = True,
   num_data_shards: int = 1,
+  skip_padding: bool = False,
 ) -> DpSgd:
   """Builds DP-SGD (``dp_sgd``) or eDP-SGD (``edp_sgd``) for a per-example loss.
 
@@ -352,6 +350,11 @@ def dp_sgd(
     dropout: pass a dropout key to the model.
     num_data_shards: devices the batch is split over (``data`` mesh axis); each micro-batch
       takes ``physical_batch_size`` rows per shard so it stays device-local.
+    skip_padding: skip micro-batches that hold only padding (weight-0) rows: the sampler must
+      put each shard's real rows first (:func:`trustml.privacy.sampling.poisson_batch` with
+      ``num_blocks``). The released direction is unchanged; the step's running time then
+      depends on ⌈|B_t| / physical⌉, a side channel the ε of the ledger does not cover
+      (off by default: every row of the cap is processed, constant time).
 
   Returns:
     The :class:`DpSgd` transformation.
@@ -398,6 +401,7 @@ def dp_sgd(
     release_unsafe_stats=release_unsafe_stats,
     dropout=dropout,
     num_data_shards=validation.positive_int("mesh.num_data_shards", num_data_shards),
+    skip_padding=bool(skip_padding),
   )
 
 

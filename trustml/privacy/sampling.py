@@ -67,6 +67,7 @@ def poisson_batch(
   cap: int,
   secret: rng_lib.SecretStreams,
   step: int,
+  num_blocks: int = 1,
 ) -> dict[str, np.ndarray]:
   """The Poisson-sampled batch of ``step`` padded to ``cap`` rows, from secret coins.
 
@@ -76,13 +77,34 @@ def poisson_batch(
     cap: static rows (a multiple of the physical batch).
     secret: the run's secret streams (the coins are not derivable from the public seed).
     step: the step.
+    num_blocks: contiguous blocks the batch is split into (the ``data`` devices); the sampled
+      rows are dealt round-robin over them, so every block holds its real rows first and its
+      padding last (what ``skip_padding`` needs). 1: real rows first, padding after.
 
   Returns:
     The batch (weight 0 on padding rows). The realised size and whether it was truncated are
     private and are not returned.
+
+  Raises:
+    ConfigError: if ``cap`` is not a multiple of ``num_blocks``.
   """
+  validation.positive_int("mesh.num_data_shards", num_blocks)
+  if cap % num_blocks:
+    raise validation.ConfigError(
+      f"cap={cap} is invalid: must be a multiple of the {num_blocks} data shards"
+    )
   batch, _, _ = batching.poisson_batch(arrays, sampling_rate, cap, secret.entropy, step)
-  return batch
+  if num_blocks == 1:
+    return batch
+  real = np.flatnonzero(batch["index"] >= 0)  # The first rows (take_padded pads at the end).
+  per = cap // num_blocks
+  slots = (real % num_blocks) * per + real // num_blocks
+  source = np.empty(cap, np.int64)
+  source[slots] = real
+  free = np.ones(cap, bool)
+  free[slots] = False
+  source[free] = np.arange(real.shape[0], cap)
+  return {k: v[source] for k, v in batch.items()}
 
 
 def shuffle_batch(

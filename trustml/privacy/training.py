@@ -67,6 +67,7 @@ def build(
     "privacy/batch_rows": res.batch_rows,
     "privacy/adaptive_clipping": res.adaptive,
     "privacy/count_noise_multiplier": res.count_noise_multiplier,
+    "privacy/skip_padding": res.skip_padding,
   }
   led = res.ledger(
     fingerprint=workdir_lib.fingerprint(config),
@@ -78,7 +79,12 @@ def build(
     def batch_fn(step: int) -> dict[str, np.ndarray]:
       # Read the secret at call time: a restored checkpoint replaces the ledger's secret.
       return sampling.poisson_batch(
-        prepared.train, res.sampling_rate, res.batch_rows, led.secret, step
+        prepared.train,
+        res.sampling_rate,
+        res.batch_rows,
+        led.secret,
+        step,
+        num_blocks=num_data_shards if res.skip_padding else 1,
       )
   else:
 
@@ -107,6 +113,7 @@ def build(
     ),
     release_unsafe_stats=res.release_unsafe_stats,
     num_data_shards=num_data_shards,
+    skip_padding=res.skip_padding,
   )
   return res, dp, batch_fn, led
 
