@@ -323,12 +323,27 @@ def bilinear_per_example(xe: jax.Array, ge: jax.Array) -> jax.Array:
   return jnp.einsum("bthi,btho->bhio", xe, ge)
 
 
+def _sum_over_rows(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``Σ_r a[r]ᵀ b[r]`` for ``a [R, I]``, ``b [R, O]`` as ``[I, O]``: one GEMM contracting the
+  rows of both (XLA:CPU transposes neither; the einsum ``"bthi,btho->hio"`` form made it copy
+  the wider operand to ``[I, B·T]`` first: 112 vs 75 ms at B·T = 16k, I = 1024, O = 256)."""
+  return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())))
+
+
 def bilinear_sum(xe: jax.Array, ge: jax.Array, factor: jax.Array) -> jax.Array:
   """``Σ_i c_i Σ_t x_{i,t}ᵀ g_{i,t}`` as ``[H, I, O]`` (the factor scales the narrower side)."""
+  b, t, h, i = xe.shape
+  o = ge.shape[-1]
   f = factor.astype(xe.dtype)[:, None, None, None]
-  if xe.shape[-1] <= ge.shape[-1]:
-    return jnp.einsum("bthi,btho->hio", xe * f, ge)
-  return jnp.einsum("bthi,btho->hio", xe, ge * f.astype(ge.dtype))
+  if i <= o:
+    xe = xe * f
+  else:
+    ge = ge * f.astype(ge.dtype)
+  if h == 1:
+    return _sum_over_rows(xe.reshape(b * t, i), ge.reshape(b * t, o))[None]
+  return jax.lax.dot_general(
+    xe.reshape(b * t, h, i), ge.reshape(b * t, h, o), (((0,), (0,)), ((1,), (1,)))
+  )
 
 
 def lookup_sq(
@@ -410,9 +425,9 @@ def table_sum(
     rows = g * factor.astype(g.dtype)[:, None, None]
     out = out.at[ids.reshape(-1)].add(rows.reshape(-1, shape[-1]).astype(dtype))
   if x is not None:
-    out = out + jnp.einsum("bsv,bsd->vd", dl, x * factor.astype(x.dtype)[:, None, None]).astype(
-      dtype
-    )
+    xs = x * factor.astype(x.dtype)[:, None, None]
+    head = _sum_over_rows(dl.reshape(-1, dl.shape[-1]), xs.reshape(-1, xs.shape[-1]))
+    out = out + head.astype(dtype)
   return out
 
 
