@@ -13,7 +13,9 @@ Models (``--models``, comma-separated):
   3/4/5), B = 256.
 
 Variants: ``plain`` (``trustml.train.loop.mean_loss_grad_fn``), ``edp`` (eDP-SGD,
-``trustml.privacy.mechanism.make_grad_fn``: clip, sum, noise, normalise), optionally
+``trustml.privacy.mechanism.make_grad_fn``: clip, sum, noise, normalise, the whole batch in
+one pass), ``edp_micro`` (the same step over micro-batches of 64 rows: same logical batch,
+same single noise draw; the physical batch is eDP-SGD's memory knob), optionally
 ``naive`` (vmap DP-SGD); with the ``bench`` extra (torch CPU wheel + opacus) also
 ``torch_plain`` and ``opacus_ghost`` (Opacus 1.6 ghost clipping) on PyTorch twins of the
 same architectures with the same weights (``bench/torch_peers.py``). Before timing, a
@@ -55,7 +57,8 @@ from trustml.models import networks, registry  # noqa: E402
 from trustml.privacy import mechanism  # noqa: E402
 from trustml.train import loop  # noqa: E402
 
-JAX_VARIANTS = ("plain", "naive", "edp")
+JAX_VARIANTS = ("plain", "naive", "edp", "edp_micro")
+MICRO = 64  # Rows per micro-batch of the ``edp_micro`` variant.
 TORCH_VARIANTS = ("torch_plain", "opacus_ghost")
 MODELS = ("transformer", "transformer_rawparam", "causal_lm", "bag", "cnn")
 CLIP = 1.0
@@ -120,10 +123,12 @@ def jax_step(variant: str, model, batch_size: int, sigma: float = 1.0, naive_phy
   if variant == "plain":
     return jax.jit(loop.mean_loss_grad_fn(model))
   phys = naive_physical if variant == "naive" and batch_size > naive_physical else None
+  if variant == "edp_micro" and batch_size > MICRO:
+    phys = MICRO
   return jax.jit(
     mechanism.make_grad_fn(
       model,
-      mechanism="dp_sgd" if variant == "naive" else "edp_sgd",
+      mechanism="dp_sgd" if variant == "naive" else "edp_sgd",  # edp, edp_micro: eDP-SGD.
       l2_clip_norm=CLIP,
       noise_multiplier=sigma,
       normaliser=float(batch_size),
@@ -294,7 +299,7 @@ def _time(name: str, variants: list, reps: int) -> tuple[dict, dict]:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default=",".join(MODELS))
-  parser.add_argument("--variants", default="plain,edp,torch_plain,opacus_ghost")
+  parser.add_argument("--variants", default="plain,edp,edp_micro,torch_plain,opacus_ghost")
   parser.add_argument("--reps", type=int, default=5)
   parser.add_argument("--no_memory", action="store_true")
   parser.add_argument("--no_parity", action="store_true")
