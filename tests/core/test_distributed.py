@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -72,16 +73,40 @@ def _start(module, config, workdir, processes, devices, flags=()):
   return procs
 
 
+def _communicate_all(procs, timeout: float) -> list[tuple[str, str]]:
+  """(stdout, stderr) of every process, all pipes drained at once.
+
+  Draining one process at a time can deadlock: a peer blocked on a full stderr pipe (the
+  coordination service logs while it waits) never reaches the collective or the shutdown
+  barrier the first process is waiting in. On timeout every process is killed.
+  """
+  results: list = [None] * len(procs)
+
+  def drain(i, p):
+    results[i] = p.communicate()
+
+  threads = [threading.Thread(target=drain, args=(i, p), daemon=True) for i, p in enumerate(procs)]
+  for t in threads:
+    t.start()
+  deadline = time.time() + timeout
+  for t in threads:
+    t.join(max(0.0, deadline - time.time()))
+  if any(t.is_alive() for t in threads):
+    for q in procs:
+      try:
+        os.killpg(q.pid, signal.SIGKILL)
+      except (ProcessLookupError, PermissionError):
+        q.kill()
+    for t in threads:
+      t.join(30)
+    raise subprocess.TimeoutExpired([str(q.args) for q in procs], timeout)
+  return results
+
+
 def _finish(procs) -> list[dict]:
   """Waits for every process; returns the summary JSON each printed."""
   outs = []
-  for p in procs:
-    try:
-      stdout, stderr = p.communicate(timeout=400)
-    except subprocess.TimeoutExpired:
-      for q in procs:
-        os.killpg(q.pid, signal.SIGKILL)
-      raise
+  for p, (stdout, stderr) in zip(procs, _communicate_all(procs, 400), strict=True):
     assert p.returncode == 0, stdout[-2000:] + stderr[-4000:]
     start = stdout.index("{")
     outs.append(json.JSONDecoder().raw_decode(stdout[start:])[0])
@@ -155,8 +180,7 @@ def test_fresh_dp_secret_is_process_0s_on_every_process():
     for pid in range(2)
   ]
   values = []
-  for p in procs:
-    out, err = p.communicate(timeout=120)
+  for p, (out, err) in zip(procs, _communicate_all(procs, 300), strict=True):
     assert p.returncode == 0, err[-3000:]
     values.append(int(out.split("ENTROPY")[1].split()[0]))
   assert values[0] == values[1] and values[0] > 0, values
@@ -199,8 +223,7 @@ def _two_scripts(script: str, *args: str) -> None:
     )
     for pid in range(2)
   ]
-  for p in procs:
-    out, err = p.communicate(timeout=300)
+  for p, (out, err) in zip(procs, _communicate_all(procs, 300), strict=True):
     assert p.returncode == 0 and "OK" in out, out[-2000:] + err[-3000:]
 
 

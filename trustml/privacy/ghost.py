@@ -48,7 +48,8 @@ _warned: set[str] = set()
 
 @dataclasses.dataclass(frozen=True)
 class Small:
-  """A normalisation layer's leaves: per-example gradients from the layer's own VJP."""
+  """A normalisation layer's leaves: per-example gradients from its normalised input
+  (standard ``LayerNorm`` / ``RMSNorm``) or from the layer's own VJP (other forms)."""
 
   paths: tuple
   module: Any
@@ -314,6 +315,36 @@ def _small_per_example(module, layer_params: dict, x: jax.Array, g: jax.Array) -
   return jax.vmap(one)(x, g)
 
 
+def _norm_per_example(module, layer_params: dict, x: jax.Array, g: jax.Array) -> dict | None:
+  """Per-example gradients of a standard ``LayerNorm`` / ``RMSNorm`` from its normalised input.
+
+  ``y = x̂ · scale + bias`` with ``x̂`` the layer's own output at unit scale and zero bias (Flax
+  computes it: same statistics, epsilon and variance formula), so ``∂scale_i = Σ_t g_{i,t} ⊙
+  x̂_{i,t}`` and ``∂bias_i = Σ_t g_{i,t}`` (sums over every axis but the batch and the
+  features): one normalisation instead of the layer's per-example VJP (a second forward and
+  backward of the normalisation, under ``vmap``). None for other configurations (reductions
+  or features over other axes, cross-device statistics): the VJP path then runs.
+  """
+  if type(module) not in (nn.LayerNorm, nn.RMSNorm) or module.axis_name is not None:
+    return None
+  if module.reduction_axes not in (-1, (-1,)) or module.feature_axes not in (-1, (-1,)):
+    return None
+  if set(layer_params) - {"scale", "bias"} or x.ndim < 2:
+    return None
+  unit = {
+    k: jnp.ones_like(v) if k == "scale" else jnp.zeros_like(v) for k, v in layer_params.items()
+  }
+  xhat = module.apply({"params": unit}, x)
+  axes = tuple(range(1, x.ndim - 1))
+  dt = jnp.promote_types(g.dtype, jnp.float32)
+  out = {}
+  if "scale" in layer_params:
+    out["scale"] = jnp.sum(g.astype(dt) * xhat.astype(dt), axes).astype(g.dtype)
+  if "bias" in layer_params:
+    out["bias"] = jnp.sum(g.astype(dt), axes).astype(g.dtype)
+  return out
+
+
 def _materialised(factors: list, valid: jax.Array) -> tuple[list, jax.Array]:
   """The ``[B]`` clip factors and validity, computed once before the weighted sums.
 
@@ -391,7 +422,9 @@ def clipped_sum(
         if ghost_nnx.is_nnx(u.module):
           pe = ghost_nnx.small_per_example(u.module, layer_params, x, g)
         else:
-          pe = _small_per_example(u.module, layer_params, x, g)
+          pe = _norm_per_example(u.module, layer_params, x, g)
+          if pe is None:
+            pe = _small_per_example(u.module, layer_params, x, g)
         for p in u.paths:
           val = pe[p[-1]]
           materialised[p] = materialised[p] + val if p in materialised else val
