@@ -214,9 +214,7 @@ def test_padding_skip_runs_only_the_live_micro_batches():
   for skip, expected in ((False, 4), (True, 2)):
     calls.clear()
     total, _ = jax.jit(
-      lambda p, b, skip=skip: mechanism._accumulate(
-        counting_sum, "edp_sgd", p, b, 0.2, None, 2, 1, skip
-      )
+      lambda p, b, skip=skip: mechanism._accumulate(counting_sum, p, b, 0.2, None, 2, 1, skip)
     )(params, batch)
     jax.block_until_ready(total)
     assert len(calls) == expected

@@ -134,8 +134,6 @@ def canonical_convolutions(fn: Callable[..., Any]) -> Callable[..., Any]:
   @functools.wraps(fn)
   def wrapped(*args: Any) -> Any:
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
-    if not _needs_rewrite(closed.jaxpr):
-      return fn(*args)
     outs = _eval(closed.jaxpr, closed.consts, *jax.tree.leaves(args))
     return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
 

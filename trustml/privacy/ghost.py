@@ -463,21 +463,21 @@ def clipped_sum(
   factors_list, valid = _materialised(factors_list, stats["valid"])
   factors = dict(zip(order, factors_list, strict=True))
 
-  def sums(clean: bool) -> dict[Path, jax.Array]:
+  def clipped_sums(clean: bool) -> dict[Path, jax.Array]:
     """The clipped sums; ``clean`` zeroes the inputs of invalid examples first (NaN · 0)."""
 
     def zero(v):
       return v if v is None or not clean else clipping_lib.zero_invalid(v, valid)
 
     out: dict[Path, jax.Array] = {}
-    for p, (xe, ge, to_leaf, _, sums) in ghost.items():
-      if sums is None:
+    for p, (xe, ge, to_leaf, _, rule_sums) in ghost.items():
+      if rule_sums is None:
         out[p] = to_leaf(rules.bilinear_sum(zero(xe), zero(ge), factors[p]))
       else:  # The rule's own sum (sum_fn) at the scaled output gradients, over its uses.
         f = factors[p]
         out[p] = sum(
           fn(zero(x), zero(g) * f.astype(g.dtype).reshape((-1,) + (1,) * (g.ndim - 1)))
-          for fn, x, g in sums
+          for fn, x, g in rule_sums
         )
     for p, (ids, g, x, dl) in tab.items():
       out[p] = rules.table_sum(
@@ -494,7 +494,7 @@ def clipped_sum(
   # logit gradient included), so that pass runs only in batches that hold one.
   total_sq = sum(sq[k] for k in order)
   any_bad = jnp.any(~jnp.isfinite(total_sq))
-  out = jax.lax.cond(any_bad, lambda: sums(True), lambda: sums(False))
+  out = jax.lax.cond(any_bad, lambda: clipped_sums(True), lambda: clipped_sums(False))
   out = {k: out[k].astype(leaves[k].dtype).reshape(leaves[k].shape) for k in order}
   stats = dict(stats)
   stats["loss_sum"] = jnp.where(valid, losses, 0.0).sum()

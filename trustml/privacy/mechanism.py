@@ -84,9 +84,7 @@ def clipped_sum_fn(
   return naive
 
 
-def _accumulate(
-  sum_fn, mechanism, params, batch, clip, drop_key, physical, shards=1, skip_padding=False
-):
+def _accumulate(sum_fn, params, batch, clip, drop_key, physical, shards=1, skip_padding=False):
   """Σ over micro-batches of the clipped sums, and the summed stats (one logical batch).
 
   With ``shards`` > 1 (the batch split over a ``data`` mesh axis in contiguous blocks), micro-
@@ -114,38 +112,30 @@ def _accumulate(
   if n_micro == 1:
     return micro(0, batch)
 
+  per = phys // shards
+
   def split(x):
-    per = phys // shards
     x = x.reshape((shards, n_micro, per) + x.shape[1:]).swapaxes(0, 1)
     return x.reshape((n_micro, phys) + x.shape[3:])
 
   stacked = jax.tree.map(split, batch)
   zero = (jax.tree.map(jnp.zeros_like, params), {n: jnp.zeros((), jnp.float32) for n in _STATS})
 
-  def body(carry, xs):
+  def body(i, carry):
     acc, acc_stats = carry
-    i, b = xs
+    b = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), stacked)
     t, s = micro(i, b)
-    return (jax.tree.map(jnp.add, acc, t), {n: acc_stats[n] + s[n] for n in acc_stats}), None
+    return jax.tree.map(jnp.add, acc, t), {n: acc_stats[n] + s[n] for n in acc_stats}
 
-  # Rolled: one micro-batch live at a time, one copy of the step to compile. The body's
-  # convolutions are put in XLA:CPU's library layout (core/conv_layout: inside a loop they
-  # were otherwise emitted as naive loop nests).
-  if not skip_padding:
-    (total, stats), _ = jax.lax.scan(
-      conv_layout.loop_body(body), zero, (jnp.arange(n_micro), stacked)
-    )
-    return total, stats
-  per = phys // shards
-  live = (batch["weight"] != 0).reshape(shards, n_micro * per)
-  last = jnp.max(jnp.where(live, jnp.arange(n_micro * per)[None], -1), axis=1)  # [shards]
-  trips = (jnp.max(last) + per) // per  # Micro-batches up to the last live row (0 if none).
-
-  def loop(i, carry):
-    xs = (i, jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), stacked))
-    return body(carry, xs)[0]
-
-  total, stats = jax.lax.fori_loop(0, trips, conv_layout.loop_body(loop), zero)
+  trips = n_micro
+  if skip_padding:  # Micro-batches up to the last live row of any shard (0 if none).
+    live = (batch["weight"] != 0).reshape(shards, n_micro * per)
+    last = jnp.max(jnp.where(live, jnp.arange(n_micro * per)[None], -1))
+    trips = (last + per) // per
+  # Rolled: one micro-batch live at a time, one copy of the step to compile (a static trip
+  # count lowers to a scan). The body's convolutions are put in XLA:CPU's library layout
+  # (core/conv_layout: inside a loop they were otherwise emitted as naive loop nests).
+  total, stats = jax.lax.fori_loop(0, trips, conv_layout.loop_body(body), zero)
   return total, stats
 
 
@@ -268,7 +258,6 @@ class DpSgd:
     drop_key = rng_lib.named(key, "dropout") if self.dropout else None
     total, stats = _accumulate(
       self.sum_fn,
-      self.mechanism,
       params,
       batch,
       clip,

@@ -11,6 +11,7 @@ The key must come from :class:`trustml.core.rng.SecretStreams` (OS entropy at a 
 start, kept only in its checkpoint), never from the public run seed.
 """
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -89,9 +90,7 @@ def _standard_normals(key: jax.Array, shapes: list[tuple]) -> list[jax.Array]:
 
   word = jax.random.key_data(key).reshape(-1)[0]
   flat = jax.lax.cond((word | 1) != 0, draw, never, key)
-  offsets = [0]
-  for n in sizes:
-    offsets.append(offsets[-1] + n)
+  offsets = list(itertools.accumulate(sizes, initial=0))
   return [
     flat[a:b].reshape(shape) for a, b, shape in zip(offsets[:-1], offsets[1:], shapes, strict=True)
   ]
