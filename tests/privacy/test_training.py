@@ -185,6 +185,7 @@ def test_padding_skip_trains_the_same_model_and_says_so(tmp_path):
   skip = training.run(_config(noise_seed=5, skip_padding=True), tmp_path / "skip")
   assert base["privacy/batch_rows"] > base["privacy/logical_batch_size"]  # There is padding.
   assert base["privacy/skip_padding"] is False and skip["privacy/skip_padding"] is True
+  assert "privacy/timing_note" not in base and "wall_seconds" in skip["privacy/timing_note"]
   assert skip["privacy/epsilon"] == base["privacy/epsilon"]
   pa = loop.load_params(config, tmp_path / "pad")[0]
   pb = loop.load_params(_config(noise_seed=5, skip_padding=True), tmp_path / "skip")[0]

@@ -69,6 +69,11 @@ def build(
     "privacy/count_noise_multiplier": res.count_noise_multiplier,
     "privacy/skip_padding": res.skip_padding,
   }
+  if res.skip_padding:
+    extra["privacy/timing_note"] = (
+      "privacy.skip_padding is on: step times (and train/wall_seconds) grow with "
+      "ceil(|B_t| / train.batch_size), which the epsilon does not cover"
+    )
   led = res.ledger(
     fingerprint=workdir_lib.fingerprint(config),
     config=workdir_lib.config_dict(config),
