@@ -100,12 +100,69 @@ class Tied(nn.Module):
     return states.mean(1)[:, :C] + pooled[:, :C]
 
 
-MODULES = {"raw": RawParams, "layers": Layers, "convs": Convs, "tied": Tied}
-RESIDUAL = {
+class Broadcasts(nn.Module):
+  """Raw parameters reaching the examples by every broadcasting form a model may use."""
+
+  @nn.compact
+  def __call__(self, tokens, mask):
+    t = tokens.shape[1]
+    x = nn.Embed(V, D, name="embed")(tokens)
+    table = self.param("table", nn.initializers.normal(1.0), (T, D))
+    x = x + jnp.broadcast_to(table[:t], x.shape)  # Explicit broadcast_in_dim.
+    x = x * jax.nn.softplus(self.param("log_scale", nn.initializers.normal(1.0), (D,)))
+    x = jax.jit(jnp.add)(x, self.param("shift", nn.initializers.normal(1.0), (1, 1, D)))
+    gain = self.param("gain", nn.initializers.normal(1.0), (D,))
+    x = x * gain + gain * self.param("mix", nn.initializers.normal(1.0), (D,))  # Two leaves.
+    x = jnp.where(x > 0, x, self.param("floor", nn.initializers.normal(1.0), ()))  # select_n.
+    x = x + nn.Dense(D, name="pos_mlp")(table[:t])  # A layer on a position axis (T may == B).
+    x = nn.remat(_Shifted)(name="remat")(x)
+    m = mask[..., None].astype(x.dtype)
+    pooled = (x * m).sum(1) / m.sum(1)
+    return nn.Dense(C, name="head")(pooled) / self.param("temp", nn.initializers.ones, ())
+
+
+class _Shifted(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return nn.tanh(x - self.param("offset", nn.initializers.normal(1.0), (D,)))
+
+
+class RawKernel(nn.Module):
+  """Uses no broadcast covers: a raw kernel in a matmul, a raw table gathered at token ids."""
+
+  @nn.compact
+  def __call__(self, tokens, mask):
+    x = self.param("table", nn.initializers.normal(1.0), (V, D))[tokens]
+    x = nn.tanh(x @ self.param("kernel", nn.initializers.normal(0.5), (D, D)))
+    x = x + self.param("pos", nn.initializers.normal(1.0), (T, D))[None, : tokens.shape[1]]
+    m = mask[..., None].astype(x.dtype)
+    return nn.Dense(C, name="head")((x * m).sum(1))
+
+
+MODULES = {
+  "raw": RawParams,
+  "broadcasts": Broadcasts,
+  "rawkernel": RawKernel,
+  "layers": Layers,
+  "convs": Convs,
+  "tied": Tied,
+}
+# Leaves on the vmap fallback (warned) and leaves covered by broadcast sites.
+RESIDUAL = {"rawkernel": {("table",), ("kernel",), ("pos",)}}
+BROADCAST = {
   "raw": {("pos",), ("scale",), ("b",), ("pos_embed", "embedding"), ("prelu", "negative_slope")},
-  "layers": set(),
-  "convs": set(),
-  "tied": set(),
+  "broadcasts": {
+    ("table",),
+    ("log_scale",),
+    ("shift",),
+    ("gain",),
+    ("mix",),
+    ("floor",),
+    ("pos_mlp", "kernel"),
+    ("pos_mlp", "bias"),
+    ("remat", "offset"),
+    ("temp",),
+  },
 }
 
 
@@ -144,21 +201,25 @@ def _check(loss, params, batch, clip):
     assert float(st["num_clipped"]) == float(st_ref["num_clipped"]) > 0
 
 
+@pytest.mark.parametrize("size", [B, T])  # T: the position axis has the batch's size.
 @pytest.mark.parametrize("name", sorted(MODULES))
-def test_rules_equal_naive_float64(name, caplog):
+def test_rules_equal_naive_float64(name, size, caplog):
   with jax.enable_x64(True):
     module = MODULES[name]()
-    batch = _batch()
+    batch = _batch(size=size)
     params = module.init(jax.random.key(0), batch["tokens"], batch["mask"])["params"]
     params = jax.tree.map(lambda x: x.astype(jnp.float64), params)
     loss = _loss_fn(module)
     ghost._warned.clear()
     with caplog.at_level(logging.WARNING):
       _check(loss, params, batch, 0.05)
-    assert set(ghost.plan(loss, params, batch).uncovered) == RESIDUAL[name]
-    for path in RESIDUAL[name]:  # The warning names each residual leaf.
+    pl = ghost.plan(loss, params, batch)
+    residual = RESIDUAL.get(name, set())
+    assert set(pl.uncovered) == residual
+    assert set(pl.broadcast) == BROADCAST.get(name, set())
+    for path in residual:  # The warning names each residual leaf.
       assert "/".join(path) in caplog.text
-    if not RESIDUAL[name]:
+    if not residual:
       assert "no ghost-norm rule" not in caplog.text
 
 
@@ -197,9 +258,10 @@ def test_shipped_models_have_no_residual_leaf(name, extra, caplog):
     assert "no ghost-norm rule" not in caplog.text
 
 
-def test_nonfinite_example_is_dropped_with_residual_leaves():
+@pytest.mark.parametrize("name", ["raw", "rawkernel"])  # Broadcast sites; vmap fallback.
+def test_nonfinite_example_is_dropped_with_residual_leaves(name):
   with jax.enable_x64(True):
-    module = RawParams()
+    module = MODULES[name]()
     batch = _batch()
     params = module.init(jax.random.key(0), batch["tokens"], batch["mask"])["params"]
     loss = _loss_fn(module)

@@ -11,11 +11,15 @@ Book-keeping ghost clipping (Bu et al. 2022, "mixed ghost norm") on any Flax Lin
    broadcast, a layer called without a batch axis, an unknown layer) is *residual*.
 2. **One VJP** with respect to zero perturbations added to the outputs of the recorded calls
    (parameters closed over: no weight gradient is formed) gives each call's output gradient
-   ``g``; row ``i`` is example ``i``'s own gradient (examples do not interact). Residual leaves
-   get a per-example copy ``P[i] = p``: the forward then runs per example under ``vmap``
-   (same arithmetic as the batched forward) and the same VJP returns ``∂L_i/∂P[i]``, the
-   per-example gradient of every residual leaf — summed over all its uses — with no second
-   backward pass. The warning names each residual leaf and the memory its copies cost.
+   ``g``; row ``i`` is example ``i``'s own gradient (examples do not interact). A call's rule
+   applies only if its leading axis follows the batch size (traced at B and B + 1). Residual
+   leaves that reach the examples only through broadcasting (a raw ``self.param`` added or
+   multiplied, a bias, an ``Embed`` at constant positions) get their per-example gradients
+   from the same batched VJP, at perturbations of the broadcast operands
+   (:mod:`trustml.privacy.ghost_broadcast`). Any other residual leaf (a raw kernel in a
+   matmul, a layer with no rule) gets a per-example copy ``P[i] = p``: the forward then runs
+   per example under ``vmap`` and the same VJP returns ``∂L_i/∂P[i]`` (correct, slower); the
+   warning names each such leaf and the memory its copies cost.
 3. **Per-example squared norms** per leaf from the recorded ``(x, g)``; **clip factors** from
    :func:`trustml.privacy.clipping.clip_factors`; the **clipped sum** per leaf directly from
    ``(x, g)`` (one einsum per kernel, one scatter-add per table).
@@ -37,7 +41,7 @@ import numpy as np
 
 from trustml.core.types import Batch, Params
 from trustml.privacy import clipping as clipping_lib
-from trustml.privacy import ghost_nnx
+from trustml.privacy import ghost_broadcast, ghost_nnx
 from trustml.privacy import ghost_rules as rules
 
 SMALL_TYPES = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)
@@ -202,15 +206,69 @@ class Plan:
     calls: recorded layer calls, in execution order.
     uses: per call, its rule uses of covered leaves (empty: the call is not perturbed).
     uncovered: residual leaves (per-example copies under ``vmap``; see the module docstring).
+    broadcast: residual leaves whose every use is a broadcast site
+      (:mod:`trustml.privacy.ghost_broadcast`): per-example gradients from the batched VJP.
+    sites: those sites, in interpretation order (empty when ``broadcast`` is).
   """
 
   calls: tuple
   uses: tuple
   uncovered: tuple
+  broadcast: tuple = ()
+  sites: tuple = ()
+
+
+def _trace_calls(loss_fn, params: Params, batch, rng) -> _State:
+  state = _State()
+
+  def traced(p, b):
+    with _intercepting(state, p):
+      return loss_fn(p, b, rng)
+
+  jax.eval_shape(traced, params, batch)
+  return state
+
+
+def _resized(batch, n: int):
+  return jax.tree.map(lambda v: jax.ShapeDtypeStruct((n,) + tuple(v.shape[1:]), v.dtype), batch)
+
+
+def _forward_fn(loss_fn, params: Params, rng, residual: tuple) -> Callable:
+  """``f(zs, res, batch) -> (loss_sum, losses, recorded inputs)``: the perturbed batched forward."""
+  leaves = _flatten(params)
+
+  def f(zs, res, batch):
+    flat = dict(leaves)
+    flat.update(zip(residual, res, strict=True))
+    p = flax.traverse_util.unflatten_dict(flat)
+    state = _State(perturb=list(zs))
+    with _intercepting(state, p):
+      losses = loss_fn(p, batch, rng)
+    return losses.sum(), losses, state.inputs
+
+  return f
+
+
+def _taints(zs, res, batch) -> list:
+  data = (frozenset(), True)
+  return (
+    [data] * len(jax.tree.leaves(zs))
+    + [(frozenset({i}), False) for i in range(len(res))]
+    + [data] * len(jax.tree.leaves(batch))
+  )
+
+
+def _perturbations(calls, uses, struct: bool) -> list:
+  make = jax.ShapeDtypeStruct if struct else jnp.zeros
+  return [make(c.out_shape, c.out_dtype) if u else None for c, u in zip(calls, uses, strict=True)]
 
 
 def plan(loss_fn: Callable[..., jax.Array], params: Params, batch: Batch, rng=None) -> Plan:
-  """Traces one forward pass (shapes only) and decides which leaves the rules cover.
+  """Traces the forward pass (shapes only) and decides which leaves the rules cover.
+
+  The forward is traced at the batch size B and at B + 1: a layer call's rule applies only
+  if its input's and output's leading axes follow the batch size (a layer applied to a
+  position axis that happens to equal B is not taken for a per-example call).
 
   Args:
     loss_fn: ``loss_fn(params, batch, rng) -> [B]``.
@@ -221,16 +279,21 @@ def plan(loss_fn: Callable[..., jax.Array], params: Params, batch: Batch, rng=No
   Returns:
     The :class:`Plan`.
   """
-  state = _State()
-
-  def traced(p, b):
-    with _intercepting(state, p):
-      return loss_fn(p, b, rng)
-
-  jax.eval_shape(traced, params, batch)
+  state = _trace_calls(loss_fn, params, batch, rng)
   size = batch["weight"].shape[0]
+  try:
+    bigger = _trace_calls(loss_fn, params, _resized(batch, size + 1), rng).calls
+  except Exception:  # noqa: BLE001 - a model that only runs at B: no call is trusted.
+    bigger = None
+  if bigger is not None and len(bigger) != len(state.calls):
+    bigger = None
   leaves = _flatten(params)
-  per_call = [_call_uses(c, leaves, size) for c in state.calls]
+  per_call = []
+  for i, c in enumerate(state.calls):
+    follows = bigger is not None and (
+      bigger[i].in_shape[:1] == (size + 1,) and bigger[i].out_shape[:1] == (size + 1,)
+    )
+    per_call.append(_call_uses(c, leaves, size) if follows else None)
   bad: set[Path] = set()
   for call, uses in zip(state.calls, per_call, strict=True):
     if uses is None or call.path in state.other_uses:
@@ -250,7 +313,26 @@ def plan(loss_fn: Callable[..., jax.Array], params: Params, batch: Batch, rng=No
 
   uses = tuple(tuple(u for u in (us or ()) if keep(u)) for us in per_call)
   uncovered = tuple(p for p in leaves if p not in covered)
-  return Plan(tuple(state.calls), uses, uncovered)
+  calls = tuple(state.calls)
+  if not uncovered:
+    return Plan(calls, uses, ())
+  f = _forward_fn(loss_fn, params, rng, uncovered)
+
+  def args_at(n):
+    if n == size:
+      cs = calls
+    else:
+      cs = bigger if bigger is not None else ()
+      if len(cs) != len(calls):
+        raise ValueError("the forward records different calls at another batch size")
+    res = [jax.ShapeDtypeStruct(leaves[p].shape, leaves[p].dtype) for p in uncovered]
+    return _perturbations(cs, uses, True), res, _resized(batch, n)
+
+  zs, res, b = args_at(size)
+  sites = ghost_broadcast.analyse(f, args_at, _taints(zs, res, b), size)
+  if sites is None:
+    return Plan(calls, uses, uncovered)
+  return Plan(calls, uses, (), uncovered, sites)
 
 
 def _warn_residual(uncovered: tuple, leaves: Mapping, size: int) -> None:
@@ -273,10 +355,9 @@ def _run(loss_fn, params, batch, rng, pl: Plan):
   """One forward + one VJP: losses, recorded inputs, output gradients, residual gradients."""
   leaves = _flatten(params)
   size = batch["weight"].shape[0]
-  zs = [
-    jnp.zeros(c.out_shape, c.out_dtype) if u else None
-    for c, u in zip(pl.calls, pl.uses, strict=True)
-  ]
+  zs = _perturbations(pl.calls, pl.uses, False)
+  if pl.broadcast:
+    return _run_broadcast(loss_fn, params, batch, rng, pl, zs)
   res = {_name(p): jnp.broadcast_to(leaves[p], (size,) + leaves[p].shape) for p in pl.uncovered}
 
   def batched(zs, res):
@@ -305,6 +386,31 @@ def _run(loss_fn, params, batch, rng, pl: Plan):
   _, vjp_fn, (losses, inputs) = jax.vjp(forward, zs, res, has_aux=True)
   grads_out, res_grads = vjp_fn(jnp.ones((), losses.dtype))
   return losses, inputs, grads_out, {p: res_grads[_name(p)] for p in pl.uncovered}
+
+
+def _run_broadcast(loss_fn, params, batch, rng, pl: Plan, zs: list):
+  """The batched forward with the broadcast sites perturbed; per-example residual gradients."""
+  leaves = _flatten(params)
+  res = [leaves[p] for p in pl.broadcast]
+  f = _forward_fn(loss_fn, params, rng, pl.broadcast)
+  closed, out_shape = jax.make_jaxpr(f, return_shape=True)(zs, res, batch)
+  tree = jax.tree.structure(out_shape)
+  taints = _taints(zs, res, batch)
+
+  def forward(zs, site_zs):
+    flat = jax.tree.leaves((zs, res, batch))
+    outs = ghost_broadcast.forward(closed, flat, taints, pl.sites, site_zs)
+    _, losses, inputs = jax.tree.unflatten(tree, outs)
+    return losses.sum(), (losses, inputs)
+
+  def chain(r):
+    return ghost_broadcast.operands(closed, jax.tree.leaves((zs, r, batch)), taints)
+
+  site_zs = [jnp.zeros(s.shape, s.dtype) for s in pl.sites]
+  _, vjp_fn, (losses, inputs) = jax.vjp(forward, zs, site_zs, has_aux=True)
+  grads_out, site_grads = vjp_fn(jnp.ones((), losses.dtype))
+  per_example = ghost_broadcast.per_example_grads(chain, res, pl.sites, site_grads)
+  return losses, inputs, grads_out, dict(zip(pl.broadcast, per_example, strict=True))
 
 
 def _small_per_example(module, layer_params: dict, x: jax.Array, g: jax.Array) -> dict:
