@@ -201,8 +201,10 @@ def _check(loss, params, batch, clip):
     assert float(st["num_clipped"]) == float(st_ref["num_clipped"]) > 0
 
 
-@pytest.mark.parametrize("size", [B, T])  # T: the position axis has the batch's size.
-@pytest.mark.parametrize("name", sorted(MODULES))
+CASES = [(name, B) for name in sorted(MODULES)] + [("broadcasts", T), ("raw", T)]
+
+
+@pytest.mark.parametrize("name,size", CASES)  # size T: a position axis has the batch's size.
 def test_rules_equal_naive_float64(name, size, caplog):
   with jax.enable_x64(True):
     module = MODULES[name]()
