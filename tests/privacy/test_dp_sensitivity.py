@@ -11,6 +11,7 @@ its sensitivity fails.
 
 import itertools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -128,3 +129,55 @@ def test_noise_is_one_draw_of_the_stated_std_from_the_secret_key():
   # A second transformation with another secret draws other noise for the same batch and step.
   other = _dp("edp_sgd", "flat", 4, "poisson", adaptive=False, noise_multiplier=2.0)
   assert not np.allclose(_released(other, _batch(1))[0], noisy)
+
+
+class _RawPositions(nn.Module):
+  """Positions reach the examples by broadcasting only: a raw table and an Embed at arange."""
+
+  @nn.compact
+  def __call__(self, tokens):
+    t = tokens.shape[1]
+    x = nn.Embed(V, 8, name="embed")(tokens)
+    x = x + self.param("pos", nn.initializers.normal(1.0), (T, 8))[None, :t]
+    x = x * self.param("scale", nn.initializers.ones, (8,))
+    x = x + nn.Embed(T, 8, name="pos_embed")(jnp.arange(t))  # Position axis (size T == batch).
+    return nn.Dense(K, name="head")(jnp.tanh(x).mean(1))
+
+
+@pytest.mark.parametrize("mech", ["dp_sgd", "edp_sgd"])
+def test_measured_sensitivity_with_broadcast_parameters_at_batch_equal_length(mech):
+  """eDP's broadcast sites and its batch-axis check, on a batch of T rows (B == T)."""
+  module = _RawPositions()
+
+  def loss(params, batch, rng=None):
+    del rng
+    logits = module.apply({"params": params}, batch["tokens"])
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["label"][:, None], -1)[:, 0]
+    return nll * batch["weight"]
+
+  base = {k: v[:T] for k, v in _batch(1).items()}
+  params = module.init(jax.random.key(0), base["tokens"])["params"]
+  dp = mechanism.dp_sgd(
+    loss,
+    mechanism=mech,
+    l2_clip_norm=C,
+    noise_multiplier=0.0,
+    normaliser=float(T),
+    key_data=rng_lib.SecretStreams.fresh().key_data("dp_noise"),
+    sampling="poisson",
+    dropout=False,
+  )
+  fn = jax.jit(dp)
+
+  def released(batch):
+    direction, aux, _ = fn(params, batch, jax.random.key(1), dp.init(params))
+    flat = [np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(direction)]
+    return np.concatenate(flat) * dp.normaliser, float(aux["dp/sensitivity"])
+
+  s1, declared = released(base)
+  worst = max(
+    float(np.linalg.norm(s1 - released(dict(base, weight=base["weight"].at[j].set(0.0)))[0]))
+    for j in range(T)
+  )
+  assert declared == pytest.approx(C)
+  assert 0.5 * C < worst <= declared * (1 + 1e-4), (worst, declared)
