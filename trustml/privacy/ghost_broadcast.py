@@ -45,7 +45,6 @@ from typing import Any
 import jax
 import jax.extend.core as jex
 import jax.numpy as jnp
-import numpy as np
 
 # Elementwise primitives that broadcast size-1 (and rank-0) operands implicitly.
 _ELEMENTWISE = frozenset({
@@ -357,7 +356,6 @@ def per_example_grads(
   """
   _, vjp_fn = jax.vjp(chain_fn, res)
   rows = [per_example_cotangent(s, g) for s, g in zip(sites, cotangents, strict=True)]
-  rows = [r.astype(np.dtype(s.dtype)) for r, s in zip(rows, sites, strict=True)]
   (grads,) = jax.vmap(lambda r: vjp_fn(list(r)))(rows)
   return list(grads)
 
