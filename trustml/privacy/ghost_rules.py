@@ -298,6 +298,21 @@ def conv_uses(
 # ---- Per-example squared norms and clipped sums of one leaf from its uses. ----
 
 
+def _gram(a: jax.Array) -> jax.Array:
+  """``[B, H, T, T]`` gram ``a_t · a_s`` of ``a [B, T, H, K]`` over ``K``.
+
+  With ``H = 1`` (every Dense / Conv use) it is one batched GEMM on the ``[B, T, K]`` view:
+  XLA:CPU then contracts the minor axis of both operands in place. The ``"bthk,bshk->bhts"``
+  einsum made it copy ``a`` to ``[B, H, K, T]`` first, a transposed copy of every layer input
+  and output gradient that the scheduler created early and held through the backward pass
+  (transformer B = 256, T = 64: +320 MB at the peak; 113 vs 63 ms for one 1024-wide gram).
+  """
+  if a.shape[2] == 1:
+    flat = a[:, :, 0]
+    return jax.lax.dot_general(flat, flat, (((2,), (2,)), ((0,), (0,))))[:, None]
+  return jnp.einsum("bthk,bshk->bhts", a, a)
+
+
 def bilinear_sq(xe: jax.Array, ge: jax.Array, xx: jax.Array | None = None) -> jax.Array:
   """``||Σ_t x_tᵀ g_t||²`` per example for ``xe [B, T, H, I]``, ``ge [B, T, H, O]``.
 
@@ -309,12 +324,9 @@ def bilinear_sq(xe: jax.Array, ge: jax.Array, xx: jax.Array | None = None) -> ja
   if t == 1:
     return jnp.sum(jnp.sum(xe[:, 0] ** 2, -1) * jnp.sum(ge[:, 0] ** 2, -1), -1)
   if xx is not None and t <= i:  # Ghost costs T²·O given the gram; materialising T·I·O.
-    gg = jnp.einsum("btho,bsho->bhts", ge, ge)
-    return jnp.sum(xx.astype(dt) * gg, axis=(1, 2, 3))
+    return jnp.sum(xx.astype(dt) * _gram(ge), axis=(1, 2, 3))
   if t * (i + o) <= i * o:
-    xx = jnp.einsum("bthi,bshi->bhts", xe, xe)
-    gg = jnp.einsum("btho,bsho->bhts", ge, ge)
-    return jnp.sum(xx * gg, axis=(1, 2, 3))
+    return jnp.sum(_gram(xe) * _gram(ge), axis=(1, 2, 3))
   return jnp.sum(jnp.square(jnp.einsum("bthi,btho->bhio", xe, ge)), axis=(1, 2, 3))
 
 
