@@ -51,7 +51,6 @@ def main() -> None:
   parser.add_argument("--physical", type=int, default=64)
   parser.add_argument("--variants", default="plain,edp,edp_skip", help="comma-separated")
   parser.add_argument("--eps", type=float, default=3.0)
-  parser.add_argument("--study", action="store_true", help="privacy-study model variants")
   parser.add_argument("--workdir", default="", help="parent folder (default: a temp folder)")
   args = parser.parse_args()
   parent = args.workdir or tempfile.mkdtemp(prefix="dp_train_")
