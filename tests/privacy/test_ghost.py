@@ -260,8 +260,10 @@ def test_shipped_models_have_no_residual_leaf(name, extra, caplog):
     assert "no ghost-norm rule" not in caplog.text
 
 
-@pytest.mark.parametrize("name", ["raw", "rawkernel"])  # Broadcast sites; vmap fallback.
-def test_nonfinite_example_is_dropped_with_residual_leaves(name):
+# Broadcast sites; vmap fallback; layer rules (Dense, DenseGeneral, Einsum, norms, the conv
+# backward-filter sum, tied lookup + attend): the invalid-row select runs in every batch.
+@pytest.mark.parametrize("name", ["raw", "rawkernel", "layers", "convs", "tied"])
+def test_nonfinite_example_is_dropped(name):
   with jax.enable_x64(True):
     module = MODULES[name]()
     batch = _batch()
