@@ -284,9 +284,9 @@ def conv_uses(
     # Σ_b Σ_t patch_{b,t}ᵀ g_{b,t} is the layer's own backward-filter convolution at the
     # (scaled) output gradient: XLA:CPU runs it in its convolution library, 1.7-2.7 ms against
     # 3.5-4.4 ms for one [C_in, C_out] dot per kernel offset over strided windows (B = 256,
-    # T = 32, C = 64, k = 3..5). Inside a rolled loop XLA:CPU emits convolutions as plain
-    # loops (~25x slower), which is why eDP models with convolutions unroll their micro-batch
-    # loop on CPU (mechanism._unrolled), the forward's convolutions being as affected.
+    # T = 32, C = 64, k = 3..5). Inside a loop body XLA:CPU emits a non-canonical convolution
+    # as a naive loop nest; the micro-batch loop's body is passed through core/conv_layout,
+    # which puts this one in the library layout like the model's own convolutions.
     dt = jnp.promote_types(x.dtype, g.dtype)
     pads, _ = geometry(x.shape[1:-1])
 
