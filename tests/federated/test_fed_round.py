@@ -114,3 +114,38 @@ def test_bad_algorithm_names():
     algorithms.server_optimizer("sgdx", 1.0)
   with pytest.raises(ConfigError, match="client_learning_rate"):
     algorithms.fed_avg(MODEL, client_learning_rate=0.0)
+
+
+def test_cnn_round_equals_reference_and_compiles_to_library_convolutions():
+  # The clients' local-training scan body goes through core/conv_layout on XLA:CPU: without it
+  # the backward's input-gradient convolution is emitted as b0f_0oi->b0f, a naive loop nest
+  # inside the while body (FedAvg, 16 CNN clients x 4 steps x 16 rows: 2.3 s vs 92 ms a round).
+  from trustml.models import registry
+
+  cfg = registry.default_model_config("cnn")
+  cfg.update(embed_dim=8, num_filters=4, kernel_sizes=(2, 3))
+  model = registry.build_model(cfg, vocab_size=40, num_classes=3, max_len=6)
+  gen = np.random.default_rng(5)
+  n = 24
+  arr = {
+    "tokens": gen.integers(1, 40, (n, 6)).astype(np.int32),
+    "mask": np.arange(6)[None] < gen.integers(2, 7, n)[:, None],
+    "label": gen.integers(0, 3, n).astype(np.int32),
+    "weight": np.ones(n, np.float32),
+  }
+  rows = [np.arange(0, 7), np.arange(7, 15), np.arange(15, 24)]
+  p = packing.device_arrays(packing.pack(arr, rows, batch_size=3, local_epochs=1, seed=0))
+  params = model.init(jax.random.key(0), {k: v[:2] for k, v in arr.items()})
+  alg = algorithms.fed_avg(model, client_learning_rate=0.3)
+  ref, _ = alg.reference_apply(alg.init(params), p, jax.random.key(1))
+  fast, _ = alg.apply(alg.init(params), p, jax.random.key(1))
+  assert _max_diff(fast.params, ref.params) < 2e-6
+  if jax.default_backend() != "cpu":
+    return
+  hlo = jax.jit(alg.apply).lower(alg.init(params), p, jax.random.key(1)).compile().as_text()
+  labels = [
+    line.split("dim_labels=")[1].split(",")[0]
+    for line in hlo.splitlines()
+    if " convolution(" in line
+  ]
+  assert labels and all(lab == "b0f_0io->b0f" for lab in labels), labels

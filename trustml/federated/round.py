@@ -26,7 +26,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from trustml.core import devices
+from trustml.core import conv_layout, devices
 from trustml.federated import dp as dp_lib
 from trustml.models import contract
 
@@ -163,8 +163,12 @@ def _client_update(
     opt_state = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new_opt, opt_state)
     return (params, opt_state, s + 1), loss * m
 
+  # The body's convolutions in XLA:CPU's library layout (core/conv_layout): a rolled scan
+  # otherwise emits the model's non-canonical convolutions (its backward's, eDP's clipped
+  # sum) as naive loop nests. Identity on other backends.
+  scan_body = conv_layout.loop_body(body)
   (params, _, _), losses = jax.lax.scan(
-    body, (global_params, opt_state, jnp.int32(0)), (batches, step_mask)
+    scan_body, (global_params, opt_state, jnp.int32(0)), (batches, step_mask)
   )
   delta = jax.tree.map(jnp.subtract, params, global_params)
   steps = jnp.sum(step_mask)
