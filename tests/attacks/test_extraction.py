@@ -134,3 +134,33 @@ def test_refinement_climbs_from_a_poor_relaxation(trained):
   assert refined.exact_match and not refined.relaxed_exact_match
   # Accepted moves only increase the exact objective.
   assert refined.best_log_odds >= poor.best_log_odds
+
+
+def test_search_on_a_cnn_compiles_to_library_convolutions():
+  # The relaxed search's rolled scan body goes through core/conv_layout on XLA:CPU (without it
+  # the objective's input-gradient convolution is b0f_0oi->b0f, a naive loop nest in the loop).
+  if jax.default_backend() != "cpu":
+    pytest.skip("XLA:CPU layout check")
+  from trustml.models import registry
+
+  cfg = registry.default_model_config("cnn")
+  cfg.update(embed_dim=8, num_filters=4, kernel_sizes=(2, 3))
+  model = registry.build_model(cfg, vocab_size=40, num_classes=3, max_len=8)
+  tokens = np.arange(8, dtype=np.int32) + 4
+  batch = {
+    "tokens": tokens[None],
+    "mask": np.ones((1, 8), bool),
+    "label": np.zeros(1, np.int32),
+    "weight": np.ones(1, np.float32),
+  }
+  params = model.init(jax.random.key(0), batch)
+  ec = extraction.ExtractionConfig(num_restarts=2, num_steps=3, refine_sweeps=0)
+  search = extraction._search_fn(model)
+  args = (params, tokens, np.ones(8, bool), POSITIONS, DIGITS, 0, jax.random.key(1))
+  hlo = search.lower(*args, ec).compile().as_text()
+  labels = [
+    line.split("dim_labels=")[1].split(",")[0]
+    for line in hlo.splitlines()
+    if " convolution(" in line
+  ]
+  assert labels and all(lab == "b0f_0io->b0f" for lab in labels), labels

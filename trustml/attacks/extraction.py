@@ -40,7 +40,7 @@ import optax
 from numpy.typing import ArrayLike
 
 from trustml.attacks import lira
-from trustml.core import validation
+from trustml.core import conv_layout, validation
 from trustml.models import contract
 
 
@@ -160,7 +160,10 @@ def _search_fn(model: contract.Model):
         updates, opt_state = schedule.update(grads, opt_state, theta)
         return (optax.apply_updates(theta, updates), opt_state), None
 
-      (theta, _), _ = jax.lax.scan(step, (theta, opt_state), jnp.arange(cfg.num_steps))
+      # conv_layout: XLA:CPU emits a CNN's non-canonical (backward) convolutions inside the
+      # rolled scan as naive loop nests otherwise; identity on other backends.
+      body = conv_layout.loop_body(step)
+      (theta, _), _ = jax.lax.scan(body, (theta, opt_state), jnp.arange(cfg.num_steps))
       return jnp.argmax(theta, -1)  # [K] indices into candidates
 
     keys = jax.random.split(key, cfg.num_restarts)
