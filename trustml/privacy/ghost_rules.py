@@ -49,8 +49,8 @@ class Bilinear:
     gram_fn: optional ``x -> [B, H, T, T]``, the gram ``x_fn(x) x_fn(x)ᵀ`` computed more
       cheaply from ``x`` (1-D convolutions: shifted sums of the input's own gram).
     sum_fn: optional ``(x, g) -> Σ_b Σ_t x_fn(x)ᵀ g_fn(g)`` as the kernel leaf, computed
-      without the ``x_fn`` form (convolutions: one dot per kernel offset over strided
-      windows of the input, instead of a dot over copied im2col patches).
+      without the ``x_fn`` form (convolutions: the layer's own backward-filter convolution,
+      instead of a dot over copied im2col patches).
   """
 
   path: tuple
