@@ -30,7 +30,15 @@ from jax.extend import core as jex_core
 _CALLS = ("pjit", "jit", "closed_call", "core_call")
 
 
-def _canonical_numbers(ndim: int) -> lax.ConvDimensionNumbers:
+def canonical_numbers(ndim: int) -> lax.ConvDimensionNumbers:
+  """Dimension numbers of the layout XLA:CPU's convolution library runs.
+
+  Args:
+    ndim: rank of the input (batch, spatial axes, feature).
+
+  Returns:
+    Input and output ``[batch, spatial..., feature]``, kernel ``[spatial..., in, out]``.
+  """
   spatial = tuple(range(1, ndim - 1))
   return lax.ConvDimensionNumbers(
     lhs_spec=(0, ndim - 1) + spatial,
@@ -49,7 +57,7 @@ def is_canonical(dimension_numbers: lax.ConvDimensionNumbers, ndim: int) -> bool
   Returns:
     True for ``[batch, spatial..., feature]`` operands and ``[spatial..., in, out]`` kernels.
   """
-  return tuple(map(tuple, dimension_numbers)) == tuple(map(tuple, _canonical_numbers(ndim)))
+  return tuple(map(tuple, dimension_numbers)) == tuple(map(tuple, canonical_numbers(ndim)))
 
 
 def _canonical_conv(lhs: jax.Array, rhs: jax.Array, *, dimension_numbers, **params) -> jax.Array:
@@ -59,7 +67,7 @@ def _canonical_conv(lhs: jax.Array, rhs: jax.Array, *, dimension_numbers, **para
   lhs_t = jnp.transpose(lhs, (lspec[0],) + tuple(lspec[2:]) + (lspec[1],))
   rhs_t = jnp.transpose(rhs, tuple(rspec[2:]) + (rspec[1], rspec[0]))
   out = lax.conv_general_dilated_p.bind(
-    lhs_t, rhs_t, dimension_numbers=_canonical_numbers(ndim), **params
+    lhs_t, rhs_t, dimension_numbers=canonical_numbers(ndim), **params
   )
   # ``out`` is [batch, spatial..., feature]; put each axis where ``ospec`` wants it.
   source = (ospec[0],) + tuple(ospec[2:]) + (ospec[1],)

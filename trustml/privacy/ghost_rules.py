@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from trustml.core import conv_layout
+
 _LETTERS = string.ascii_letters
 
 
@@ -276,9 +278,7 @@ def conv_uses(
     w = w.reshape(w.shape[:-3] + (c_in,) + tuple(kernel_shape[:-2]) + (c_out,))
     return jnp.moveaxis(w, -n - 2, -2)
 
-  dims = jax.lax.ConvDimensionNumbers(
-    (0, n + 1, *range(1, n + 1)), (n + 1, n, *range(n)), (0, n + 1, *range(1, n + 1))
-  )
+  dims = conv_layout.canonical_numbers(n + 2)  # channels-last, kernel [*k, C_in, C_out]
 
   def sum_fn(x, g):
     # Σ_b Σ_t patch_{b,t}ᵀ g_{b,t} is the layer's own backward-filter convolution at the
