@@ -49,6 +49,16 @@ def run_on_fake_devices(script: str, test_dir: pathlib.Path, num_devices: int = 
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+def conv_dim_labels(compiled_hlo: str) -> list[str]:
+  """The ``dim_labels`` of every convolution in compiled HLO text (``b0f_0io->b0f`` is the
+  layout XLA:CPU's convolution library runs; see ``trustml/core/conv_layout.py``)."""
+  return [
+    line.split("dim_labels=")[1].split(",")[0]
+    for line in compiled_hlo.splitlines()
+    if " convolution(" in line
+  ]
+
+
 def make_batch(batch_size: int = 4, seq_len: int = 8, vocab: int = 50, classes: int = 3, seed=0):
   """A random classifier batch with some padding positions."""
   rng = np.random.default_rng(seed)

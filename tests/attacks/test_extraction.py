@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+from tests.conftest import conv_dim_labels
 from trustml.attacks import exposure, extraction
 from trustml.core.validation import ConfigError
 
@@ -158,9 +159,5 @@ def test_search_on_a_cnn_compiles_to_library_convolutions():
   search = extraction._search_fn(model)
   args = (params, tokens, np.ones(8, bool), POSITIONS, DIGITS, 0, jax.random.key(1))
   hlo = search.lower(*args, ec).compile().as_text()
-  labels = [
-    line.split("dim_labels=")[1].split(",")[0]
-    for line in hlo.splitlines()
-    if " convolution(" in line
-  ]
+  labels = conv_dim_labels(hlo)
   assert labels and all(lab == "b0f_0io->b0f" for lab in labels), labels

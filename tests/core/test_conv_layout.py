@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from tests.conftest import conv_dim_labels
 from trustml.core import conv_layout
 
 CASES = [  # (lhs shape, rhs shape, dimension numbers, strides, padding, dilations, groups)
@@ -62,11 +63,7 @@ def test_every_convolution_of_a_rolled_backward_is_canonical_on_cpu():
 
   def labels(fn):
     hlo = jax.jit(lambda x: lax.scan(fn, jnp.zeros_like(w), x)[0]).lower(x).compile().as_text()
-    return [
-      line.split("dim_labels=")[1].split(",")[0]
-      for line in hlo.splitlines()
-      if " convolution(" in line
-    ]
+    return conv_dim_labels(hlo)
 
   assert any(lab != "b0f_0io->b0f" for lab in labels(body))  # XLA leaves the loop's as is.
   fixed = labels(conv_layout.loop_body(body))

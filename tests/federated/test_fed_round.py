@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import conv_dim_labels
 from trustml.core.validation import ConfigError
 from trustml.federated import algorithms, packing
 
@@ -143,9 +144,5 @@ def test_cnn_round_equals_reference_and_compiles_to_library_convolutions():
   if jax.default_backend() != "cpu":
     return
   hlo = jax.jit(alg.apply).lower(alg.init(params), p, jax.random.key(1)).compile().as_text()
-  labels = [
-    line.split("dim_labels=")[1].split(",")[0]
-    for line in hlo.splitlines()
-    if " convolution(" in line
-  ]
+  labels = conv_dim_labels(hlo)
   assert labels and all(lab == "b0f_0io->b0f" for lab in labels), labels

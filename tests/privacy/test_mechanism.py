@@ -7,6 +7,7 @@ import optax
 import pytest
 from scipy import stats
 
+from tests.conftest import conv_dim_labels
 from trustml.core import rng as rng_lib
 from trustml.models import registry
 from trustml.privacy import clipping, mechanism, noise, per_example
@@ -237,11 +238,7 @@ def test_cnn_micro_batch_loop_compiles_to_library_convolutions():
     dropout=False,
   )
   hlo = jax.jit(fn).lower(params, batch, jax.random.key(0)).compile().as_text()
-  labels = [
-    line.split("dim_labels=")[1].split(",")[0]
-    for line in hlo.splitlines()
-    if " convolution(" in line
-  ]
+  labels = conv_dim_labels(hlo)
   assert labels and all(lab == "b0f_0io->b0f" for lab in labels), labels
 
 
