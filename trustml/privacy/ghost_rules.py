@@ -402,7 +402,8 @@ def lookup_sq(
   sums = jax.ops.segment_sum(
     sg.reshape(b * t, -1), seg.reshape(-1), num_segments=b * t, indices_are_sorted=True
   )
-  return jnp.sum(jnp.square(sums.reshape(b, -1)), 1)
+  # Row norms first, then per example: the one reduce over [B, T·D] ran 0.5 ms on XLA:CPU (bag).
+  return jnp.sum(jnp.sum(sums * sums, -1).reshape(b, t), 1)
 
 
 def table_sq(
