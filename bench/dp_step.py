@@ -15,7 +15,9 @@ Models (``--models``, comma-separated):
 Variants: ``plain`` (``trustml.train.loop.mean_loss_grad_fn``), ``edp`` (eDP-SGD,
 ``trustml.privacy.mechanism.make_grad_fn``: clip, sum, noise, normalise, the whole batch in
 one pass), ``edp_micro`` (the same step over micro-batches of 64 rows: same logical batch,
-same single noise draw; the physical batch is eDP-SGD's memory knob), optionally
+same single noise draw; the physical batch is eDP-SGD's memory knob), ``noise`` (the step's
+Gaussian draw alone, one N(0, σ²C²) per parameter coordinate, added to the parameters: the
+floor of every dense DP step; on the bag it is most of the eDP step), optionally
 ``naive`` (vmap DP-SGD); with the ``bench`` extra (torch CPU wheel + opacus) also
 ``torch_plain`` and ``opacus_ghost`` (Opacus 1.6 ghost clipping) on PyTorch twins of the
 same architectures with the same weights (``bench/torch_peers.py``). Before timing, a
@@ -56,10 +58,10 @@ import numpy as np  # noqa: E402
 from flax import linen as nn  # noqa: E402
 
 from trustml.models import networks, registry  # noqa: E402
-from trustml.privacy import mechanism  # noqa: E402
+from trustml.privacy import mechanism, noise  # noqa: E402
 from trustml.train import loop  # noqa: E402
 
-JAX_VARIANTS = ("plain", "naive", "edp", "edp_micro")
+JAX_VARIANTS = ("plain", "naive", "edp", "edp_micro", "noise")
 MICRO = 64  # Rows per micro-batch of the ``edp_micro`` variant.
 TORCH_VARIANTS = ("torch_plain", "opacus_ghost")
 MODELS = ("transformer", "transformer_rawparam", "causal_lm", "bag", "cnn")
@@ -128,6 +130,8 @@ def jax_step(variant: str, model, batch_size: int, sigma: float = 1.0, naive_phy
   """The jitted gradient function of a JAX variant."""
   if variant == "plain":
     return jax.jit(loop.mean_loss_grad_fn(model))
+  if variant == "noise":  # The step's Gaussian draw alone, added to a tree of the params' shapes.
+    return jax.jit(lambda params, batch, key: noise.add_gaussian_noise(params, sigma * CLIP, key))
   phys = naive_physical if variant == "naive" and batch_size > naive_physical else None
   if variant == "edp_micro" and batch_size > MICRO:
     phys = MICRO
@@ -312,7 +316,7 @@ def _time(name: str, variants: list, reps: int) -> tuple[dict, dict]:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default=",".join(MODELS))
-  parser.add_argument("--variants", default="plain,edp,edp_micro,torch_plain,opacus_ghost")
+  parser.add_argument("--variants", default="plain,edp,edp_micro,noise,torch_plain,opacus_ghost")
   parser.add_argument("--reps", type=int, default=5)
   parser.add_argument("--no_memory", action="store_true")
   parser.add_argument("--no_parity", action="store_true")
