@@ -29,8 +29,8 @@ per-example norms miss it).
 * Time: median of ``--reps`` steps after warm-up; all variants of a model interleaved in one
   process so they see the same machine load. A step under 0.1 s is one sample = the mean of 5
   back-to-back steps after an untimed one (steady state, as in training; timed alone right
-  after a PyTorch step it would also measure torch's spinning OpenMP threads). ``ratio_to_plain`` is to the same framework's
-  plain step.
+  after a PyTorch step it would also measure torch's spinning OpenMP threads).
+  ``ratio_to_plain`` is to the same framework's plain step.
 * Memory: each variant runs again in its own child process, which reports its peak RSS
   (VmHWM, reset after the warm-up step so compilation is excluded).
 
