@@ -119,6 +119,24 @@ def test_noise_has_the_stated_std_and_depends_on_the_key():
   assert not np.allclose(np.asarray(out["a"][:100, 0]), np.asarray(out["b"][:100]))
 
 
+@pytest.mark.parametrize("shapes", [[(1,)], [(3,)], [(300, 7), (5,), (1001,)], [(64, 129)]])
+def test_noise_is_jax_random_normal_bit_for_bit(shapes):
+  # The CPU form (unrolled threefry rounds, odd counts zero-padded as jax does) against JAX's
+  # own generator: one flat non-partitionable draw of the total size, sliced per shape.
+  key = jax.random.key(7)
+  total = sum(int(np.prod(s)) for s in shapes)
+  with jax.threefry_partitionable(False):
+    ref = np.asarray(jax.random.normal(key, (total,), jnp.float32))
+  got = jax.jit(lambda k: noise._standard_normals(k, shapes))(key)
+  flat = np.concatenate([np.ravel(np.asarray(z)) for z in got])
+  assert [z.shape for z in got] == [tuple(s) for s in shapes]
+  np.testing.assert_array_equal(flat, ref)
+  rbg = jax.random.key(7, impl="rbg")  # Another generator: jax.random.normal itself.
+  np.testing.assert_array_equal(
+    np.asarray(noise._standard_normals(rbg, [(5,)])[0]), np.asarray(jax.random.normal(rbg, (5,)))
+  )
+
+
 @pytest.mark.parametrize("mech", ["dp_sgd", "edp_sgd"])
 def test_padding_changes_nothing(mech):
   model, params = _model("bag")

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -57,11 +58,57 @@ def add_gaussian_noise(tree, stddev: jax.typing.ArrayLike, key: jax.Array) -> ob
   return jax.tree.unflatten(treedef, noised)
 
 
-def _standard_normals(key: jax.Array, shapes: list[tuple]) -> list[jax.Array]:
-  """i.i.d. ``N(0, 1)`` float32 arrays of ``shapes`` from one key (jax.random.normal,
-  threefry2x32), in a form that is fast on XLA:CPU.
+# Threefry-2x32 (Salmon et al. 2011, 20 rounds): the rotation constants of its two round groups.
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_PARITY = 0x1BD11BDA
 
-  Three formulation choices, measured on XLA:CPU (docs/privacy_performance.md §5, §7);
+
+def _rotl(v: jax.Array, d: int) -> jax.Array:
+  return (v << np.uint32(d)) | (v >> np.uint32(32 - d))
+
+
+def _threefry_unrolled(k0: jax.Array, k1: jax.Array, x0: jax.Array, x1: jax.Array) -> tuple:
+  """Threefry-2x32 of the counter pairs ``(x0, x1)`` under key ``(k0, k1)``, as 20 unrolled
+  elementwise rounds (the same function as ``jax.random``'s ``threefry2x32_p``)."""
+  ks = (k0, k1, k0 ^ k1 ^ np.uint32(_PARITY))
+  x0, x1 = x0 + ks[0], x1 + ks[1]
+  for i in range(5):
+    for r in _ROTATIONS[i % 2]:
+      x0 = x0 + x1
+      x1 = x0 ^ _rotl(x1, r)
+    x0, x1 = x0 + ks[(i + 1) % 3], x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
+  return x0, x1
+
+
+def _bits_cpu(key_data: jax.Array, n: int) -> jax.Array:
+  """``jax.random.bits(key, (n,), uint32)`` of the non-partitionable threefry form, bit for
+  bit: the counters ``0..n-1`` (zero-padded to even length) split in halves, hashed pairwise,
+  the two output halves concatenated."""
+  m = (n + 1) // 2
+  i = jnp.arange(m, dtype=jnp.uint32)
+  hi = i + np.uint32(m)
+  hi = jnp.where(hi < n, hi, np.uint32(0))
+  y0, y1 = _threefry_unrolled(key_data[0], key_data[1], i, hi)
+  return jnp.concatenate([y0, y1])[:n]
+
+
+def _normal_from_bits(bits: jax.Array) -> jax.Array:
+  """``jax.random.normal``'s transform of 32 random bits (float32): a uniform on
+  ``(nextafter(-1, 0), 1)`` from the 23 high bits, then ``√2 · erfinv``."""
+  lo = np.nextafter(np.float32(-1.0), np.float32(0.0))
+  hi = np.float32(1.0)
+  mant = (bits >> np.uint32(9)) | np.uint32(np.float32(1.0).view(np.uint32))
+  floats = jax.lax.bitcast_convert_type(mant, jnp.float32) - np.float32(1.0)
+  u = jnp.maximum(lo, floats * (hi - lo) + lo)
+  return np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(u)
+
+
+def _standard_normals(key: jax.Array, shapes: list[tuple]) -> list[jax.Array]:
+  """i.i.d. ``N(0, 1)`` float32 arrays of ``shapes`` from one key: bit for bit
+  ``jax.random.normal(key, (total,))`` (threefry2x32, non-partitionable) sliced per shape,
+  in a form that is fast on XLA:CPU.
+
+  Four formulation choices, measured on XLA:CPU (docs/privacy_performance.md §5, §7, §11);
   none changes the distribution or the generator:
 
   * one flat draw for all the shapes, sliced per leaf: one generator in the compiled step
@@ -70,26 +117,39 @@ def _standard_normals(key: jax.Array, shapes: list[tuple]) -> list[jax.Array]:
   * the draw is replicated (one draw for the logical batch, the same on every device), so it
     needs no partitionable counters; the non-partitionable threefry form hashes two output
     words per counter pair (1.92 M normals: 10–14 ms vs 29–40 ms);
-  * the draw is the output of its own computation (a ``lax.cond`` on a predicate that is
-    always true, ``(k | 1) != 0``, whose other branch is never taken): fused into the
-    consumer's add, the inverse-CDF transform was compiled ~4x slower (1.92 M normals + add:
-    78 vs 19 ms).
+  * on CPU the 20 threefry rounds are unrolled elementwise ops (one fused loop) instead of
+    JAX's CPU lowering, a rolled while loop over the whole counter array (1.92 M draws + add:
+    7.8–8.5 vs 10.6–13.4 ms); other backends keep ``jax.random.normal`` (GPU: its kernel);
+  * the bits and the normals are each the output of their own computation (a ``lax.cond`` on
+    a predicate that is always true, ``(k | 1) != 0``, whose other branch is never taken):
+    fused into the consumer's add, the inverse-CDF transform was compiled ~4x slower
+    (1.92 M normals + add: 78 vs 19 ms).
   """
   if not shapes:
     return []
   sizes = [math.prod(s) for s in shapes]
   total = sum(sizes)
+  data = jax.random.key_data(key).reshape(-1)
+  word = data[0]
 
-  def draw(key):
+  def boundary(fn, operand, like):  # fn(operand) as its own computation (see above).
+    return jax.lax.cond((word | 1) != 0, fn, lambda _: jnp.zeros_like(like), operand)
+
+  def reference(key):
     with jax.threefry_partitionable(False):
       return jax.random.normal(key, (total,), jnp.float32)
 
-  def never(key):  # (k | 1) != 0 holds for every integer k: this branch is never taken.
-    del key
-    return jnp.zeros((total,), jnp.float32)
+  def unrolled(key):
+    bits = boundary(lambda d: _bits_cpu(d, total), data, jnp.zeros((total,), jnp.uint32))
+    return boundary(_normal_from_bits, bits, jnp.zeros((total,), jnp.float32))
 
-  word = jax.random.key_data(key).reshape(-1)[0]
-  flat = jax.lax.cond((word | 1) != 0, draw, never, key)
+  threefry = str(jax.random.key_impl(key)) == "threefry2x32" and data.shape == (2,)
+  if threefry and total < 2**32 - 1:
+    flat = jax.lax.platform_dependent(
+      key, cpu=unrolled, default=lambda k: boundary(reference, k, jnp.zeros((total,)))
+    )
+  else:
+    flat = boundary(reference, key, jnp.zeros((total,), jnp.float32))
   offsets = list(itertools.accumulate(sizes, initial=0))
   return [
     flat[a:b].reshape(shape) for a, b, shape in zip(offsets[:-1], offsets[1:], shapes, strict=True)
