@@ -325,6 +325,22 @@ def _gram(a: jax.Array) -> jax.Array:
   return jnp.einsum("bthk,bshk->bhts", a, a)
 
 
+def _gram_dot(xx: jax.Array, ge: jax.Array) -> jax.Array:
+  """``Σ_{t,s} xx[b,h,t,s] (g_t · g_s)`` per example, as ``Σ_t g_t · (xx g)_t``.
+
+  The same T²·O multiply-adds as forming the output gradient's gram, but as one batched
+  ``[T, T] × [T, O]`` product and an elementwise reduce: on XLA:CPU 1.75 vs 3.18 ms for the
+  three convolutions of the privacy-study CNN (B = 256, T = 32, O = 64; the gram of ``ge``
+  fused with its product with ``xx`` ran as three slow library fusions).
+  """
+  if xx.shape[1] == 1:
+    g = ge[:, :, 0]
+    mv = jax.lax.dot_general(xx[:, 0], g, (((2,), (1,)), ((0,), (0,))))  # [B, T, O]
+    return jnp.sum(jnp.sum(mv * g, -1), -1)
+  mv = jnp.einsum("bhts,bsho->btho", xx, ge)
+  return jnp.sum(mv * ge, axis=(1, 2, 3))
+
+
 def bilinear_sq(xe: jax.Array, ge: jax.Array, xx: jax.Array | None = None) -> jax.Array:
   """``||Σ_t x_tᵀ g_t||²`` per example for ``xe [B, T, H, I]``, ``ge [B, T, H, O]``.
 
@@ -336,7 +352,7 @@ def bilinear_sq(xe: jax.Array, ge: jax.Array, xx: jax.Array | None = None) -> ja
   if t == 1:
     return jnp.sum(jnp.sum(xe[:, 0] ** 2, -1) * jnp.sum(ge[:, 0] ** 2, -1), -1)
   if xx is not None and t <= i:  # Ghost costs T²·O given the gram; materialising T·I·O.
-    return jnp.sum(xx.astype(dt) * _gram(ge), axis=(1, 2, 3))
+    return _gram_dot(xx.astype(dt), ge)
   if t * (i + o) <= i * o:
     return jnp.sum(_gram(xe) * _gram(ge), axis=(1, 2, 3))
   return jnp.sum(jnp.square(jnp.einsum("bthi,btho->bhio", xe, ge)), axis=(1, 2, 3))
