@@ -162,16 +162,19 @@ from trustml.core import distributed, rng
 assert distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
 import jax
 assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()
-print("ENTROPY", rng.SecretStreams.fresh().entropy)
+entropy = rng.SecretStreams.fresh().entropy
+with open(sys.argv[3], "w") as f:  # Not stdout: Gloo writes its own lines there, unsynchronised.
+  f.write(str(entropy))
 """
 
 
 @pytest.mark.subprocess
-def test_fresh_dp_secret_is_process_0s_on_every_process():
+def test_fresh_dp_secret_is_process_0s_on_every_process(tmp_path):
   port = _free_port()
+  outs = [tmp_path / f"entropy{pid}" for pid in range(2)]
   procs = [
     subprocess.Popen(
-      [sys.executable, "-c", SECRET_SCRIPT, f"127.0.0.1:{port}", str(pid)],
+      [sys.executable, "-c", SECRET_SCRIPT, f"127.0.0.1:{port}", str(pid), str(outs[pid])],
       env=_env(2),
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
@@ -180,9 +183,9 @@ def test_fresh_dp_secret_is_process_0s_on_every_process():
     for pid in range(2)
   ]
   values = []
-  for p, (out, err) in zip(procs, _communicate_all(procs, 300), strict=True):
+  for p, path, (_, err) in zip(procs, outs, _communicate_all(procs, 300), strict=True):
     assert p.returncode == 0, err[-3000:]
-    values.append(int(out.split("ENTROPY")[1].split()[0]))
+    values.append(int(path.read_text()))
   assert values[0] == values[1] and values[0] > 0, values
 
 
