@@ -129,27 +129,25 @@ def _standard_normals(key: jax.Array, shapes: list[tuple]) -> list[jax.Array]:
     return []
   sizes = [math.prod(s) for s in shapes]
   total = sum(sizes)
-  data = jax.random.key_data(key).reshape(-1)
-  word = data[0]
+  word = jax.random.key_data(key).reshape(-1)[0]
 
-  def boundary(fn, operand, like):  # fn(operand) as its own computation (see above).
-    return jax.lax.cond((word | 1) != 0, fn, lambda _: jnp.zeros_like(like), operand)
+  def boundary(fn, operand):  # fn(operand) as its own computation (see above).
+    out = jax.eval_shape(fn, operand)
+    return jax.lax.cond((word | 1) != 0, fn, lambda _: jnp.zeros(out.shape, out.dtype), operand)
 
   def reference(key):
     with jax.threefry_partitionable(False):
       return jax.random.normal(key, (total,), jnp.float32)
 
   def unrolled(key):
-    bits = boundary(lambda d: _bits_cpu(d, total), data, jnp.zeros((total,), jnp.uint32))
-    return boundary(_normal_from_bits, bits, jnp.zeros((total,), jnp.float32))
+    bits = boundary(lambda k: _bits_cpu(jax.random.key_data(k), total), key)
+    return boundary(_normal_from_bits, bits)
 
-  threefry = str(jax.random.key_impl(key)) == "threefry2x32" and data.shape == (2,)
+  threefry = str(jax.random.key_impl(key)) == "threefry2x32" and key.shape == ()
   if threefry and total < 2**32 - 1:
-    flat = jax.lax.platform_dependent(
-      key, cpu=unrolled, default=lambda k: boundary(reference, k, jnp.zeros((total,)))
-    )
+    flat = jax.lax.platform_dependent(key, cpu=unrolled, default=lambda k: boundary(reference, k))
   else:
-    flat = boundary(reference, key, jnp.zeros((total,), jnp.float32))
+    flat = boundary(reference, key)
   offsets = list(itertools.accumulate(sizes, initial=0))
   return [
     flat[a:b].reshape(shape) for a, b, shape in zip(offsets[:-1], offsets[1:], shapes, strict=True)
