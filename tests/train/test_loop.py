@@ -49,6 +49,7 @@ def test_run_contract_files(tmp_path, smoke_config):
   summary = writers.read_summary(wd)
   for key in ("eval/accuracy", "eval/loss", "train/steps", "train/wall_seconds"):
     assert key in summary
+  assert 0.0 < summary["train/first_step_seconds"] <= summary["train/wall_seconds"]
   assert 0.0 <= summary["eval/accuracy"] <= 1.0
 
 

@@ -289,6 +289,7 @@ def fit(
   writer = writers.MetricWriter(workdir)
   start = int(state.step)
   t0 = time.perf_counter()
+  t_compiled = t0
   window: list[Mapping[str, jax.Array]] = []
   stopped_reason = ""
   step = start
@@ -327,6 +328,7 @@ def fit(
     if logged:
       window.append(logged)
     if step == start + 1:
+      jax.block_until_ready(state.params)  # One sync, so the figure holds the first step.
       t_compiled = time.perf_counter()  # The first call compiles: the ETA leaves it out.
     if log_every and (step % log_every == 0 or step == total):
       now = time.perf_counter()
@@ -370,6 +372,8 @@ def fit(
     {
       "train/steps": step,
       "train/wall_seconds": wall,
+      # This process's first step (compilation dominates it): 0 if no step ran here.
+      "train/first_step_seconds": t_compiled - t0,
       "train/batch_size": bs,
       "data/name": config.data.get("name", None) or prepared.dataset.name,
       "data/num_train": n,
