@@ -35,6 +35,53 @@ def test_epsilon_matches_dp_accounting_directly():
   assert got < accounting.epsilon(ours, 1e-6)  # PLD is tighter than RDP here.
 
 
+@pytest.mark.parametrize("conversion", ["improved", "classic"])
+@pytest.mark.parametrize("sampling", ["poisson", "shuffle"])
+def test_cached_step_curves_give_the_accountants_epsilon_bit_for_bit(sampling, conversion):
+  # The ledger's fast path (one RDP curve per distinct step, scaled by counts) against
+  # dp_accounting composing the whole event itself: exactly equal, for mixed schedules.
+  for segs in ([(1.1, 100), (0.9, 37), (1.1, 5)], [(0.7, 1)], [(2.5, 3000), (1.0, 2)]):
+    ev = accounting.run_event(segs, sampling=sampling, sampling_rate=0.01, dataset_size=20_000)
+    direct = accounting.make_accountant("rdp", sampling, conversion)
+    direct.compose(ev)
+    got = accounting.epsilon(ev, 1e-5, sampling=sampling, conversion=conversion)
+    assert got == float(direct.get_epsilon(1e-5))
+  no_op = accounting.run_event([(1.0, 0)], sampling=sampling, sampling_rate=0.01, dataset_size=9)
+  direct = accounting.make_accountant("rdp", sampling, conversion)
+  assert accounting.epsilon(no_op, 1e-5, sampling=sampling, conversion=conversion) == float(
+    direct.get_epsilon(1e-5)
+  )
+  non_private = dp_accounting.ComposedDpEvent(
+    [
+      dp_accounting.NonPrivateDpEvent(),
+      accounting.run_event([(1.0, 3)], sampling=sampling, sampling_rate=0.01, dataset_size=20_000),
+    ]
+  )
+  assert accounting.epsilon(non_private, 1e-5, sampling=sampling, conversion=conversion) == float(
+    "inf"
+  )
+
+
+def test_cached_path_keeps_the_accountants_refusal_of_an_unsupported_event():
+  # A Poisson event under replace-one: dp_accounting's RDP accountant refuses it; so do we.
+  ev = accounting.run_event([(1.0, 3)], sampling="poisson", sampling_rate=0.01)
+  with pytest.raises(dp_accounting.UnsupportedEventError):
+    accounting.epsilon(ev, 1e-5, sampling="shuffle")
+
+
+def test_largest_within_is_the_largest_n_that_fits():
+  for max_steps in range(0, 40):
+    for target in range(0, 45):
+      calls = []
+
+      def eps_at(n, calls=calls):
+        calls.append(n)
+        return float(n)
+
+      assert accounting.largest_within(eps_at, target, max_steps) == min(target, max_steps)
+      assert all(1 <= n <= max_steps for n in calls)
+
+
 def test_schedule_is_composition_of_what_ran():
   segs = [(2.0, 100), (1.5, 50)]
   ev = accounting.run_event(segs, sampling="poisson", sampling_rate=0.02)
