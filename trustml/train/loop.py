@@ -313,6 +313,10 @@ def fit(
       extra["ledger"] = ledger.state_dict()
     ckpt.save(at_step, state, extra)
 
+  # The next step's batch is built while the device runs this one (the ledger's read of each
+  # step's aux syncs the host): batch_fn(step) is a pure function of the step, so a batch built
+  # for a step that never runs (budget stop, preemption) is dropped unused.
+  next_batch = placement.place_batch(batch_fn(step)) if step < total else None
   while step < total:
     if ledger is not None:
       ok, reason = ledger.can_step(step)
@@ -320,8 +324,9 @@ def fit(
         stopped_reason = reason
         logging.warning("Stopping before step %d: %s", step, reason)
         break
-    state, aux = step_fn(state, placement.place_batch(batch_fn(step)))
+    state, aux = step_fn(state, next_batch)
     step += 1
+    next_batch = placement.place_batch(batch_fn(step)) if step < total else None
     if ledger is not None:
       ledger.record(step - 1, jax.device_get(aux))
     logged = {k: aux[k] for k in train_metrics if k in aux}  # No exact DP loss unless asked.
