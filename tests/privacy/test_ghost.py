@@ -87,6 +87,47 @@ class Convs(nn.Module):
     return nn.Dense(C, name="head")(feats)
 
 
+class GroupedConvs(nn.Module):
+  """Feature groups: depthwise 1-D (dilated), two groups strided 1-D, grouped 2-D."""
+
+  @nn.compact
+  def __call__(self, tokens, mask):
+    x = nn.Embed(V, D, name="embed")(tokens) * mask[..., None]
+    dw = nn.Conv(D, (3,), feature_group_count=D, kernel_dilation=2, name="depthwise")(x)
+    g2 = nn.Conv(4, (2,), strides=2, padding="VALID", feature_group_count=2, name="two")(x)
+    y = jnp.concatenate([x[..., :2], x[..., :2]], -1)[..., None]  # [B, T, 4, 1] "image".
+    im = nn.Conv(2, (2, 3), padding="SAME", feature_group_count=1, name="image")(y)
+    y2 = jnp.broadcast_to(y, y.shape[:-1] + (2,))
+    im2 = nn.Conv(4, (2, 2), strides=(1, 2), feature_group_count=2, name="image_groups")(y2)
+    feats = jnp.concatenate(
+      [nn.relu(dw).max(1), nn.relu(g2).max(1), im.max((1, 2)), nn.relu(im2).max((1, 2))], -1
+    )
+    return nn.Dense(C, name="head")(feats)
+
+
+class _Block(nn.Module):
+  @nn.compact
+  def __call__(self, x, _):
+    return x + nn.Dense(x.shape[-1], name="mlp")(nn.LayerNorm(name="ln")(x)), None
+
+
+class Nested(nn.Module):
+  """Layers inside nested transforms: ``nn.scan`` over blocks, ``nn.remat``, an ``nn.RNN``.
+
+  No rule sees into them (their calls run under an inner trace): their leaves take the
+  per-example fallback, exactly, with a warning; a layer outside them keeps its rule."""
+
+  @nn.compact
+  def __call__(self, tokens, mask):
+    x = nn.Embed(V, D, name="embed")(tokens) * mask[..., None]
+    scan = nn.scan(_Block, variable_axes={"params": 0}, split_rngs={"params": True}, length=2)
+    x, _ = scan(name="blocks")(x, None)
+    x, _ = nn.remat(_Block)(name="remat")(x, None)
+    cell = nn.GRUCell(4, param_dtype=x.dtype, name="cell")  # Its carry has the params dtype.
+    h = nn.RNN(cell, name="rnn")(x)
+    return nn.Dense(C, name="head")(h[:, -1])
+
+
 class Tied(nn.Module):
   """One table: two lookups and two attends (logits), so every cross term is present."""
 
@@ -145,10 +186,20 @@ MODULES = {
   "rawkernel": RawKernel,
   "layers": Layers,
   "convs": Convs,
+  "grouped_convs": GroupedConvs,
+  "nested": Nested,
   "tied": Tied,
 }
 # Leaves on the vmap fallback (warned) and leaves covered by broadcast sites.
-RESIDUAL = {"rawkernel": {("table",), ("kernel",), ("pos",)}}
+_BLOCK_LEAVES = (("mlp", "kernel"), ("mlp", "bias"), ("ln", "scale"), ("ln", "bias"))
+RESIDUAL = {
+  "rawkernel": {("table",), ("kernel",), ("pos",)},
+  "nested": {
+    *((blk, layer, leaf) for blk in ("blocks", "remat") for layer, leaf in _BLOCK_LEAVES),
+    *(("cell", gate, "kernel") for gate in ("ir", "iz", "in", "hr", "hz", "hn")),
+    *(("cell", gate, "bias") for gate in ("ir", "iz", "in", "hn")),
+  },
+}
 BROADCAST = {
   "raw": {("pos",), ("scale",), ("b",), ("pos_embed", "embedding"), ("prelu", "negative_slope")},
   "broadcasts": {
@@ -329,3 +380,33 @@ def test_nnx_model_rules_equal_naive_float64(caplog):
       _check(model.per_example_loss, params, batch, 0.05)
     assert ghost.plan(model.per_example_loss, params, batch).uncovered == ()
     assert "no ghost-norm rule" not in caplog.text
+
+
+class NnxRemat(nnx.Module):
+  """An NNX layer called under ``nnx.remat``: its leaves take the per-example fallback."""
+
+  def __init__(self, rngs):
+    kw = dict(rngs=rngs, param_dtype=jnp.float64)
+    self.embed = nnx.Embed(V, D, **kw)
+    self.mix = nnx.Linear(D, D, **kw)
+    self.head = nnx.Linear(D, C, **kw)
+
+  def __call__(self, tokens, mask):
+    x = self.embed(tokens) * mask[..., None]
+    x = nnx.remat(lambda m, h: jnp.tanh(m(h)))(self.mix, x)
+    return self.head(x.mean(1))
+
+
+def test_nnx_layer_under_remat_falls_back_exactly(caplog):
+  from trustml.models import nnx_adapter  # noqa: PLC0415
+
+  with jax.enable_x64(True):
+    model = nnx_adapter.from_nnx(NnxRemat(nnx.Rngs(0)), name="nnx_remat", num_classes=C)
+    batch = _batch()
+    params = model.init(None, batch)
+    ghost._warned.clear()
+    with caplog.at_level(logging.WARNING):
+      _check(model.per_example_loss, params, batch, 0.05)
+    uncovered = ghost.plan(model.per_example_loss, params, batch).uncovered
+    assert set(uncovered) == {("mix", "kernel"), ("mix", "bias")}
+    assert "mix/kernel" in caplog.text

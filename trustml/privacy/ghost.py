@@ -36,6 +36,7 @@ from typing import Any
 import flax
 import flax.linen as nn
 import jax
+from flax.core import tracers as flax_tracers
 import jax.numpy as jnp
 import numpy as np
 
@@ -78,6 +79,7 @@ class _State:
   perturb: list | None = None  # Per call: a zero perturbation of its output, or None.
   inputs: list = dataclasses.field(default_factory=list)
   active: list = dataclasses.field(default_factory=list)  # Paths inside a recorded call.
+  base_trace: Any = None  # The trace the loss is called under (set by ``_intercepting``).
 
 
 def _interceptor(state: _State):
@@ -104,7 +106,16 @@ def _interceptor(state: _State):
 
 
 def record(state: _State, path, module, method, extra, x, args, kwargs, call_fn):
-  """Runs one layer call, recording it (and perturbing its output in the forward pass)."""
+  """Runs one layer call, recording it (and perturbing its output in the forward pass).
+
+  A call made under a transformation nested inside the model (``nn.scan``, ``nn.remat``,
+  ``nn.RNN``, ``nn.vmap``, a ``lax.scan`` body...) is not recorded: its input and output are
+  tracers of that inner trace, which a rule cannot use outside it. Its layer's leaves become
+  residual (per-example copies: correct, slower; the warning names them).
+  """
+  if flax_tracers.current_trace() != state.base_trace:
+    state.other_uses.add(path)
+    return call_fn(*args, **kwargs)
   state.active.append(path)
   try:
     out = call_fn(*args, **kwargs)
@@ -122,6 +133,7 @@ def record(state: _State, path, module, method, extra, x, args, kwargs, call_fn)
 @contextlib.contextmanager
 def _intercepting(state: _State, params: Params):
   """Records rule-layer calls of Linen (intercept_methods) and NNX (patched) layers."""
+  state.base_trace = flax_tracers.current_trace()
   with nn.intercept_methods(_interceptor(state)), ghost_nnx.patched(state, params, record):
     yield
 
@@ -177,7 +189,8 @@ def _call_uses(call: _Call, leaves: Mapping[Path, jax.Array], size: int) -> list
     pad = rules.conv_padding(mod.padding, mod.kernel_dilation, ks)
     if (
       len(x_shape) != n + 2
-      or mod.feature_group_count != 1
+      or x_shape[-1] != mod.feature_group_count * kshape[-2]
+      or kshape[-1] % mod.feature_group_count
       or mod.mask is not None
       or pad is None
       or rules.as_tuple(mod.input_dilation, n) != (1,) * n
@@ -192,6 +205,7 @@ def _call_uses(call: _Call, leaves: Mapping[Path, jax.Array], size: int) -> list
       input_dilation=rules.as_tuple(mod.input_dilation, n),
       kernel_dilation=rules.as_tuple(mod.kernel_dilation, n),
       bias=bias,
+      feature_group_count=mod.feature_group_count,
     )
   else:
     return None
@@ -294,7 +308,8 @@ def plan(loss_fn: Callable[..., jax.Array], params: Params, batch: Batch, rng=No
       bigger[i].in_shape[:1] == (size + 1,) and bigger[i].out_shape[:1] == (size + 1,)
     )
     per_call.append(_call_uses(c, leaves, size) if follows else None)
-  bad: set[Path] = set()
+  # A layer also used where no rule sees it (a nested transform, another method): no rule.
+  bad: set[Path] = {p for p in leaves if p[:-1] in state.other_uses}
   for call, uses in zip(state.calls, per_call, strict=True):
     if uses is None or call.path in state.other_uses:
       bad.update(p for p in leaves if p[:-1] == call.path)

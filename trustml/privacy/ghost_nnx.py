@@ -145,7 +145,8 @@ def call_uses(call, leaves, size: int) -> list | None:
     pad = rules.conv_padding(attrs["padding"], attrs["kernel_dilation"], ks)
     if (
       len(x_shape) != n + 2
-      or attrs["feature_group_count"] != 1
+      or x_shape[-1] != attrs["feature_group_count"] * kshape[-2]
+      or kshape[-1] % attrs["feature_group_count"]
       or attrs.get("mask") is not None
       or pad is None
       or rules.as_tuple(attrs["input_dilation"], n) != (1,) * n
@@ -160,6 +161,7 @@ def call_uses(call, leaves, size: int) -> list | None:
       input_dilation=(1,) * n,
       kernel_dilation=rules.as_tuple(attrs["kernel_dilation"], n),
       bias=bias,
+      feature_group_count=attrs["feature_group_count"],
     )
   else:
     return None

@@ -214,15 +214,20 @@ def conv_uses(
   input_dilation: tuple,
   kernel_dilation: tuple,
   bias: tuple | None,
+  feature_group_count: int = 1,
 ) -> list:
-  """Uses of an N-d convolution (one batch axis, channels last, one feature group).
+  """Uses of an N-d convolution (one batch axis, channels last, ``G`` feature groups).
 
-  The kernel ``[*k, C_in, C_out]`` acts as a Dense on im2col patches (features ordered
-  ``(C_in, *k)``). ``input_dilation`` must be 1 (checked by the caller).
+  The kernel ``[*k, C_in / G, C_out]`` acts as ``G`` Dense heads on im2col patches: head ``j``
+  maps the patches of input channels ``[j·C_in/G, (j+1)·C_in/G)`` (features ordered
+  ``(C_in/G, *k)``) to output channels ``[j·C_out/G, (j+1)·C_out/G)``, as ``lax`` groups them
+  (depthwise: ``G = C_in``). ``input_dilation`` must be 1 (checked by the caller).
   """
   path = tuple(path)
   n = len(kernel_shape) - 2
-  c_in, c_out = kernel_shape[-2], kernel_shape[-1]
+  groups = int(feature_group_count)
+  c_in, c_out = kernel_shape[-2], kernel_shape[-1]  # c_in: channels per group.
+  c_x, o_g = c_in * groups, c_out // groups  # The input's channels; outputs per group.
   ks = tuple(kernel_shape[:-2])
   k = int(np.prod(ks))
 
@@ -250,33 +255,44 @@ def conv_uses(
         + tuple(
           st0 + (o - 1) * st + 1 for st0, o, st in zip(start[1:-1], out_sp, strides, strict=True)
         )
-        + (c_in,)
+        + (c_x,)
       )
       yield jax.lax.slice(xp, start, limit, (1, *strides, 1))
 
   def x_fn(x):
-    patches = jnp.stack(list(windows(x)), -1)  # [B, *out, C_in, K]: features (C_in, *k).
-    return patches.reshape(x.shape[0], -1, 1, c_in * k)
+    patches = jnp.stack(list(windows(x)), -1)  # [B, *out, C_x, K]: features (C_x, *k).
+    return patches.reshape(x.shape[0], -1, groups, c_in * k)
 
   def gram_fn(x):
     # 1-D: patch_t · patch_s = Σ_j x_{t·st + j·d} · x_{s·st + j·d} over the padded input, so
     # the patch gram is a sum of k shifted windows of the input gram (B·T²·C_in, not ·C_in·k).
+    # With G groups: one such gram per group, [B, G, T, T].
     ((lo, hi),), (t_out,) = geometry(x.shape[1:-1])
-    xx = jnp.einsum("btc,bsc->bts", x.astype(_acc_dtype(x)), x.astype(_acc_dtype(x)))
-    xx = jnp.pad(xx, ((0, 0), (lo, hi), (lo, hi)))
+    xa = x.astype(_acc_dtype(x))
+    if groups == 1:
+      xx = jnp.einsum("btc,bsc->bts", xa, xa)[:, None]
+    else:
+      xg = xa.reshape(xa.shape[:2] + (groups, c_in))
+      xx = jnp.einsum("btgc,bsgc->bgts", xg, xg)
+    xx = jnp.pad(xx, ((0, 0), (0, 0), (lo, hi), (lo, hi)))
     st, d = strides[0], kernel_dilation[0]
     total = 0.0
     for j in range(ks[0]):
       a = j * d
-      total = total + xx[:, a : a + (t_out - 1) * st + 1 : st, a : a + (t_out - 1) * st + 1 : st]
-    return total[:, None]
+      sl = slice(a, a + (t_out - 1) * st + 1, st)
+      total = total + xx[:, :, sl, sl]
+    return total
 
   def g_fn(g):
-    return g.reshape(g.shape[0], -1, 1, c_out)
+    return g.reshape(g.shape[0], -1, groups, o_g)
 
   def to_leaf(w):
-    w = w.reshape(w.shape[:-3] + (c_in,) + tuple(kernel_shape[:-2]) + (c_out,))
-    return jnp.moveaxis(w, -n - 2, -2)
+    # [..., G, C_in·K, O_g] -> [..., *k, C_in, G·O_g] (output channel j·O_g + o).
+    lead = w.shape[:-3]
+    w = w.reshape(lead + (groups, c_in) + ks + (o_g,))
+    m = len(lead)
+    order = tuple(range(m)) + tuple(m + 2 + a for a in range(n)) + (m + 1, m, m + 2 + n)
+    return jnp.transpose(w, order).reshape(lead + ks + (c_in, c_out))
 
   dims = conv_layout.canonical_numbers(n + 2)  # channels-last, kernel [*k, C_in, C_out]
 
@@ -292,13 +308,19 @@ def conv_uses(
 
     def conv(w):
       return jax.lax.conv_general_dilated(
-        x.astype(dt), w, strides, pads, rhs_dilation=kernel_dilation, dimension_numbers=dims
+        x.astype(dt),
+        w,
+        strides,
+        pads,
+        rhs_dilation=kernel_dilation,
+        dimension_numbers=dims,
+        feature_group_count=groups,
       )
 
     w0 = jnp.zeros(kernel_shape, dt)
     return jax.vjp(conv, w0)[1](g.astype(dt))[0]
 
-  sig = ("conv", (1, c_in * k, c_out), tuple(kernel_shape), strides, str(padding))
+  sig = ("conv", (groups, c_in * k, o_g), tuple(kernel_shape), strides, str(padding))
   uses: list = [
     Bilinear(path + ("kernel",), x_fn, g_fn, to_leaf, sig, gram_fn if n == 1 else None, sum_fn)
   ]
