@@ -36,9 +36,9 @@ from typing import Any
 import flax
 import flax.linen as nn
 import jax
-from flax.core import tracers as flax_tracers
 import jax.numpy as jnp
 import numpy as np
+from flax.core import tracers as flax_tracers
 
 from trustml.core.types import Batch, Params
 from trustml.privacy import clipping as clipping_lib
