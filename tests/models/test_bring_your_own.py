@@ -1,5 +1,7 @@
 """Bring your own Flax model and arrays: up-front contract checks, then DP training with ε."""
 
+import logging
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -33,6 +35,17 @@ class MeanPool(nn.Module):
 
   def __call__(self, tokens, mask, train=False):
     return self.from_embeddings(self.embed_tokens(tokens), mask, train)
+
+
+class RawMix(MeanPool):
+  """A raw kernel in a matmul (``x @ w``): no ghost rule, the per-example fallback."""
+
+  def setup(self):
+    super().setup()
+    self.mix = self.param("mix", nn.initializers.orthogonal(), (8, 8))
+
+  def from_embeddings(self, emb, mask, train=False):
+    return self.head(jnp.tanh(self.pool(emb, mask, train) @ self.mix))
 
 
 class CallOnly(nn.Module):
@@ -105,5 +118,23 @@ def test_dp_training_of_your_own_module_on_your_own_arrays(tmp_path):
   summary = trustml.train.run(config, tmp_path / "run", prepared=prepared, progress=False)
   assert summary["data/num_train"] == 500 and summary["model/name"] == "mine"
   assert 0 < summary["privacy/epsilon"] <= 2.0 + 1e-9
+  assert summary["privacy/ghost_residual_leaves"] == []  # Every leaf has a ghost rule.
+  assert "privacy/ghost_fallback" not in summary
   params, _ = jax.tree.flatten(model.init(jax.random.key(0), prepared.train))
   assert summary["model/num_params"] == sum(p.size for p in params)
+
+
+def test_dp_training_measures_and_reports_a_ghost_fallback(tmp_path, caplog):
+  x, y = _data(n=300)
+  model = trustml.models.from_flax(RawMix(), name="rawmix", kind="classifier", num_classes=2)
+  prepared = trustml.train.from_arrays(model, (x[:250], y[:250]), (x[250:], y[250:]))
+  config = trustml.configs.dp_nlu.get_config("smoke,eps=2")
+  config.train.batch_size, config.privacy.virtual_batch_size = 16, 32
+  with caplog.at_level(logging.WARNING):
+    summary = trustml.train.run(config, tmp_path / "run", prepared=prepared, progress=False)
+  assert summary["privacy/ghost_residual_leaves"] == ["mix"]
+  cost = summary["privacy/ghost_fallback"]
+  assert cost["copies_mb"] == 16 * 64 * 4 / 2**20  # 16 per-example copies of an 8 x 8 kernel.
+  assert cost["edp_step_s"] > 0 and cost["plain_step_s"] > 0
+  assert cost["ratio"] == cost["edp_step_s"] / cost["plain_step_s"]
+  assert "no ghost-norm rule (mix)" in caplog.text and "16-row micro-batch" in caplog.text

@@ -30,6 +30,7 @@ The result equals the naive ``vmap(grad)`` clipped sum (float64 oracle tests).
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -357,7 +358,8 @@ def _warn_residual(uncovered: tuple, leaves: Mapping, size: int) -> None:
     logging.warning(
       "eDP-SGD: no ghost-norm rule covers %s; their per-example gradients are materialised "
       "(per-example parameter copies, forward under vmap, one backward: correct; extra memory "
-      "as listed, extra time by bench/dp_step.py --models=transformer_rawparam).",
+      "as listed; ghost.fallback_cost measures the extra time, and the DP trainer reports it "
+      "at start-up as privacy/ghost_fallback).",
       names,
     )
 
@@ -617,4 +619,60 @@ def clipped_sum(
   return flax.traverse_util.unflatten_dict(out), stats
 
 
-__all__ = ["Plan", "RULE_TYPES", "SMALL_TYPES", "clipped_sum", "plan"]
+def fallback_cost(
+  loss_fn: Callable[..., jax.Array],
+  params: Params,
+  batch: Batch,
+  *,
+  l2_clip_norm: float = 1.0,
+  reps: int = 3,
+  measure: bool = True,
+) -> dict[str, Any]:
+  """Which leaves take the per-example fallback, and what it costs, measured on ``batch``.
+
+  Compiles and times (medians of ``reps`` after one warm-up call) the eDP clipped sum
+  (:func:`clipped_sum`) against the plain batched gradient of the mean loss on the same
+  batch. Only shapes matter for the timing: pass a synthetic batch, not private data. When no
+  leaf falls back nothing is compiled.
+
+  Args:
+    loss_fn: ``loss_fn(params, batch, rng) -> [B]`` weighted per-example losses.
+    params: parameters (arrays).
+    batch: one (micro-)batch with ``weight`` ``[B]``.
+    l2_clip_norm: clip norm used in the timed step.
+    reps: timed calls per variant.
+    measure: False: only the leaves and the memory of their copies (no compilation).
+
+  Returns:
+    ``{"leaves": [names], "copies_mb": float}`` and, with ``measure`` and a fallback,
+    ``"edp_step_s"``, ``"plain_step_s"``, ``"ratio"`` (eDP / plain).
+  """
+
+  pl = plan(loss_fn, params, batch)
+  leaves = _flatten(params)
+  size = batch["weight"].shape[0]
+  out: dict[str, Any] = {
+    "leaves": [_name(p) for p in pl.uncovered],
+    "copies_mb": sum(size * int(np.prod(leaves[p].shape)) * 4 for p in pl.uncovered) / 2**20,
+  }
+  if not pl.uncovered or not measure:
+    return out
+  edp = jax.jit(lambda p, b: clipped_sum(loss_fn, p, b, l2_clip_norm)[0])
+  plain = jax.jit(jax.grad(lambda p, b: jnp.sum(loss_fn(p, b, None)) / b["weight"].shape[0]))
+
+  def median(fn) -> float:
+    jax.block_until_ready(fn(params, batch))
+    times = []
+    for _ in range(max(1, reps)):
+      t = time.perf_counter()
+      jax.block_until_ready(fn(params, batch))
+      times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+  out["plain_step_s"] = median(plain)
+  out["edp_step_s"] = median(edp)
+  out["ratio"] = out["edp_step_s"] / out["plain_step_s"]
+  return out
+
+
+__all__ = ["Plan", "RULE_TYPES", "SMALL_TYPES", "clipped_sum", "fallback_cost", "plan"]
