@@ -128,6 +128,19 @@ class Nested(nn.Module):
     return nn.Dense(C, name="head")(h[:, -1])
 
 
+class Wrapped(nn.Module):
+  """A block under ``nn.remat`` and an ``nn.WeightNorm`` Dense: no layer rule sees them (an
+  inner trace; a kernel computed from parameters), the jaxpr sites do (kernel products
+  expanded per example, norms' scales and biases broadcast)."""
+
+  @nn.compact
+  def __call__(self, tokens, mask):
+    x = nn.Embed(V, D, name="embed")(tokens) * mask[..., None]
+    x, _ = nn.remat(_Block)(name="remat")(x, None)
+    x = jnp.tanh(nn.WeightNorm(nn.Dense(D, name="wd"), name="wn")(x))
+    return nn.Dense(C, name="head")(x.mean(1))
+
+
 class Tied(nn.Module):
   """One table: two lookups and two attends (logits), so every cross term is present."""
 
@@ -168,6 +181,24 @@ class _Shifted(nn.Module):
     return nn.tanh(x - self.param("offset", nn.initializers.normal(1.0), (D,)))
 
 
+class RawDots(nn.Module):
+  """Raw kernels in products: ``x @ w``, an einsum with a head axis, the same kernel on the
+  left of a second einsum (a dot batch axis first in its output), and a kernel through a
+  parameter-only chain (``softplus(g)``) on the left."""
+
+  @nn.compact
+  def __call__(self, tokens, mask):
+    x = nn.Embed(V, D, name="embed")(tokens) * mask[..., None]
+    x = nn.tanh(x @ self.param("kernel", nn.initializers.normal(0.5), (D, D)))
+    w = self.param("heads", nn.initializers.normal(0.5), (2, D, 3))
+    h = jnp.einsum("btd,hde->bthe", x, w)
+    h2 = jnp.einsum("hde,bthe->bthd", w, jnp.tanh(h))
+    g = self.param("gate", nn.initializers.normal(0.5), (D, 4))
+    y = jnp.einsum("de,btd->bte", jax.nn.softplus(g), h2.sum(2))
+    m = mask[..., None].astype(y.dtype)
+    return nn.Dense(C, name="head")((y * m).sum(1)) + self.param("b", nn.initializers.zeros, (C,))
+
+
 class RawKernel(nn.Module):
   """Uses no broadcast covers: a raw kernel in a matmul, a raw table gathered at token ids."""
 
@@ -184,6 +215,8 @@ MODULES = {
   "raw": RawParams,
   "broadcasts": Broadcasts,
   "rawkernel": RawKernel,
+  "rawdots": RawDots,
+  "wrapped": Wrapped,
   "layers": Layers,
   "convs": Convs,
   "grouped_convs": GroupedConvs,
@@ -201,6 +234,13 @@ RESIDUAL = {
   },
 }
 BROADCAST = {
+  "rawdots": {("kernel",), ("heads",), ("gate",), ("b",)},
+  "wrapped": {
+    *(("remat", layer, leaf) for layer, leaf in _BLOCK_LEAVES),
+    ("wd", "kernel"),
+    ("wd", "bias"),
+    ("wn", "wd/kernel/scale"),
+  },
   "raw": {("pos",), ("scale",), ("b",), ("pos_embed", "embedding"), ("prelu", "negative_slope")},
   "broadcasts": {
     ("table",),
@@ -252,7 +292,7 @@ def _check(loss, params, batch, clip):
     assert float(st["num_clipped"]) == float(st_ref["num_clipped"]) > 0
 
 
-CASES = [(name, B) for name in sorted(MODULES)] + [("broadcasts", T), ("raw", T)]
+CASES = [(name, B) for name in sorted(MODULES)] + [("broadcasts", T), ("raw", T), ("rawdots", D)]
 
 
 @pytest.mark.parametrize("name,size", CASES)  # size T: a position axis has the batch's size.
@@ -274,6 +314,19 @@ def test_rules_equal_naive_float64(name, size, caplog):
       assert "/".join(path) in caplog.text
     if not residual:
       assert "no ghost-norm rule" not in caplog.text
+
+
+def test_raw_kernels_in_products_take_the_einsum_rule():
+  # x @ w and both einsums of ``heads`` are kernel sites (ghost norm from the product's input
+  # and output gradient, no per-example gradient); softplus(g) is expanded per example.
+  module = RawDots()
+  batch = _batch()
+  params = module.init(jax.random.key(0), batch["tokens"], batch["mask"])["params"]
+  with jax.enable_x64(True):
+    pl = ghost.plan(_loss_fn(module), params, batch)
+  kernel = {pl.broadcast[s.rule[0]] for s in pl.sites if s.rule is not None}
+  assert kernel == {("kernel",), ("heads",)}
+  assert sum(s.rule is not None for s in pl.sites) == 3
 
 
 @pytest.mark.parametrize(
@@ -383,7 +436,8 @@ def test_nnx_model_rules_equal_naive_float64(caplog):
 
 
 class NnxRemat(nnx.Module):
-  """An NNX layer called under ``nnx.remat``: its leaves take the per-example fallback."""
+  """An NNX layer called under ``nnx.remat``: its call is not recorded (inner trace), and its
+  kernel and bias are found as sites inside the checkpoint body (expanded per example there)."""
 
   def __init__(self, rngs):
     kw = dict(rngs=rngs, param_dtype=jnp.float64)
@@ -397,7 +451,7 @@ class NnxRemat(nnx.Module):
     return self.head(x.mean(1))
 
 
-def test_nnx_layer_under_remat_falls_back_exactly(caplog):
+def test_nnx_layer_under_remat_is_exact_without_per_example_copies(caplog):
   from trustml.models import nnx_adapter  # noqa: PLC0415
 
   with jax.enable_x64(True):
@@ -407,6 +461,7 @@ def test_nnx_layer_under_remat_falls_back_exactly(caplog):
     ghost._warned.clear()
     with caplog.at_level(logging.WARNING):
       _check(model.per_example_loss, params, batch, 0.05)
-    uncovered = ghost.plan(model.per_example_loss, params, batch).uncovered
-    assert set(uncovered) == {("mix", "kernel"), ("mix", "bias")}
-    assert "mix/kernel" in caplog.text
+    pl = ghost.plan(model.per_example_loss, params, batch)
+    assert pl.uncovered == ()
+    assert set(pl.broadcast) == {("mix", "kernel"), ("mix", "bias")}
+    assert "no ghost-norm rule" not in caplog.text

@@ -396,7 +396,7 @@ def _run(loss_fn, params, batch, rng, pl: Plan):
   forward = vmapped if pl.uncovered else batched
   _, vjp_fn, (losses, inputs) = jax.vjp(forward, zs, res, has_aux=True)
   grads_out, res_grads = vjp_fn(jnp.ones((), losses.dtype))
-  return losses, inputs, grads_out, {p: res_grads[_name(p)] for p in pl.uncovered}
+  return losses, inputs, grads_out, {p: res_grads[_name(p)] for p in pl.uncovered}, []
 
 
 def _run_broadcast(loss_fn, params, batch, rng, pl: Plan, zs: list):
@@ -410,18 +410,36 @@ def _run_broadcast(loss_fn, params, batch, rng, pl: Plan, zs: list):
 
   def forward(zs, site_zs):
     flat = jax.tree.leaves((zs, res, batch))
-    outs = ghost_broadcast.forward(closed, flat, taints, pl.sites, site_zs)
+    outs, kernel_xs = ghost_broadcast.forward(closed, flat, taints, pl.sites, site_zs)
     _, losses, inputs = jax.tree.unflatten(tree, outs)
-    return losses.sum(), (losses, inputs)
+    return losses.sum(), (losses, inputs, kernel_xs)
 
-  def chain(r):
-    return ghost_broadcast.operands(closed, jax.tree.leaves((zs, r, batch)), taints)
+  # Kernel sites (a raw leaf in a dot_general) get the layer rule from their (x, g); every
+  # other leaf its per-example gradient through the parameter-only chain.
+  kernel_leaves = {s.rule[0] for s in pl.sites if s.rule is not None}
+  chain_idx = [i for i in range(len(res)) if i not in kernel_leaves]
+
+  def chain(r_sub):
+    r = list(res)
+    for i, v in zip(chain_idx, r_sub, strict=True):
+      r[i] = v
+    return ghost_broadcast.operands(closed, jax.tree.leaves((zs, r, batch)), taints, pl.sites)
 
   site_zs = [jnp.zeros(s.shape, s.dtype) for s in pl.sites]
-  _, vjp_fn, (losses, inputs) = jax.vjp(forward, zs, site_zs, has_aux=True)
+  _, vjp_fn, (losses, inputs, kernel_xs) = jax.vjp(forward, zs, site_zs, has_aux=True)
   grads_out, site_grads = vjp_fn(jnp.ones((), losses.dtype))
-  per_example = ghost_broadcast.per_example_grads(chain, res, pl.sites, site_grads)
-  return losses, inputs, grads_out, dict(zip(pl.broadcast, per_example, strict=True))
+  others = [(s, g) for s, g in zip(pl.sites, site_grads, strict=True) if s.rule is None]
+  per_example = {}
+  if chain_idx:
+    grads = ghost_broadcast.per_example_grads(
+      chain, [res[i] for i in chain_idx], [s for s, _ in others], [g for _, g in others]
+    )
+    per_example = {pl.broadcast[i]: g for i, g in zip(chain_idx, grads, strict=True)}
+  kernel_sites = [(s, g) for s, g in zip(pl.sites, site_grads, strict=True) if s.rule is not None]
+  kernels = [
+    (pl.broadcast[s.rule[0]], s, x, g) for (s, g), x in zip(kernel_sites, kernel_xs, strict=True)
+  ]
+  return losses, inputs, grads_out, per_example, kernels
 
 
 def _small_per_example(module, layer_params: dict, x: jax.Array, g: jax.Array) -> dict:
@@ -510,7 +528,7 @@ def clipped_sum(
   size = batch["weight"].shape[0]
   if pl.uncovered:
     _warn_residual(pl.uncovered, leaves, size)
-  losses, inputs, grads_out, materialised = _run(loss_fn, params, batch, rng, pl)
+  losses, inputs, grads_out, materialised, kernels = _run(loss_fn, params, batch, rng, pl)
 
   bilinear: dict[Path, dict] = {}  # path -> signature -> ([xe], [ge], to_leaf)
   tables: dict[Path, dict] = {}
@@ -545,6 +563,15 @@ def clipped_sum(
         for p in u.paths:
           val = pe[p[-1]]
           materialised[p] = materialised[p] + val if p in materialised else val
+
+  for path, site, x, g in kernels:  # Raw kernels in dot_general: the einsum rule.
+    _, side, dnums, x_shape, k_shape = site.rule
+    u = rules.dot_general_use(path, dnums, side, x_shape, k_shape, site.data_axis)
+    entry = bilinear.setdefault(path, {}).setdefault(u.signature, ([], [], u.to_leaf, [], []))
+    entry[0].append(u.x_fn(x))
+    entry[1].append(u.g_fn(g))
+    entry[3].append(None)
+    entry[4].append(None)
 
   ghost: dict[Path, tuple] = {}
   for path, forms in bilinear.items():

@@ -16,10 +16,13 @@ This module finds those *sites* in the model's jaxpr and makes them visible:
    examples (the batch, the perturbations of the recorded layer calls). A value that depends on
    leaves but not on the examples is *parameter-only*. Every equation that mixes a
    parameter-only float operand with example data must be an elementwise op whose
-   parameter-only operand can be expanded along the batch axis; anything else (``dot_general``
-   with a raw kernel, a gather at data-dependent ids, a scan or custom-derivative call that
-   mixes them) makes the leaves *unsupported*, and :mod:`trustml.privacy.ghost` falls back to
-   per-example copies under ``vmap``. ``jit`` / ``closed_call`` bodies are inlined;
+   parameter-only operand can be expanded along the batch axis, or a ``dot_general`` whose
+   example operand keeps its batch axis free (a raw kernel, ``x @ w`` or any einsum: a *kernel
+   site* when the operand is the leaf itself, its output gradient then feeding the einsum
+   rule's ghost norm; else the operand is expanded per example and the product batched over
+   the examples); anything else (a gather at data-dependent ids, a scan or custom-derivative
+   call that mixes them) makes the leaves *unsupported*, and :mod:`trustml.privacy.ghost`
+   falls back to per-example copies under ``vmap``. ``jit`` / ``closed_call`` bodies are inlined;
    ``checkpoint`` (``nn.remat``) bodies are interpreted inside ``jax.checkpoint`` again. The batch axis of each site is the one output axis whose size follows the batch
    size: the analysis runs at ``B`` and at ``B + 1`` and the two site lists must agree (a
    feature axis that happens to equal ``B`` is not taken for the batch axis).
@@ -46,6 +49,8 @@ import jax
 import jax.extend.core as jex
 import jax.numpy as jnp
 
+from trustml.privacy import ghost_rules
+
 # Elementwise primitives that broadcast size-1 (and rank-0) operands implicitly.
 _ELEMENTWISE = frozenset({
   "add", "sub", "mul", "div", "max", "min", "pow", "atan2", "rem", "nextafter", "select_n",
@@ -71,6 +76,11 @@ class Site:
   dtype: Any
   operand_shape: tuple
   broadcast_dims: tuple
+  data_axis: int = -1  # dot sites: the batch axis of the example-side operand; -1: elementwise.
+  # A kernel site (the operand is a residual leaf itself, its only use a dot_general): the
+  # perturbation is on the dot's output and the layer rule's ghost norm applies;
+  # ``(leaf index, kernel side 0/1, dimension_numbers, x_shape, kernel_shape)``.
+  rule: tuple | None = None
 
 
 @dataclasses.dataclass
@@ -83,6 +93,10 @@ class _Seen:
   dtype: Any
   operand_shape: tuple
   broadcast_dims: tuple | None  # None: ``w`` is the operand itself (identity dims).
+  dot: bool = False  # A dot_general site: ``axes`` are the example operand's axes.
+  leaves: frozenset = frozenset()
+  direct: int | None = None  # dot sites: the residual leaf the operand is, if it is one.
+  dot_info: tuple = ()  # dot sites: (kernel side, dimension_numbers, x_shape).
 
 
 def _inner(eqn) -> tuple[Any, Sequence] | None:
@@ -129,8 +143,12 @@ class _Walker:
     self.seen: list[_Seen] = []
     self.bad: set[int] = set()
     self.operands: list = []
+    self.k = 0  # Sites met so far (forward / chain: the index into ``sites``).
+    self.direct: dict[int, int] = {}  # id(value) -> residual leaf index, for the leaves.
+    self.rule_inputs: list = []  # forward: the example operand of each kernel site.
+    self.remat = 0  # Depth of checkpoint bodies being interpreted (no kernel sites inside).
 
-  def run(self, jaxpr, consts, args, taints):
+  def run(self, jaxpr, consts, args, taints, top: bool = True):
     env: dict = {}
     tenv: dict = {}
     origin: dict = {}  # Parameter-only broadcast_in_dim output -> (operand var, dims).
@@ -142,6 +160,8 @@ class _Walker:
       env[v], tenv[v] = c, _NO_TAINT
     for v, a, t in zip(jaxpr.invars, args, taints, strict=True):
       env[v], tenv[v] = a, t
+      if top and len(t[0]) == 1 and not t[1]:
+        self.direct[id(a)] = next(iter(t[0]))
     for eqn in jaxpr.eqns:
       pairs = [read(v) for v in eqn.invars]
       vals = [p[0] for p in pairs]
@@ -149,11 +169,13 @@ class _Walker:
       leaves = frozenset().union(*(t[0] for t in ts))
       data = any(t[1] for t in ts)
       inner = _inner(eqn) if leaves and data else None
+      in_remat = inner is not None and eqn.primitive.name in ("checkpoint", "remat", "remat2")
+      self.remat += in_remat
       if inner is not None and eqn.primitive.name == "remat2" and self.mode == "forward":
         box = []
 
         def body(*args, inner=inner, ts=ts, box=box):
-          outs, out_ts = self.run(inner[0], inner[1], list(args), ts)
+          outs, out_ts = self.run(inner[0], inner[1], list(args), ts, top=False)
           box.append(out_ts)
           return outs
 
@@ -163,13 +185,19 @@ class _Walker:
         outs = remat(*vals)
         out_ts = box[0]
       elif inner is not None:
-        outs, out_ts = self.run(inner[0], inner[1], vals, ts)
+        outs, out_ts = self.run(inner[0], inner[1], vals, ts, top=False)
       else:
         if leaves and data:
           if eqn.primitive.name in _ELEMENTWISE:
             for j, v in enumerate(eqn.invars):
               if ts[j][0] and not ts[j][1]:
                 vals[j] = self._site(eqn, j, v, vals, env, origin, ts[j][0])
+          elif eqn.primitive.name == "dot_general" and _dot_mix(ts):
+            out = self._dot_site(eqn, vals, ts)
+            if out is not None:
+              for v, o in zip(eqn.outvars, [out], strict=True):
+                env[v], tenv[v] = o, (leaves, data)
+              continue
           else:
             for j, v in enumerate(eqn.invars):
               if ts[j][0] and not ts[j][1] and _is_float(v.aval.dtype):
@@ -181,10 +209,88 @@ class _Walker:
         out_ts = [(leaves, data)] * len(eqn.outvars)
         if eqn.primitive.name == "broadcast_in_dim" and leaves and not data:
           origin[eqn.outvars[0]] = (eqn.invars[0], tuple(eqn.params["broadcast_dimensions"]))
+      self.remat -= in_remat
       for v, o, t in zip(eqn.outvars, outs, out_ts, strict=True):
         if not isinstance(v, jex.DropVar):
           env[v], tenv[v] = o, t
     return [read(v)[0] for v in jaxpr.outvars], [read(v)[1] for v in jaxpr.outvars]
+
+  def _dot_site(self, eqn, vals, ts):
+    """A ``dot_general`` of a parameter-only operand ``u`` with example data ``x``.
+
+    Two forms. A *kernel site*: ``u`` is a residual leaf itself (``x @ w``,
+    ``einsum("btd,hde->bthe", x, w)``) and all its uses are such products: the dot's output
+    is perturbed, so the batched VJP gives its output gradient and
+    :func:`trustml.privacy.ghost_rules.dot_general_use` the layer rule's ghost norm (no
+    per-example gradient is formed). Otherwise (``u = h(p)``, e.g. ``x @ softplus(w)``) ``u``
+    is expanded to one copy per example, ``[B, *u.shape]``, perturbed, and the product
+    becomes a batched ``dot_general`` over the example axis (same FLOPs; the per-example
+    cotangents of ``u`` are then pulled back through ``h``).
+
+    Returns the output in forward mode, None otherwise (the equation is then bound as is).
+    """
+    j = 0 if ts[0][0] and not ts[0][1] else 1  # The parameter-only side.
+    u, x = vals[j], vals[1 - j]
+    u_var, x_var = eqn.invars[j], eqn.invars[1 - j]
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    x_contract, x_batch = (rc, rb) if j == 0 else (lc, lb)
+    x_free = [d for d in range(len(x_var.aval.shape)) if d not in x_contract and d not in x_batch]
+    if self.mode == "analyse":
+      if not _is_float(u_var.aval.dtype):
+        return None
+      shape = tuple(x_var.aval.shape)
+      axes = frozenset(d for d in x_free if shape[d] == self.batch_size)
+      u_shape = tuple(u_var.aval.shape)
+      if not axes:
+        self.bad.update(ts[j][0])
+      dims = tuple(range(1, len(u_shape) + 1))
+      out = eqn.outvars[0].aval
+      dnums = ((tuple(lc), tuple(rc)), (tuple(lb), tuple(rb)))
+      self.seen.append(
+        _Seen(
+          axes,
+          u_shape,
+          tuple(out.shape),
+          out.dtype,
+          u_shape,
+          dims,
+          dot=True,
+          leaves=ts[j][0],
+          # Inside a checkpoint body the product's input cannot leave it: expanded form.
+          direct=None if self.remat else self.direct.get(id(u)),
+          dot_info=(j, dnums, shape),
+        )
+      )
+      return None
+    site = self.sites[self.k]
+    self.k += 1
+    if self.mode == "chain":
+      if site.rule is None:
+        self.operands.append(u)
+      return None
+    if site.rule is not None:  # Kernel site: the product as it is, its output perturbed.
+      self.rule_inputs.append(x)
+      return _bind(eqn, vals)[0] + self.zs[self.k - 1]
+    a = site.data_axis
+    expanded = jax.lax.broadcast_in_dim(u, site.shape, site.broadcast_dims) + self.zs[self.k - 1]
+    shift = lambda dims: tuple(d + 1 for d in dims)  # noqa: E731
+    u_free = len(u_var.aval.shape) - len(lc if j == 0 else rc) - len(lb)
+    if j == 1:  # x @ u: the example axis joins the batch dimensions.
+      dnums = ((tuple(lc), shift(rc)), ((a, *lb), (0, *shift(rb))))
+      lhs, rhs = x, expanded
+      dest = len(lb) + x_free.index(a)
+    else:  # u @ x.
+      dnums = ((shift(lc), tuple(rc)), ((0, *shift(lb)), (a, *rb)))
+      lhs, rhs = expanded, x
+      dest = len(lb) + u_free + x_free.index(a)
+    out = jax.lax.dot_general(
+      lhs,
+      rhs,
+      dnums,
+      precision=eqn.params.get("precision"),
+      preferred_element_type=eqn.params.get("preferred_element_type"),
+    )
+    return jnp.moveaxis(out, 0, dest)
 
   def _site(self, eqn, j, var, vals, env, origin, leaves):
     """Records (analyse), perturbs (forward) or collects (chain) one site; returns the value."""
@@ -204,14 +310,21 @@ class _Walker:
         self.bad.update(leaves)
       self.seen.append(_Seen(axes, u_shape, out_shape, var.aval.dtype, w_shape, dims))
       return u
-    k = len(self.operands)
+    k = self.k
+    self.k += 1
     w = env[w_var] if dims is not None else u
-    self.operands.append(w)
     if self.mode == "chain":
+      self.operands.append(w)
       return u
     site = self.sites[k]
     expanded = jax.lax.broadcast_in_dim(w, site.shape, site.broadcast_dims)
     return expanded + self.zs[k]
+
+
+def _dot_mix(ts) -> bool:
+  """A dot_general of one parameter-only operand with one example-side operand."""
+  (la, da), (lb, db) = ts
+  return (bool(la) and not da and db) or (bool(lb) and not db and da)
 
 
 def _is_float(dtype) -> bool:
@@ -236,7 +349,13 @@ def _candidate_axes(u_shape, out_shape, w_shape, dims, size) -> frozenset:
   return frozenset(axes)
 
 
-def _site(seen: _Seen, axis: int) -> Site:
+def _site(seen: _Seen, axis: int, size: int, kernel: bool = False) -> Site:
+  if seen.dot and kernel:
+    j, dnums, x_shape = seen.dot_info
+    rule = (seen.direct, j, dnums, x_shape, seen.u_shape)
+    return Site(-1, seen.out_shape, seen.dtype, seen.u_shape, (), axis, rule)
+  if seen.dot:
+    return Site(0, (size, *seen.u_shape), seen.dtype, seen.u_shape, seen.broadcast_dims, axis)
   if not seen.u_shape:
     shape = tuple(seen.out_shape[d] if d == axis else 1 for d in range(len(seen.out_shape)))
   else:
@@ -283,12 +402,24 @@ def analyse(
   first, second = found
   if len(first) != len(second):
     return None
+  kernel: dict[int, bool] = {}  # Leaf -> every use of it is a kernel in a dot_general.
+  for seen in first:
+    for i in seen.leaves:
+      ok = seen.dot and seen.direct == i and len(seen.leaves) == 1
+      kernel[i] = kernel.get(i, True) and ok
   sites = []
   for a, b in zip(first, second, strict=True):
     axes = a.axes & b.axes
     if len(axes) != 1 or a.broadcast_dims != b.broadcast_dims:
       return None
-    sites.append(_site(a, next(iter(axes))))
+    if a.dot != b.dot:
+      return None
+    is_kernel = a.dot and a.direct is not None and kernel.get(a.direct, False)
+    if is_kernel:  # The einsum rule must express the product (else: the expanded form).
+      j, dnums, x_shape = a.dot_info
+      use = ghost_rules.dot_general_use(("w",), dnums, j, x_shape, a.u_shape, min(axes))
+      is_kernel = use is not None
+    sites.append(_site(a, next(iter(axes)), batch_size, is_kernel))
   return tuple(sites)
 
 
@@ -305,15 +436,17 @@ def forward(
     zs: one zero array of ``site.shape`` per site (the VJP's inputs).
 
   Returns:
-    The flattened outputs.
+    The flattened outputs, and the example-side operand of each kernel site (in order).
   """
   walker = _Walker("forward", 0, sites, zs)
-  return walker.run(closed.jaxpr, closed.consts, flat_args, taints)[0]
+  outs = walker.run(closed.jaxpr, closed.consts, flat_args, taints)[0]
+  return outs, walker.rule_inputs
 
 
-def operands(closed: Any, flat_args: Sequence, taints: Sequence) -> list:
-  """The parameter-side value ``w`` of every site (parameter-only equations only)."""
-  walker = _Walker("chain", 0)
+def operands(closed: Any, flat_args: Sequence, taints: Sequence, sites: Sequence[Site]) -> list:
+  """The parameter-side value ``w`` of every site but the kernel sites (parameter-only
+  equations only)."""
+  walker = _Walker("chain", 0, sites)
   walker.run(closed.jaxpr, closed.consts, flat_args, taints)
   return walker.operands
 

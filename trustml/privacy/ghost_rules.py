@@ -167,6 +167,63 @@ def einsum_uses(
   return uses
 
 
+def dot_general_use(
+  path: Sequence[str],
+  dimension_numbers: tuple,
+  kernel_side: int,
+  x_shape: tuple,
+  kernel_shape: tuple,
+  example_axis: int,
+) -> Bilinear | None:
+  """The :class:`Bilinear` use of a raw kernel leaf in a ``dot_general`` with example data.
+
+  The product (``x @ w``, ``w @ x``, any ``einsum``) is rewritten as the einsum it computes,
+  with the example axis moved first in ``x`` and in the output; the use's ``x_fn`` and
+  ``g_fn`` take ``x`` and the output gradient in the product's own layout.
+
+  Args:
+    path: the kernel leaf.
+    dimension_numbers: the ``dot_general``'s ``((lhs_contract, rhs_contract), (lhs_batch,
+      rhs_batch))``.
+    kernel_side: 0 if the kernel is the left operand, 1 if the right.
+    x_shape: the example-side operand's shape.
+    kernel_shape: the kernel's shape.
+    example_axis: the example (batch) axis of ``x``, a free axis of the product.
+
+  Returns:
+    The use, or None if the product is not in the rule's einsum form.
+  """
+  (lc, rc), (lb, rb) = dimension_numbers
+  xc, xb, kc, kb = (rc, rb, lc, lb) if kernel_side == 0 else (lc, lb, rc, rb)
+  letters = iter(_LETTERS)
+  xl: list = [None] * len(x_shape)
+  kl: list = [None] * len(kernel_shape)
+  for a, b in (*zip(xc, kc, strict=True), *zip(xb, kb, strict=True)):
+    xl[a] = kl[b] = next(letters)
+  xl = [c if c is not None else next(letters) for c in xl]
+  kl = [c if c is not None else next(letters) for c in kl]
+  batch = [xl[a] for a in xb]
+  x_free = [xl[a] for a in range(len(x_shape)) if a not in xc and a not in xb]
+  k_free = [kl[b] for b in range(len(kernel_shape)) if b not in kc and b not in kb]
+  out = batch + (k_free + x_free if kernel_side == 0 else x_free + k_free)
+  e = xl[example_axis]
+  dest = out.index(e)
+  lhs = e + "".join(c for c in xl if c != e)
+  out_t = e + "".join(c for c in out if c != e)
+  x_t = (x_shape[example_axis],) + tuple(n for d, n in enumerate(x_shape) if d != example_axis)
+  uses = einsum_uses(tuple(path)[:-1], f"{lhs},{''.join(kl)}->{out_t}", x_t, kernel_shape)
+  if uses is None:
+    return None
+  use = uses[0]
+  return dataclasses.replace(
+    use,
+    path=tuple(path),
+    x_fn=lambda x: use.x_fn(jnp.moveaxis(x, example_axis, 0)),
+    g_fn=lambda g: use.g_fn(jnp.moveaxis(g, dest, 0)),
+    signature=("dot_general", *use.signature),
+  )
+
+
 def dense_equation(ndim: int) -> str:
   """The einsum form of ``x @ kernel`` over the last axis of an ``ndim``-d input."""
   lead = _LETTERS[: ndim - 1]
@@ -505,6 +562,7 @@ __all__ = [
   "bilinear_sq",
   "bilinear_sum",
   "conv_uses",
+  "dot_general_use",
   "lookup_sq",
   "dense_equation",
   "dense_general_equation",
