@@ -14,12 +14,15 @@ Book-keeping ghost clipping (Bu et al. 2022, "mixed ghost norm") on any Flax Lin
    ``g``; row ``i`` is example ``i``'s own gradient (examples do not interact). A call's rule
    applies only if its leading axis follows the batch size (traced at B and B + 1). Residual
    leaves that reach the examples only through broadcasting (a raw ``self.param`` added or
-   multiplied, a bias, an ``Embed`` at constant positions) get their per-example gradients
-   from the same batched VJP, at perturbations of the broadcast operands
-   (:mod:`trustml.privacy.ghost_broadcast`). Any other residual leaf (a raw kernel in a
-   matmul, a layer with no rule) gets a per-example copy ``P[i] = p``: the forward then runs
-   per example under ``vmap`` and the same VJP returns ``∂L_i/∂P[i]`` (correct, slower); the
-   warning names each such leaf and the memory its copies cost.
+   multiplied, a bias, an ``Embed`` at constant positions) or through products (a raw kernel,
+   ``x @ w`` or any einsum: the einsum rule on the product's input and output gradient; a
+   kernel computed from parameters: expanded per example) get their per-example gradients or
+   norms from the same batched VJP, at perturbations of those operands
+   (:mod:`trustml.privacy.ghost_broadcast`; also inside ``nn.remat`` bodies). Any other
+   residual leaf (a table gathered at data-dependent ids, a layer inside ``nn.scan``, a layer
+   with no rule) gets a per-example copy ``P[i] = p``: the forward then runs per example under
+   ``vmap`` and the same VJP returns ``∂L_i/∂P[i]`` (correct, slower); the warning names each
+   such leaf and the memory its copies cost.
 3. **Per-example squared norms** per leaf from the recorded ``(x, g)``; **clip factors** from
    :func:`trustml.privacy.clipping.clip_factors`; the **clipped sum** per leaf directly from
    ``(x, g)`` (one einsum per kernel, one scatter-add per table).
