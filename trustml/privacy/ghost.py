@@ -115,7 +115,8 @@ def record(state: _State, path, module, method, extra, x, args, kwargs, call_fn)
   A call made under a transformation nested inside the model (``nn.scan``, ``nn.remat``,
   ``nn.RNN``, ``nn.vmap``, a ``lax.scan`` body...) is not recorded: its input and output are
   tracers of that inner trace, which a rule cannot use outside it. Its layer's leaves become
-  residual (per-example copies: correct, slower; the warning names them).
+  residual: the jaxpr sites cover them inside ``checkpoint`` bodies; inside ``scan`` bodies
+  they take per-example copies (correct, slower; the warning names them).
   """
   if flax_tracers.current_trace() != state.base_trace:
     state.other_uses.add(path)
