@@ -189,28 +189,17 @@ def _call_uses(call: _Call, leaves: Mapping[Path, jax.Array], size: int) -> list
     if eq is None:
       return None
   elif type(mod) is nn.Conv:
-    n = len(kshape) - 2
-    ks = tuple(kshape[:-2])
-    pad = rules.conv_padding(mod.padding, mod.kernel_dilation, ks)
-    if (
-      len(x_shape) != n + 2
-      or x_shape[-1] != mod.feature_group_count * kshape[-2]
-      or kshape[-1] % mod.feature_group_count
-      or mod.mask is not None
-      or pad is None
-      or rules.as_tuple(mod.input_dilation, n) != (1,) * n
-    ):
-      return None
-    return rules.conv_uses(
+    return rules.conv_layer_uses(
       call.path,
       x_shape,
       kshape,
-      strides=rules.as_tuple(mod.strides, n),
-      padding=pad,
-      input_dilation=rules.as_tuple(mod.input_dilation, n),
-      kernel_dilation=rules.as_tuple(mod.kernel_dilation, n),
-      bias=bias,
+      padding=mod.padding,
+      strides=mod.strides,
+      input_dilation=mod.input_dilation,
+      kernel_dilation=mod.kernel_dilation,
       feature_group_count=mod.feature_group_count,
+      masked=mod.mask is not None,
+      bias=bias,
     )
   else:
     return None

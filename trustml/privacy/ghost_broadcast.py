@@ -187,22 +187,21 @@ class _Walker:
       elif inner is not None:
         outs, out_ts = self.run(inner[0], inner[1], vals, ts, top=False)
       else:
+        dot_out = None  # A dot site's output in forward mode.
         if leaves and data:
           if eqn.primitive.name in _ELEMENTWISE:
             for j, v in enumerate(eqn.invars):
               if ts[j][0] and not ts[j][1]:
                 vals[j] = self._site(eqn, j, v, vals, env, origin, ts[j][0])
           elif eqn.primitive.name == "dot_general" and _dot_mix(ts):
-            out = self._dot_site(eqn, vals, ts)
-            if out is not None:
-              for v, o in zip(eqn.outvars, [out], strict=True):
-                env[v], tenv[v] = o, (leaves, data)
-              continue
+            dot_out = self._dot_site(eqn, vals, ts)
           else:
             for j, v in enumerate(eqn.invars):
               if ts[j][0] and not ts[j][1] and _is_float(v.aval.dtype):
                 self.bad.update(ts[j][0])
-        if self.mode == "chain" and data:
+        if dot_out is not None:
+          outs = [dot_out]
+        elif self.mode == "chain" and data:
           outs = [None] * len(eqn.outvars)
         else:
           outs = _bind(eqn, vals)

@@ -140,28 +140,17 @@ def call_uses(call, leaves, size: int) -> list | None:
   elif cls is nnx.Einsum:
     eq = call.kwargs.get("einsum_str") or attrs.get("einsum_str")
   elif cls is nnx.Conv:
-    n = len(kshape) - 2
-    ks = tuple(kshape[:-2])
-    pad = rules.conv_padding(attrs["padding"], attrs["kernel_dilation"], ks)
-    if (
-      len(x_shape) != n + 2
-      or x_shape[-1] != attrs["feature_group_count"] * kshape[-2]
-      or kshape[-1] % attrs["feature_group_count"]
-      or attrs.get("mask") is not None
-      or pad is None
-      or rules.as_tuple(attrs["input_dilation"], n) != (1,) * n
-    ):
-      return None
-    return rules.conv_uses(
+    return rules.conv_layer_uses(
       call.path,
       x_shape,
       kshape,
-      strides=rules.as_tuple(attrs["strides"], n),
-      padding=pad,
-      input_dilation=(1,) * n,
-      kernel_dilation=rules.as_tuple(attrs["kernel_dilation"], n),
-      bias=bias,
+      padding=attrs["padding"],
+      strides=attrs["strides"],
+      input_dilation=attrs["input_dilation"],
+      kernel_dilation=attrs["kernel_dilation"],
       feature_group_count=attrs["feature_group_count"],
+      masked=attrs.get("mask") is not None,
+      bias=bias,
     )
   else:
     return None

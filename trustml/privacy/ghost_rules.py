@@ -261,6 +261,59 @@ def conv_padding(padding, kernel_dilation, kernel_size: tuple):
   return pairs if len(pairs) == n else None
 
 
+def conv_layer_uses(
+  path: Sequence[str],
+  x_shape: tuple,
+  kernel_shape: tuple,
+  *,
+  padding,
+  strides,
+  input_dilation,
+  kernel_dilation,
+  feature_group_count: int,
+  masked: bool,
+  bias: tuple | None,
+) -> list | None:
+  """The uses of a Linen or NNX convolution layer call as configured, or None where the rule
+  does not apply (several batch axes, a kernel mask, input dilation, unsupported padding,
+  channels that do not split into the feature groups).
+
+  Args:
+    path: the layer's parameter path.
+    x_shape: input shape (``[B, *spatial, C_in]``).
+    kernel_shape: ``[*k, C_in / G, C_out]``.
+    padding, strides, input_dilation, kernel_dilation: the layer's attributes (ints or tuples).
+    feature_group_count: ``G``.
+    masked: whether the layer has a kernel mask.
+    bias: the bias leaf path or None.
+
+  Returns:
+    :func:`conv_uses`, or None.
+  """
+  n = len(kernel_shape) - 2
+  pad = conv_padding(padding, kernel_dilation, tuple(kernel_shape[:-2]))
+  if (
+    len(x_shape) != n + 2
+    or x_shape[-1] != feature_group_count * kernel_shape[-2]
+    or kernel_shape[-1] % feature_group_count
+    or masked
+    or pad is None
+    or as_tuple(input_dilation, n) != (1,) * n
+  ):
+    return None
+  return conv_uses(
+    path,
+    x_shape,
+    kernel_shape,
+    strides=as_tuple(strides, n),
+    padding=pad,
+    input_dilation=(1,) * n,
+    kernel_dilation=as_tuple(kernel_dilation, n),
+    bias=bias,
+    feature_group_count=feature_group_count,
+  )
+
+
 def conv_uses(
   path: Sequence[str],
   x_shape: tuple,
@@ -561,6 +614,7 @@ __all__ = [
   "bilinear_per_example",
   "bilinear_sq",
   "bilinear_sum",
+  "conv_layer_uses",
   "conv_uses",
   "dot_general_use",
   "lookup_sq",
