@@ -139,3 +139,15 @@ def test_dp_training_measures_and_reports_a_ghost_fallback(tmp_path, caplog):
   assert cost["edp_step_s"] > 0 and cost["plain_step_s"] > 0
   assert cost["ratio"] == cost["edp_step_s"] / cost["plain_step_s"]
   assert "no ghost-norm rule (mix)" in caplog.text and "16-row micro-batch" in caplog.text
+
+
+def test_fallback_cost_rejects_bad_arguments_before_tracing():
+  from trustml.privacy import ghost  # noqa: PLC0415
+
+  def never(*_):
+    raise AssertionError("traced")
+
+  with pytest.raises(ConfigError, match=r"reps=0 is invalid"):
+    ghost.fallback_cost(never, {}, {"weight": np.ones(2)}, reps=0)
+  with pytest.raises(ConfigError, match=r"l2_clip_norm=-1.0 is invalid"):
+    ghost.fallback_cost(never, {}, {"weight": np.ones(2)}, l2_clip_norm=-1.0)

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import tracers as flax_tracers
 
+from trustml.core import validation
 from trustml.core.types import Batch, Params
 from trustml.privacy import clipping as clipping_lib
 from trustml.privacy import ghost_broadcast, ghost_nnx
@@ -666,8 +667,12 @@ def fallback_cost(
   Returns:
     ``{"leaves": [names], "copies_mb": float}`` and, with ``measure`` and a fallback,
     ``"edp_step_s"``, ``"plain_step_s"``, ``"ratio"`` (eDP / plain).
-  """
 
+  Raises:
+    ConfigError: ``l2_clip_norm`` not > 0 or ``reps`` not a positive int (before any trace).
+  """
+  validation.positive("l2_clip_norm", l2_clip_norm)
+  validation.positive_int("reps", reps)
   pl = plan(loss_fn, params, batch)
   leaves = _flatten(params)
   size = batch["weight"].shape[0]
@@ -683,7 +688,7 @@ def fallback_cost(
   def median(fn) -> float:
     jax.block_until_ready(fn(params, batch))
     times = []
-    for _ in range(max(1, reps)):
+    for _ in range(reps):
       t = time.perf_counter()
       jax.block_until_ready(fn(params, batch))
       times.append(time.perf_counter() - t)
