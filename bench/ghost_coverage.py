@@ -9,8 +9,10 @@ Each model is written the way a Flax user would write it, not with trustml's lay
 * ``raw_mlp``: residual MLP blocks whose kernels are raw ``self.param`` arrays used as
   ``x @ w`` (kernel sites);
 * ``depthwise``: depthwise-separable CNN (``nn.Conv(feature_group_count=D)`` + pointwise);
-* ``scan``: blocks stacked with ``nn.scan`` (no rule inside scan bodies: the exact ``vmap``
-  fallback, whose cost this measures).
+* ``scan``: pre-LN MLP blocks stacked with ``nn.scan(variable_axes={"params": 0})`` (the
+  walker interprets the scan per iteration: each row of a stacked kernel is a kernel site);
+* ``rnn``: an ``nn.RNN`` of an ``nn.LSTMCell`` over the tokens, last state to the head (one
+  kernel site per time step of each gate kernel).
 
 For each: the residual leaves (``ghost.plan``), then ``ghost.clipped_sum`` (C = 1) against
 ``jax.grad`` of the mean loss, both jitted, timed interleaved in one process (medians of
@@ -38,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from trustml.privacy import ghost  # noqa: E402
 
-MODELS = ("linen_mha", "nnx_mha", "raw_mlp", "depthwise", "scan")
+MODELS = ("linen_mha", "nnx_mha", "raw_mlp", "depthwise", "scan", "rnn")
 
 
 def _linen_block(d: int, heads: int):
@@ -138,6 +140,15 @@ def build(name: str, vocab: int, seq: int, width: int, layers: int, classes: int
         )
         x, _ = stack()(x, None)
         return nn.Dense(classes)(x.mean(1))
+
+  elif name == "rnn":
+
+    class Net(nn.Module):
+      @nn.compact
+      def __call__(self, tok):
+        x = nn.Embed(vocab, d)(tok)
+        h = nn.RNN(nn.LSTMCell(d))(x)
+        return nn.Dense(classes)(h[:, -1])
 
   else:
     raise SystemExit(f"error: --models={name} is invalid: must be among {','.join(MODELS)}")

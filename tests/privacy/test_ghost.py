@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from trustml.models import registry
-from trustml.privacy import clipping, ghost, per_example
+from trustml.privacy import clipping, ghost, ghost_broadcast, per_example
 from trustml.privacy import ghost_rules as rules
 
 B, T, V, C, D = 5, 6, 11, 3, 8
@@ -114,8 +114,10 @@ class _Block(nn.Module):
 class Nested(nn.Module):
   """Layers inside nested transforms: ``nn.scan`` over blocks, ``nn.remat``, an ``nn.RNN``.
 
-  No rule sees into them (their calls run under an inner trace): their leaves take the
-  per-example fallback, exactly, with a warning; a layer outside them keeps its rule."""
+  No layer rule sees into them (their calls run under an inner trace); the jaxpr walker does:
+  the scans are interpreted iteration by iteration (the stacked blocks' kernels are kernel
+  sites per row, the GRU's kernels one kernel site per time step, the norms' scales and the
+  biases broadcast sites), the remat body inside ``jax.checkpoint``."""
 
   @nn.compact
   def __call__(self, tokens, mask):
@@ -126,6 +128,37 @@ class Nested(nn.Module):
     cell = nn.GRUCell(4, param_dtype=x.dtype, name="cell")  # Its carry has the params dtype.
     h = nn.RNN(cell, name="rnn")(x)
     return nn.Dense(C, name="head")(h[:, -1])
+
+
+class _RnnBlock(nn.Module):
+  @nn.compact
+  def __call__(self, x, _):
+    cell = nn.SimpleCell(x.shape[-1], param_dtype=x.dtype, name="cell")
+    return x + nn.RNN(cell, name="rnn")(x), None
+
+
+class Recurrent(nn.Module):
+  """A bidirectional RNN (an LSTM forward, a GRU over the reversed sequence: a reverse scan)
+  a raw ``lax.scan(reverse=True)`` recurrence, and an ``nn.scan`` of blocks that each run an RNN (a scan inside a scan, its cell's kernels
+  rows of the stacked leaves used at every time step)."""
+
+  @nn.compact
+  def __call__(self, tokens, mask):
+    x = nn.Embed(V, D, name="embed")(tokens) * mask[..., None]
+    fwd = nn.RNN(nn.LSTMCell(4, param_dtype=x.dtype, name="lstm"), name="fwd")
+    bwd = nn.RNN(nn.GRUCell(4, param_dtype=x.dtype, name="gru"), name="bwd")
+    x = nn.Bidirectional(fwd, bwd, name="bi")(x)
+    w = self.param("recur", nn.initializers.normal(0.5), (8, 8))  # A raw reverse lax.scan.
+
+    def step(h, x_t):
+      h = jnp.tanh(x_t + h @ w).astype(h.dtype)
+      return h, h
+
+    _, hs = jax.lax.scan(step, jnp.zeros_like(x[:, 0]), jnp.swapaxes(x, 0, 1), reverse=True)
+    x = x + jnp.swapaxes(hs, 0, 1)
+    stack = nn.scan(_RnnBlock, variable_axes={"params": 0}, split_rngs={"params": True}, length=2)
+    x, _ = stack(name="stack")(x, None)
+    return nn.Dense(C, name="head")(x.mean(1))
 
 
 class Wrapped(nn.Module):
@@ -221,19 +254,30 @@ MODULES = {
   "convs": Convs,
   "grouped_convs": GroupedConvs,
   "nested": Nested,
+  "recurrent": Recurrent,
   "tied": Tied,
 }
 # Leaves on the vmap fallback (warned) and leaves covered by broadcast sites.
 _BLOCK_LEAVES = (("mlp", "kernel"), ("mlp", "bias"), ("ln", "scale"), ("ln", "bias"))
-RESIDUAL = {
-  "rawkernel": {("table",), ("kernel",), ("pos",)},
-  "nested": {
-    *((blk, layer, leaf) for blk in ("blocks", "remat") for layer, leaf in _BLOCK_LEAVES),
-    *(("cell", gate, "kernel") for gate in ("ir", "iz", "in", "hr", "hz", "hn")),
-    *(("cell", gate, "bias") for gate in ("ir", "iz", "in", "hn")),
-  },
+_NESTED = {
+  *((blk, layer, leaf) for blk in ("blocks", "remat") for layer, leaf in _BLOCK_LEAVES),
+  *(("cell", gate, "kernel") for gate in ("ir", "iz", "in", "hr", "hz", "hn")),
+  *(("cell", gate, "bias") for gate in ("ir", "iz", "in", "hn")),
 }
+_RECURRENT = {
+  *(("lstm", g, "kernel") for g in ("ii", "if", "ig", "io", "hi", "hf", "hg", "ho")),
+  *(("lstm", g, "bias") for g in ("hi", "hf", "hg", "ho")),
+  *(("gru", g, "kernel") for g in ("ir", "iz", "in", "hr", "hz", "hn")),
+  *(("gru", g, "bias") for g in ("ir", "iz", "in", "hn")),
+  ("stack", "cell", "h", "kernel"),
+  ("stack", "cell", "i", "kernel"),
+  ("stack", "cell", "i", "bias"),
+  ("recur",),
+}
+RESIDUAL = {"rawkernel": {("table",), ("kernel",), ("pos",)}}
 BROADCAST = {
+  "nested": _NESTED,
+  "recurrent": _RECURRENT,
   "rawdots": {("kernel",), ("heads",), ("gate",), ("b",)},
   "wrapped": {
     *(("remat", layer, leaf) for layer, leaf in _BLOCK_LEAVES),
@@ -292,7 +336,9 @@ def _check(loss, params, batch, clip):
     assert float(st["num_clipped"]) == float(st_ref["num_clipped"]) > 0
 
 
-CASES = [(name, B) for name in sorted(MODULES)] + [("broadcasts", T), ("raw", T), ("rawdots", D)]
+CASES = [(name, B) for name in sorted(MODULES)]
+CASES += [("broadcasts", T), ("raw", T), ("rawdots", D), ("nested", T), ("nested", 2)]
+CASES += [("recurrent", T)]
 
 
 @pytest.mark.parametrize("name,size", CASES)  # size T: a position axis has the batch's size.
@@ -327,6 +373,41 @@ def test_raw_kernels_in_products_take_the_einsum_rule():
   kernel = {pl.broadcast[s.rule[0]] for s in pl.sites if s.rule is not None}
   assert kernel == {("kernel",), ("heads",)}
   assert sum(s.rule is not None for s in pl.sites) == 3
+
+
+def test_scan_bodies_are_interpreted_per_iteration(monkeypatch):
+  # nn.scan's stacked Dense kernel: one kernel site per row (its rows are disjoint, so its
+  # ghost norm adds over them); nn.RNN's GRU kernels: one kernel site per time step of the
+  # whole leaf (their uses add, cross terms included).
+  module = Nested()
+  batch = _batch()
+  params = module.init(jax.random.key(0), batch["tokens"], batch["mask"])["params"]
+  loss = _loss_fn(module)
+  with jax.enable_x64(True):
+    pl = ghost.plan(loss, params, batch)
+  rows: dict = {}
+  for site in pl.sites:
+    if site.rule is not None:
+      rows.setdefault(pl.broadcast[site.rule[0]], []).append(site.rule[-1])
+  assert sorted(rows[("blocks", "mlp", "kernel")]) == [0, 1]
+  assert rows[("cell", "hr", "kernel")] == [None] * T
+  assert ("remat", "mlp", "kernel") not in rows  # Inside remat: expanded per example.
+  # The forward keeps each scan rolled when its iterations have the same sites; the unrolled
+  # form (what it does otherwise) gives the same sums.
+  monkeypatch.setattr(ghost_broadcast, "ROLL_SCANS", False)
+  with jax.enable_x64(True):
+    for module in (Nested(), Recurrent()):
+      p64 = module.init(jax.random.key(0), batch["tokens"], batch["mask"])["params"]
+      p64 = jax.tree.map(lambda x: x.astype(jnp.float64), p64)
+      _check(_loss_fn(module), p64, batch, 0.05)
+  monkeypatch.setattr(ghost_broadcast, "ROLL_SCANS", True)
+  # A scan longer than the walker unrolls: every leaf it touches takes the exact fallback.
+  monkeypatch.setattr(ghost_broadcast, "MAX_SCAN_LENGTH", 1)
+  with jax.enable_x64(True):
+    params = jax.tree.map(lambda x: x.astype(jnp.float64), params)
+    pl = ghost.plan(loss, params, batch)
+    assert set(pl.uncovered) == _NESTED and pl.broadcast == ()
+    _check(loss, params, batch, 0.05)
 
 
 @pytest.mark.parametrize(

@@ -18,9 +18,11 @@ Book-keeping ghost clipping (Bu et al. 2022, "mixed ghost norm") on any Flax Lin
    ``x @ w`` or any einsum: the einsum rule on the product's input and output gradient; a
    kernel computed from parameters: expanded per example) get their per-example gradients or
    norms from the same batched VJP, at perturbations of those operands
-   (:mod:`trustml.privacy.ghost_broadcast`; also inside ``nn.remat`` bodies). Any other
-   residual leaf (a table gathered at data-dependent ids, a layer inside ``nn.scan``, a layer
-   with no rule) gets a per-example copy ``P[i] = p``: the forward then runs per example under
+   (:mod:`trustml.privacy.ghost_broadcast`; also inside ``nn.remat`` bodies and ``scan``
+   bodies: ``nn.scan`` stacks, ``nn.RNN`` cells, a raw ``lax.scan``). Any other residual leaf
+   (a table gathered at data-dependent ids, a ``while`` loop or ``cond`` mixing parameters with
+   examples, a scan longer than ``ghost_broadcast.MAX_SCAN_LENGTH``, a layer with no rule)
+   gets a per-example copy ``P[i] = p``: the forward then runs per example under
    ``vmap`` and the same VJP returns ``∂L_i/∂P[i]`` (correct, slower); the warning names each
    such leaf and the memory its copies cost.
 3. **Per-example squared norms** per leaf from the recorded ``(x, g)``; **clip factors** from
@@ -116,8 +118,9 @@ def record(state: _State, path, module, method, extra, x, args, kwargs, call_fn)
   A call made under a transformation nested inside the model (``nn.scan``, ``nn.remat``,
   ``nn.RNN``, ``nn.vmap``, a ``lax.scan`` body...) is not recorded: its input and output are
   tracers of that inner trace, which a rule cannot use outside it. Its layer's leaves become
-  residual: the jaxpr sites cover them inside ``checkpoint`` bodies; inside ``scan`` bodies
-  they take per-example copies (correct, slower; the warning names them).
+  residual: the jaxpr sites cover them inside ``checkpoint`` and ``scan`` bodies (see
+  :mod:`trustml.privacy.ghost_broadcast`); elsewhere (``nn.vmap``, ``while``) they take
+  per-example copies (correct, slower; the warning names them).
   """
   if flax_tracers.current_trace() != state.base_trace:
     state.other_uses.add(path)
@@ -558,14 +561,37 @@ def clipped_sum(
           val = pe[p[-1]]
           materialised[p] = materialised[p] + val if p in materialised else val
 
-  for path, site, x, g in kernels:  # Raw kernels in dot_general: the einsum rule.
-    _, side, dnums, x_shape, k_shape = site.rule
+  # Raw kernels in dot_general: the einsum rule. A row of a leaf (a scan's xs slice) is its
+  # own kernel: rows are disjoint coordinates, so the leaf's norm² is the sum over its rows.
+  by_row: dict[Path, dict[int, dict]] = {}
+  for path, site, x, g in kernels:
+    _, side, dnums, x_shape, k_shape, row = site.rule
     u = rules.dot_general_use(path, dnums, side, x_shape, k_shape, site.data_axis)
-    entry = bilinear.setdefault(path, {}).setdefault(u.signature, ([], [], u.to_leaf, [], []))
+    forms = bilinear.setdefault(path, {}) if row is None else by_row.setdefault(path, {})
+    forms = forms if row is None else forms.setdefault(row, {})
+    entry = forms.setdefault(u.signature, ([], [], u.to_leaf, [], []))
     entry[0].append(u.x_fn(x))
     entry[1].append(u.g_fn(g))
     entry[3].append(None)
     entry[4].append(None)
+  stacked: dict[Path, dict[int, tuple]] = {}  # path -> row -> (xe, ge, to_leaf)
+  for path, rows_of in by_row.items():
+    if all(len(forms) == 1 for forms in rows_of.values()):
+      stacked[path] = {}
+      for r, forms in rows_of.items():
+        ((xs, gs, to_leaf, _, _),) = forms.values()
+        stacked[path][r] = (jnp.concatenate(xs, 1), jnp.concatenate(gs, 1), to_leaf)
+      continue
+    leaf = leaves[path]  # Several einsum forms of one row: materialise every row.
+    pe = [jnp.zeros((size, *leaf.shape[1:]), leaf.dtype)] * leaf.shape[0]
+    for r, forms in rows_of.items():
+      total = 0.0
+      for xs, gs, to_leaf, _, _ in forms.values():
+        total = total + to_leaf(
+          rules.bilinear_per_example(jnp.concatenate(xs, 1), jnp.concatenate(gs, 1))
+        )
+      pe[r] = jnp.reshape(total, (size, *leaf.shape[1:]))
+    materialised[path] = jnp.stack(pe, 1)
 
   ghost: dict[Path, tuple] = {}
   for path, forms in bilinear.items():
@@ -590,6 +616,8 @@ def clipped_sum(
     sq[p] = rules.bilinear_sq(xe, ge, xx)
   for p, t in tab.items():
     sq[p] = rules.table_sq(*t, table_rows=leaves[p].shape[0])
+  for p, rows_of in stacked.items():
+    sq[p] = sum(rules.bilinear_sq(xe, ge) for xe, ge, _ in rows_of.values())
   for p, val in materialised.items():
     val = val.astype(jnp.promote_types(val.dtype, jnp.float32))
     sq[p] = jnp.sum(jnp.square(val.reshape(size, -1)), 1)
@@ -617,6 +645,17 @@ def clipped_sum(
           fn(zero(x), zero(g) * f.astype(g.dtype).reshape((-1,) + (1,) * (g.ndim - 1)))
           for fn, x, g in rule_sums
         )
+    for p, rows_of in stacked.items():
+      leaf = leaves[p]
+      row_sums = []
+      for r in range(leaf.shape[0]):  # A row no iteration used has gradient 0.
+        if r in rows_of:
+          xe, ge, to_leaf = rows_of[r]
+          row = to_leaf(rules.bilinear_sum(zero(xe), zero(ge), factors[p]))
+          row_sums.append(jnp.reshape(row, leaf.shape[1:]).astype(leaf.dtype))
+        else:
+          row_sums.append(jnp.zeros(leaf.shape[1:], leaf.dtype))
+      out[p] = jnp.stack(row_sums)
     for p, (ids, g, x, dl) in tab.items():
       out[p] = rules.table_sum(
         ids, zero(g), zero(x), zero(dl), factors[p], leaves[p].shape, leaves[p].dtype
