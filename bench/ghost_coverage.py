@@ -11,6 +11,8 @@ Each model is written the way a Flax user would write it, not with trustml's lay
 * ``depthwise``: depthwise-separable CNN (``nn.Conv(feature_group_count=D)`` + pointwise);
 * ``scan``: pre-LN MLP blocks stacked with ``nn.scan(variable_axes={"params": 0})`` (the
   walker interprets the scan per iteration: each row of a stacked kernel is a kernel site);
+* ``raw_embed``: a raw ``self.param`` token table gathered as ``table[tokens]`` (a lookup
+  site: the table's ghost norm from the ids and the output gradient) under an MLP block;
 * ``rnn``: an ``nn.RNN`` of an ``nn.LSTMCell`` over the tokens, last state to the head (one
   kernel site per time step of each gate kernel).
 
@@ -40,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from trustml.privacy import ghost  # noqa: E402
 
-MODELS = ("linen_mha", "nnx_mha", "raw_mlp", "depthwise", "scan", "rnn")
+MODELS = ("linen_mha", "nnx_mha", "raw_mlp", "depthwise", "scan", "raw_embed", "rnn")
 
 
 def _linen_block(d: int, heads: int):
@@ -139,6 +141,17 @@ def build(name: str, vocab: int, seq: int, width: int, layers: int, classes: int
           Block, variable_axes={"params": 0}, split_rngs={"params": True}, length=layers
         )
         x, _ = stack()(x, None)
+        return nn.Dense(classes)(x.mean(1))
+
+  elif name == "raw_embed":
+
+    class Net(nn.Module):
+      @nn.compact
+      def __call__(self, tok):
+        table = self.param("table", nn.initializers.normal(0.02), (vocab, d))
+        x = table[tok]
+        for _ in range(layers):
+          x = x + nn.Dense(d)(nn.gelu(nn.Dense(4 * d)(nn.LayerNorm()(x))))
         return nn.Dense(classes)(x.mean(1))
 
   elif name == "rnn":

@@ -38,7 +38,9 @@ class MeanPool(nn.Module):
 
 
 class RawMix(MeanPool):
-  """A raw table gathered at data-dependent ids: no ghost rule, the per-example fallback."""
+  """A table computed from a parameter (``tanh(mix)``) gathered at data-dependent ids: no ghost
+  rule (a raw table gathered is a lookup site; a gather has no per-example expanded form), the
+  per-example fallback."""
 
   def setup(self):
     super().setup()
@@ -46,7 +48,7 @@ class RawMix(MeanPool):
 
   def from_embeddings(self, emb, mask, train=False):
     pooled = self.pool(emb, mask, train)
-    return self.head(pooled) + self.mix[jnp.argmax(pooled, -1)]
+    return self.head(pooled) + jnp.tanh(self.mix)[jnp.argmax(pooled, -1)]
 
 
 class CallOnly(nn.Module):

@@ -244,6 +244,38 @@ class RawKernel(nn.Module):
     return nn.Dense(C, name="head")((x * m).sum(1))
 
 
+class RawLookups(nn.Module):
+  """Raw tables gathered at example ids in every indexing form: ``table[tokens]`` twice (the
+  two lookups' cross terms), ``jnp.take`` at one id per example, ``mode="clip"`` at ids past
+  the table's end (clamped), ``mode="fill"`` at them (fill value, gradient 0); and a kernel
+  used both in a product and added with broadcasting (one leaf, two kinds of site)."""
+
+  @nn.compact
+  def __call__(self, tokens, mask):
+    table = self.param("table", nn.initializers.normal(1.0), (V, D))
+    x = table[tokens] + 0.5 * table[jnp.flip(tokens, 1)]
+    first = self.param("first", nn.initializers.normal(1.0), (V, D))
+    x = x + jnp.take(first, tokens[:, 0], axis=0)[:, None]
+    past = self.param("past", nn.initializers.normal(1.0), (V - 3, D))  # ids >= V - 3 clamp.
+    x = x + jnp.take(past, tokens, axis=0, mode="clip")
+    fill = self.param("fill", nn.initializers.normal(1.0), (V - 3, D))
+    x = x + jnp.take(fill, tokens, axis=0, mode="fill", fill_value=0.0)
+    w = self.param("mixed", nn.initializers.normal(0.5), (D, D))
+    x = nn.tanh(x @ w + w[0])
+    m = mask[..., None].astype(x.dtype)
+    return nn.Dense(C, name="head")((x * m).sum(1))
+
+
+class TableAlsoAdded(nn.Module):
+  """A raw table gathered and also used otherwise (its mean added): no rule, the fallback."""
+
+  @nn.compact
+  def __call__(self, tokens, mask):
+    table = self.param("table", nn.initializers.normal(1.0), (V, D))
+    x = nn.tanh(table[tokens] + table.mean(0))
+    return nn.Dense(C, name="head")(x.sum(1))
+
+
 MODULES = {
   "raw": RawParams,
   "broadcasts": Broadcasts,
@@ -255,6 +287,8 @@ MODULES = {
   "grouped_convs": GroupedConvs,
   "nested": Nested,
   "recurrent": Recurrent,
+  "rawlookups": RawLookups,
+  "tablealsoadded": TableAlsoAdded,
   "tied": Tied,
 }
 # Leaves on the vmap fallback (warned) and leaves covered by broadcast sites.
@@ -274,8 +308,10 @@ _RECURRENT = {
   ("stack", "cell", "i", "bias"),
   ("recur",),
 }
-RESIDUAL = {"rawkernel": {("table",), ("kernel",), ("pos",)}}
+RESIDUAL = {"tablealsoadded": {("table",)}}
 BROADCAST = {
+  "rawkernel": {("table",), ("kernel",), ("pos",)},
+  "rawlookups": {("table",), ("first",), ("past",), ("fill",), ("mixed",)},
   "nested": _NESTED,
   "recurrent": _RECURRENT,
   "rawdots": {("kernel",), ("heads",), ("gate",), ("b",)},
@@ -338,7 +374,7 @@ def _check(loss, params, batch, clip):
 
 CASES = [(name, B) for name in sorted(MODULES)]
 CASES += [("broadcasts", T), ("raw", T), ("rawdots", D), ("nested", T), ("nested", 2)]
-CASES += [("recurrent", T)]
+CASES += [("recurrent", T), ("rawlookups", T)]
 
 
 @pytest.mark.parametrize("name,size", CASES)  # size T: a position axis has the batch's size.

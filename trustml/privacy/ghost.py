@@ -566,6 +566,18 @@ def clipped_sum(
   by_row: dict[Path, dict[int, dict]] = {}
   for path, site, x, g in kernels:
     _, side, dnums, x_shape, k_shape, row = site.rule
+    if side == "lookup":  # table[ids] at example ids: the lookup rule (``dnums``: the mode).
+      rows_n = leaves[path].shape[0]
+      ids = jnp.moveaxis(x[..., 0], site.data_axis, 0).reshape(size, -1)
+      gl = jnp.moveaxis(g, site.data_axis, 0).reshape(size, -1, g.shape[-1])
+      if "CLIP" not in dnums:  # Fill / drop: an out-of-range id reads fill, its gradient is 0.
+        inside = (ids >= 0) & (ids < rows_n)
+        gl = jnp.where(inside[..., None], gl, jnp.zeros((), gl.dtype))
+      ids = jnp.clip(ids, 0, rows_n - 1)
+      tables.setdefault(path, {"ids": [], "g": [], "x": [], "dl": []})
+      tables[path]["ids"].append(ids)
+      tables[path]["g"].append(gl)
+      continue
     u = rules.dot_general_use(path, dnums, side, x_shape, k_shape, site.data_axis)
     forms = bilinear.setdefault(path, {}) if row is None else by_row.setdefault(path, {})
     forms = forms if row is None else forms.setdefault(row, {})

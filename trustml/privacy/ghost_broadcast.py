@@ -113,6 +113,7 @@ class _Seen:
   direct: int | None = None  # dot sites: the residual leaf the operand is, if it is one.
   dot_info: tuple = ()  # dot sites: (kernel side, dimension_numbers, x_shape).
   index: int | None = None  # dot sites: the operand is row ``index`` of the leaf (a scan's xs).
+  lookup: bool = False  # A row gather of a table leaf at example-dependent ids.
   iters: tuple = ()  # As ``Site.iters``.
 
 
@@ -220,6 +221,8 @@ class _Walker:
                 vals[j] = self._site(eqn, j, v, vals, env, origin, ts[j][0])
           elif eqn.primitive.name == "dot_general" and _dot_mix(ts):
             dot_out = self._dot_site(eqn, vals, ts)
+          elif _row_gather(eqn, ts):
+            dot_out = self._gather_site(eqn, vals, ts)
           else:
             for j, v in enumerate(eqn.invars):
               if ts[j][0] and not ts[j][1] and _is_float(v.aval.dtype):
@@ -355,6 +358,49 @@ class _Walker:
     out_ts = box[0]
     return [*carry, *ys], [*out_ts[:ncar], *out_ts[ncar:]]
 
+  def _gather_site(self, eqn, vals, ts):
+    """A table leaf gathered at example-dependent ids (``table[ids]``, ``jnp.take``).
+
+    The gather's output is perturbed and its ids recorded: the lookup rule
+    (:func:`trustml.privacy.ghost_rules.table_sq`, ``table_sum``) gives the table's ghost norm
+    and clipped sum from the ids and the output gradient, with no per-example copy of the
+    table. Only a whole leaf (not a value computed from it, not inside a checkpoint body) has
+    this form; otherwise its leaves are unsupported (there is no expanded form of a gather).
+
+    Returns the perturbed output in forward mode, None otherwise.
+    """
+    table, ids = vals
+    if self.mode == "analyse":
+      d = None if self.remat else self.direct.get(id(table))
+      if d is None or d[1] is not None:
+        self.bad.update(ts[0][0])
+        return None
+      out = eqn.outvars[0].aval
+      n = len(out.shape) - 1
+      axes = frozenset(a for a in range(n) if out.shape[a] == self.batch_size)
+      self.seen.append(
+        _Seen(
+          axes,
+          tuple(eqn.invars[0].aval.shape),
+          tuple(out.shape),
+          out.dtype,
+          tuple(eqn.invars[0].aval.shape),
+          None,
+          dot=True,
+          leaves=ts[0][0],
+          direct=d[0],
+          dot_info=("lookup", str(eqn.params["mode"]), tuple(eqn.invars[1].aval.shape)),
+          lookup=True,
+          iters=tuple(self.iters),
+        )
+      )
+      return None
+    self.k += 1
+    if self.mode == "chain":
+      return None
+    self.rule_inputs.append(ids)
+    return _bind(eqn, vals)[0] + self.zs[self.k - 1]
+
   def _row(self, x, i: int, taint):
     """Row ``i`` of a scan's ``xs`` operand (None stays None: chain mode's example values)."""
     if x is None:
@@ -463,7 +509,16 @@ class _Walker:
       axes = _candidate_axes(u_shape, out_shape, w_shape, dims, self.batch_size)
       if not axes or (dims is not None and list(dims) != sorted(dims)):
         self.bad.update(leaves)
-      seen = _Seen(axes, u_shape, out_shape, var.aval.dtype, w_shape, dims, iters=tuple(self.iters))
+      seen = _Seen(
+        axes,
+        u_shape,
+        out_shape,
+        var.aval.dtype,
+        w_shape,
+        dims,
+        leaves=leaves,
+        iters=tuple(self.iters),
+      )
       self.seen.append(seen)
       return u
     k = self.k
@@ -475,6 +530,30 @@ class _Walker:
     site = self.sites[k]
     expanded = jax.lax.broadcast_in_dim(w, site.shape, site.broadcast_dims)
     return expanded + self.zs[k]
+
+
+def _row_gather(eqn, ts) -> bool:
+  """A ``gather`` of whole rows of a parameter-only 2-D table at example-dependent ids."""
+  if eqn.primitive.name != "gather":
+    return False
+  (lt, ld), (it, idata) = ts
+  if not lt or ld or not idata or it:
+    return False
+  table, ids = (v.aval for v in eqn.invars)
+  dn = eqn.params["dimension_numbers"]
+  out_rank = len(eqn.outvars[0].aval.shape)
+  return (
+    _is_float(table.dtype)
+    and len(table.shape) == 2
+    and jnp.issubdtype(ids.dtype, jnp.integer)
+    and len(ids.shape) >= 2
+    and ids.shape[-1] == 1
+    and tuple(dn.offset_dims) == (out_rank - 1,)
+    and tuple(dn.collapsed_slice_dims) == (0,)
+    and tuple(dn.start_index_map) == (0,)
+    and not tuple(getattr(dn, "operand_batching_dims", ()))
+    and tuple(eqn.params["slice_sizes"]) == (1, table.shape[1])
+  )
 
 
 def _unrollable(eqn) -> bool:
@@ -569,12 +648,16 @@ def analyse(
     return None
   kernel: dict[int, bool] = {}  # Leaf -> every use of it is a kernel in a dot_general.
   rows: dict[int, set] = {}  # Leaf -> whether its kernel uses are rows (a scan's xs) or whole.
+  lookups: dict[int, set] = {}  # Leaf -> whether each of its uses is a table lookup.
   for seen in first:
     for i in seen.leaves:
       ok = seen.dot and seen.direct == i and len(seen.leaves) == 1
       kernel[i] = kernel.get(i, True) and ok
       rows.setdefault(i, set()).add(seen.index is None)
+      lookups.setdefault(i, set()).add(seen.lookup)
   kernel = {i: ok and len(rows[i]) == 1 for i, ok in kernel.items()}
+  if any(True in kinds and (len(kinds) > 1 or not kernel[i]) for i, kinds in lookups.items()):
+    return None  # A table gathered and also used otherwise: no rule (the vmap fallback).
   sites = []
   for a, b in zip(first, second, strict=True):
     axes = a.axes & b.axes
@@ -583,7 +666,9 @@ def analyse(
     if a.dot != b.dot or a.index != b.index or a.iters != b.iters:
       return None
     is_kernel = a.dot and a.direct is not None and kernel.get(a.direct, False)
-    if is_kernel:  # The einsum rule must express the product (else: the expanded form).
+    if (
+      is_kernel and not a.lookup
+    ):  # The einsum rule must express the product (else: the expanded form).
       j, dnums, x_shape = a.dot_info
       use = ghost_rules.dot_general_use(("w",), dnums, j, x_shape, a.u_shape, min(axes))
       is_kernel = use is not None
