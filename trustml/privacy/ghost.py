@@ -405,11 +405,14 @@ def _run_broadcast(loss_fn, params, batch, rng, pl: Plan, zs: list):
   tree = jax.tree.structure(out_shape)
   taints = _taints(zs, res, batch)
 
+  stack_sites: list = []  # Per stacked kernel of a rolled scan: its site index per iteration.
+
   def forward(zs, site_zs):
     flat = jax.tree.leaves((zs, res, batch))
-    outs, kernel_xs = ghost_broadcast.forward(closed, flat, taints, pl.sites, site_zs)
+    outs, kernel_xs, stacks = ghost_broadcast.forward(closed, flat, taints, pl.sites, site_zs)
     _, losses, inputs = jax.tree.unflatten(tree, outs)
-    return losses.sum(), (losses, inputs, kernel_xs)
+    stack_sites[:] = [idx for idx, _ in stacks]
+    return losses.sum(), (losses, inputs, kernel_xs, [x for _, x in stacks])
 
   # Kernel sites (a raw leaf in a dot_general) get the layer rule from their (x, g); every
   # other leaf its per-example gradient through the parameter-only chain.
@@ -423,7 +426,7 @@ def _run_broadcast(loss_fn, params, batch, rng, pl: Plan, zs: list):
     return ghost_broadcast.operands(closed, jax.tree.leaves((zs, r, batch)), taints, pl.sites)
 
   site_zs = [jnp.zeros(s.shape, s.dtype) for s in pl.sites]
-  _, vjp_fn, (losses, inputs, kernel_xs) = jax.vjp(forward, zs, site_zs, has_aux=True)
+  _, vjp_fn, (losses, inputs, kernel_xs, stack_xs) = jax.vjp(forward, zs, site_zs, has_aux=True)
   grads_out, site_grads = vjp_fn(jnp.ones((), losses.dtype))
   others = [(s, g) for s, g in zip(pl.sites, site_grads, strict=True) if s.rule is None]
   per_example = {}
@@ -432,10 +435,24 @@ def _run_broadcast(loss_fn, params, batch, rng, pl: Plan, zs: list):
       chain, [res[i] for i in chain_idx], [s for s, _ in others], [g for _, g in others]
     )
     per_example = {pl.broadcast[i]: g for i, g in zip(chain_idx, grads, strict=True)}
-  kernel_sites = [(s, g) for s, g in zip(pl.sites, site_grads, strict=True) if s.rule is not None]
+  # A kernel of a rolled scan body: its iterations' inputs and output gradients stacked
+  # ``[n, ...]`` (the scan's own layout), not its n per-iteration sites.
+  in_stacks = {k for idx in stack_sites for k in idx}
   kernels = [
-    (pl.broadcast[s.rule[0]], s, x, g) for (s, g), x in zip(kernel_sites, kernel_xs, strict=True)
+    (
+      pl.broadcast[pl.sites[idx[0]].rule[0]],
+      pl.sites[idx[0]],
+      x,
+      jnp.stack([site_grads[k] for k in idx]),
+      True,
+    )
+    for idx, x in zip(stack_sites, stack_xs, strict=True)
   ]
+  at = [k for k, s in enumerate(pl.sites) if s.rule is not None]
+  for k, x in zip(at, kernel_xs, strict=True):
+    if k not in in_stacks:
+      s = pl.sites[k]
+      kernels.append((pl.broadcast[s.rule[0]], s, x, site_grads[k], False))
   return losses, inputs, grads_out, per_example, kernels
 
 
@@ -564,8 +581,20 @@ def clipped_sum(
   # Raw kernels in dot_general: the einsum rule. A row of a leaf (a scan's xs slice) is its
   # own kernel: rows are disjoint coordinates, so the leaf's norm² is the sum over its rows.
   by_row: dict[Path, dict[int, dict]] = {}
-  for path, site, x, g in kernels:
+  stacked_uses: dict[Path, list] = {}  # path -> [(xe [n, B, T, H, I], ge)] of rolled scans.
+  for path, site, x, g, is_stack in kernels:
     _, side, dnums, x_shape, k_shape, row = site.rule
+    if is_stack:  # One kernel at every iteration of a rolled scan: the uses along T.
+      u = rules.dot_general_use(path, dnums, side, x_shape, k_shape, site.data_axis)
+      xn, gn = jax.vmap(u.x_fn)(x), jax.vmap(u.g_fn)(g)
+      entry = bilinear.setdefault(path, {}).setdefault(u.signature, ([], [], u.to_leaf, [], []))
+      for v, n_ in ((xn, 0), (gn, 1)):  # For the norm: [B, n·T, H, I], example-major.
+        moved = jnp.moveaxis(v, 0, 1)
+        entry[n_].append(moved.reshape((size, -1) + moved.shape[3:]))
+      entry[3].append(None)
+      entry[4].append(None)
+      stacked_uses.setdefault(path, []).append((u.signature, len(entry[0]) - 1, xn, gn))
+      continue
     if side == "lookup":  # table[ids] at example ids: the lookup rule (``dnums``: the mode).
       rows_n = leaves[path].shape[0]
       ids = jnp.moveaxis(x[..., 0], site.data_axis, 0).reshape(size, -1)
@@ -606,12 +635,22 @@ def clipped_sum(
     materialised[path] = jnp.stack(pe, 1)
 
   ghost: dict[Path, tuple] = {}
+  split_sums: dict[Path, tuple] = {}
   for path, forms in bilinear.items():
     if len(forms) == 1:
       ((xs, gs, to_leaf, grams, sums),) = forms.values()
       xx = grams[0][0](grams[0][1]) if len(xs) == 1 and grams[0] is not None else None
       sums = sums if all(sm is not None for sm in sums) else None
       ghost[path] = (jnp.concatenate(xs, 1), jnp.concatenate(gs, 1), to_leaf, xx, sums)
+      if path in stacked_uses:  # The sum: rolled-scan uses in the scan's [n, B, ...] layout.
+        at = {k for _, k, _, _ in stacked_uses[path]}
+        rest = [k for k in range(len(xs)) if k not in at]
+        flat = (
+          (jnp.concatenate([xs[k] for k in rest], 1), jnp.concatenate([gs[k] for k in rest], 1))
+          if rest
+          else None
+        )
+        split_sums[path] = (flat, [(xn, gn) for _, _, xn, gn in stacked_uses[path]])
     else:  # Several einsum forms of one kernel: materialise each form's sum.
       total = 0.0
       for xs, gs, to_leaf, _, _ in forms.values():
@@ -649,7 +688,18 @@ def clipped_sum(
 
     out: dict[Path, jax.Array] = {}
     for p, (xe, ge, to_leaf, _, rule_sums) in ghost.items():
-      if rule_sums is None:
+      if p in split_sums:  # Σ_i c_i Σ_t x_tᵀg_t over the rows of [n, B, T, ...] as they are.
+        flat, parts = split_sums[p]
+        total = (
+          0.0 if flat is None else rules.bilinear_sum(zero(flat[0]), zero(flat[1]), factors[p])
+        )
+        for xn, gn in parts:
+          n = xn.shape[0]
+          ok = jnp.tile(valid, n)
+          xr, gr = (clipping_lib.zero_invalid(v.reshape((-1,) + v.shape[2:]), ok) for v in (xn, gn))
+          total = total + rules.bilinear_sum(xr, gr, jnp.tile(factors[p], n))
+        out[p] = to_leaf(total)
+      elif rule_sums is None:
         out[p] = to_leaf(rules.bilinear_sum(zero(xe), zero(ge), factors[p]))
       else:  # The rule's own sum (sum_fn) at the scaled output gradients, over its uses.
         f = factors[p]

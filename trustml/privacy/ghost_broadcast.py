@@ -169,6 +169,10 @@ class _Walker:
     self.iters: list[tuple[int, int]] = []  # The enclosing scans' (ordinal, iteration).
     self.rule_inputs: list = []  # forward: the example operand of each kernel site.
     self.remat = 0  # Depth of checkpoint bodies being interpreted (no kernel sites inside).
+    self.rolling = 0  # Depth of rolled scan bodies being traced (forward).
+    # forward: per whole-leaf kernel site of a rolled top-level scan, (its site index at each
+    # iteration 0..n-1, the scan's stacked inputs [n, *x_shape]).
+    self.stacks: list[tuple[tuple, Any]] = []
 
   def run(self, jaxpr, consts, args, taints, top: bool = True):
     env: dict = {}
@@ -338,12 +342,14 @@ class _Walker:
       saved = (self.sites, self.zs, self.k, self.rule_inputs)
       self.sites, self.zs, self.k, self.rule_inputs = local, list(z_i), 0, []
       self.iters.append((ordinal, 0))
+      self.rolling += 1
       try:
         outs, out_ts = self.run(body.jaxpr, body.consts, [*consts, *c, *xs_i], in_ts, top=False)
         if self.k != m:
           raise AssertionError(f"scan body met {self.k} sites, the analysis {m}")
         inputs = self.rule_inputs
       finally:
+        self.rolling -= 1
         self.iters.pop()
         self.sites, self.zs, self.k, self.rule_inputs = saved
       box.append(out_ts)
@@ -354,6 +360,11 @@ class _Walker:
     )
     for i in reversed(range(n)) if reverse else range(n):
       self.rule_inputs.extend(x[i] for x in inputs)
+    kernel_at = [j for j, site in enumerate(local) if site.rule is not None]
+    for j, x in zip(kernel_at, inputs, strict=True):
+      rule = local[j].rule
+      if not self.rolling and rule[-1] is None and rule[1] != "lookup":
+        self.stacks.append((tuple(blocks[i][0] + j for i in range(n)), x))
     self.k = max(e for _, e in blocks.values())
     out_ts = box[0]
     return [*carry, *ys], [*out_ts[:ncar], *out_ts[ncar:]]
@@ -689,11 +700,14 @@ def forward(
     zs: one zero array of ``site.shape`` per site (the VJP's inputs).
 
   Returns:
-    The flattened outputs, and the example-side operand of each kernel site (in order).
+    The flattened outputs, the example-side operand of each kernel site (in order), and the
+    stacked form of the kernel sites of rolled scans: ``(site indices per iteration, inputs
+    [n, *x_shape])`` per whole-leaf kernel of the scan body (its iterations' inputs are also
+    in the second list, one slice per site).
   """
   walker = _Walker("forward", 0, sites, zs)
   outs = walker.run(closed.jaxpr, closed.consts, flat_args, taints)[0]
-  return outs, walker.rule_inputs
+  return outs, walker.rule_inputs, walker.stacks
 
 
 def operands(closed: Any, flat_args: Sequence, taints: Sequence, sites: Sequence[Site]) -> list:
