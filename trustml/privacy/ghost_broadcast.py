@@ -266,10 +266,8 @@ class _Walker:
     nc, ncar = int(p["num_consts"]), int(p["num_carry"])
     consts, carry, xs = vals[:nc], list(vals[nc : nc + ncar]), vals[nc + ncar :]
     tcon, tcar, txs = list(ts[:nc]), list(ts[nc : nc + ncar]), list(ts[nc + ncar :])
-    # A carry that depends on nothing (an RNN's zero initial state, broadcast to [B, H]) is
-    # taken as example data: a parameter meeting it then forms a site with its batch axis (a
-    # constant row per example; its products with a kernel contribute exactly what they are).
-    tcar = [(frozenset(), True) if t == _NO_TAINT else t for t in tcar]
+    carry_vars = eqn.invars[nc : nc + ncar]
+    tcar = [_carry_taint(t, v) for t, v in zip(tcar, carry_vars, strict=True)]
     steps: dict[int, list] = {}
     ys_ts: list | None = None
     for i in reversed(range(n)) if p["reverse"] else range(n):
@@ -306,7 +304,8 @@ class _Walker:
     p = eqn.params
     body, n, reverse = p["jaxpr"], int(p["length"]), bool(p["reverse"])
     nc, ncar = int(p["num_consts"]), int(p["num_carry"])
-    tcar = [(frozenset(), True) if t == _NO_TAINT else t for t in ts[nc : nc + ncar]]
+    carry_vars = eqn.invars[nc : nc + ncar]
+    tcar = [_carry_taint(t, v) for t, v in zip(ts[nc : nc + ncar], carry_vars, strict=True)]
     if not all(t[1] for t in tcar):
       return None
     d = len(self.iters)
@@ -565,6 +564,18 @@ def _row_gather(eqn, ts) -> bool:
     and not tuple(getattr(dn, "operand_batching_dims", ()))
     and tuple(eqn.params["slice_sizes"]) == (1, table.shape[1])
   )
+
+
+def _carry_taint(taint, var) -> tuple[frozenset, bool]:
+  """A scan carry's taint on entry. A float array carry that depends on nothing (an RNN's zero
+  initial state, ``[B, H]``) is taken as example data: a parameter meeting it then forms a site
+  along its batch axis (a constant row per example; its products with a kernel contribute
+  exactly what they are), and every iteration has the same taints. Integer and scalar carries
+  (step counters) keep theirs."""
+  aval = var.aval
+  if taint == _NO_TAINT and _is_float(aval.dtype) and len(aval.shape) >= 1:
+    return (frozenset(), True)
+  return taint
 
 
 def _unrollable(eqn) -> bool:
