@@ -11,6 +11,8 @@ Each model is written the way a Flax user would write it, not with trustml's lay
 * ``depthwise``: depthwise-separable CNN (``nn.Conv(feature_group_count=D)`` + pointwise);
 * ``scan``: pre-LN MLP blocks stacked with ``nn.scan(variable_axes={"params": 0})`` (the
   walker interprets the scan per iteration: each row of a stacked kernel is a kernel site);
+* ``scan_remat``: the same blocks as ``nn.scan(nn.remat(Block))`` (the large-model idiom: the
+  kernel sites' inputs leave each checkpoint body as extra outputs);
 * ``raw_embed``: a raw ``self.param`` token table gathered as ``table[tokens]`` (a lookup
   site: the table's ghost norm from the ids and the output gradient) under an MLP block;
 * ``rnn``: an ``nn.RNN`` of an ``nn.LSTMCell`` over the tokens, last state to the head (one
@@ -42,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from trustml.privacy import ghost  # noqa: E402
 
-MODELS = ("linen_mha", "nnx_mha", "raw_mlp", "depthwise", "scan", "raw_embed", "rnn")
+MODELS = ("linen_mha", "nnx_mha", "raw_mlp", "depthwise", "scan", "scan_remat", "raw_embed", "rnn")
 
 
 def _linen_block(d: int, heads: int):
@@ -139,6 +141,23 @@ def build(name: str, vocab: int, seq: int, width: int, layers: int, classes: int
         x = nn.Embed(vocab, d)(tok)
         stack = nn.scan(
           Block, variable_axes={"params": 0}, split_rngs={"params": True}, length=layers
+        )
+        x, _ = stack()(x, None)
+        return nn.Dense(classes)(x.mean(1))
+
+  elif name == "scan_remat":
+
+    class Block(nn.Module):
+      @nn.compact
+      def __call__(self, x, _):
+        return x + nn.Dense(d)(nn.gelu(nn.Dense(4 * d)(nn.LayerNorm()(x)))), None
+
+    class Net(nn.Module):
+      @nn.compact
+      def __call__(self, tok):
+        x = nn.Embed(vocab, d)(tok)
+        stack = nn.scan(
+          nn.remat(Block), variable_axes={"params": 0}, split_rngs={"params": True}, length=layers
         )
         x, _ = stack()(x, None)
         return nn.Dense(classes)(x.mean(1))

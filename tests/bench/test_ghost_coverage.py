@@ -23,7 +23,7 @@ def test_every_model_is_benchmarked(cov):
   assert set(cov.MODELS) == set(MODELS)
 
 
-MODELS = ["linen_mha", "nnx_mha", "raw_mlp", "depthwise", "scan", "raw_embed", "rnn"]
+MODELS = ["linen_mha", "nnx_mha", "raw_mlp", "depthwise", "scan", "scan_remat", "raw_embed", "rnn"]
 
 
 @pytest.mark.parametrize("name", MODELS)

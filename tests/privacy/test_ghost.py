@@ -427,7 +427,7 @@ def test_scan_bodies_are_interpreted_per_iteration(monkeypatch):
       rows.setdefault(pl.broadcast[site.rule[0]], []).append(site.rule[-1])
   assert sorted(rows[("blocks", "mlp", "kernel")]) == [0, 1]
   assert rows[("cell", "hr", "kernel")] == [None] * T
-  assert ("remat", "mlp", "kernel") not in rows  # Inside remat: expanded per example.
+  assert rows[("remat", "mlp", "kernel")] == [None]  # Inside remat: its input leaves the body.
   # The forward keeps each scan rolled when its iterations have the same sites; the unrolled
   # form (what it does otherwise) gives the same sums.
   monkeypatch.setattr(ghost_broadcast, "ROLL_SCANS", False)

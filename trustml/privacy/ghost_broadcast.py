@@ -24,7 +24,7 @@ This module finds those *sites* in the model's jaxpr and makes them visible:
    custom-derivative call that mixes them) makes the leaves *unsupported*, and
    :mod:`trustml.privacy.ghost` falls back to per-example copies under ``vmap``. ``jit`` /
    ``closed_call`` bodies are inlined; ``checkpoint`` (``nn.remat``) bodies are interpreted
-   inside ``jax.checkpoint`` again; ``scan`` bodies (``nn.scan``, ``nn.RNN``, ``lax.scan``, up
+   inside ``jax.checkpoint`` again (the kernel sites' inputs leave them as extra outputs); ``scan`` bodies (``nn.scan``, ``nn.RNN``, ``lax.scan``, up
    to :data:`MAX_SCAN_LENGTH` iterations) are analysed iteration by iteration (a leaf passed
    as ``xs`` is sliced into rows, each row a kernel of its own; a leaf closed over is one
    kernel used at every step) and run as a ``lax.scan`` again whose extra ``xs`` are the
@@ -168,7 +168,7 @@ class _Walker:
     self._rows: list = []
     self.iters: list[tuple[int, int]] = []  # The enclosing scans' (ordinal, iteration).
     self.rule_inputs: list = []  # forward: the example operand of each kernel site.
-    self.remat = 0  # Depth of checkpoint bodies being interpreted (no kernel sites inside).
+    self.remat = 0  # Depth of checkpoint bodies being interpreted.
     self.rolling = 0  # Depth of rolled scan bodies being traced (forward).
     # forward: per whole-leaf kernel site of a rolled top-level scan, (its site index at each
     # iteration 0..n-1, the scan's stacked inputs [n, *x_shape]).
@@ -205,14 +205,22 @@ class _Walker:
         box = []
 
         def body(*args, inner=inner, ts=ts, box=box):
-          outs, out_ts = self.run(inner[0], inner[1], list(args), ts, top=False)
+          # The kernel sites' inputs inside the body leave it as extra outputs (the norms
+          # need them; the body's other activations are still recomputed).
+          saved, self.rule_inputs = self.rule_inputs, []
+          try:
+            outs, out_ts = self.run(inner[0], inner[1], list(args), ts, top=False)
+            inputs = self.rule_inputs
+          finally:
+            self.rule_inputs = saved
           box.append(out_ts)
-          return outs
+          return outs, inputs
 
         remat = jax.checkpoint(
           body, prevent_cse=eqn.params["prevent_cse"], policy=eqn.params["policy"]
         )
-        outs = remat(*vals)
+        outs, inputs = remat(*vals)
+        self.rule_inputs.extend(inputs)
         out_ts = box[0]
       elif inner is not None:
         outs, out_ts = self.run(inner[0], inner[1], vals, ts, top=False)
@@ -362,7 +370,7 @@ class _Walker:
     kernel_at = [j for j, site in enumerate(local) if site.rule is not None]
     for j, x in zip(kernel_at, inputs, strict=True):
       rule = local[j].rule
-      if not self.rolling and rule[-1] is None and rule[1] != "lookup":
+      if not self.rolling and not self.remat and rule[-1] is None and rule[1] != "lookup":
         self.stacks.append((tuple(blocks[i][0] + j for i in range(n)), x))
     self.k = max(e for _, e in blocks.values())
     out_ts = box[0]
@@ -374,14 +382,14 @@ class _Walker:
     The gather's output is perturbed and its ids recorded: the lookup rule
     (:func:`trustml.privacy.ghost_rules.table_sq`, ``table_sum``) gives the table's ghost norm
     and clipped sum from the ids and the output gradient, with no per-example copy of the
-    table. Only a whole leaf (not a value computed from it, not inside a checkpoint body) has
+    table. Only a whole leaf (not a value computed from it) has
     this form; otherwise its leaves are unsupported (there is no expanded form of a gather).
 
     Returns the perturbed output in forward mode, None otherwise.
     """
     table, ids = vals
     if self.mode == "analyse":
-      d = None if self.remat else self.direct.get(id(table))
+      d = self.direct.get(id(table))
       if d is None or d[1] is not None:
         self.bad.update(ts[0][0])
         return None
@@ -417,7 +425,7 @@ class _Walker:
       return None
     row = jax.lax.index_in_dim(x, i, 0, keepdims=False)
     d = self.direct.get(id(x))
-    if self.mode == "analyse" and d is not None and d[1] is None and not self.remat:
+    if self.mode == "analyse" and d is not None and d[1] is None:
       if taint[0] == frozenset({d[0]}) and not taint[1]:
         self.direct[id(row)] = (d[0], i)
         self._rows.append(row)
@@ -454,8 +462,8 @@ class _Walker:
       dims = tuple(range(1, len(u_shape) + 1))
       out = eqn.outvars[0].aval
       dnums = ((tuple(lc), tuple(rc)), (tuple(lb), tuple(rb)))
-      # Inside a checkpoint body the product's input cannot leave it: expanded form.
-      direct = None if self.remat else self.direct.get(id(u))
+      # Inside a checkpoint body too: the product's input leaves it as an extra output.
+      direct = self.direct.get(id(u))
       self.seen.append(
         _Seen(
           axes,
