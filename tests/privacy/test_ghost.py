@@ -266,6 +266,23 @@ class RawLookups(nn.Module):
     return nn.Dense(C, name="head")((x * m).sum(1))
 
 
+class _TableBlock(nn.Module):
+  @nn.compact
+  def __call__(self, tokens):
+    table = self.param("table", nn.initializers.normal(1.0), (V, D))
+    return jnp.tanh(table[tokens] @ self.param("w", nn.initializers.normal(0.5), (D, D)))
+
+
+class RematLookup(nn.Module):
+  """A raw table lookup and a raw kernel inside a checkpoint body: their ids and input leave
+  the body as extra outputs (lookup and kernel sites there)."""
+
+  @nn.compact
+  def __call__(self, tokens, mask):
+    x = nn.remat(_TableBlock)(name="inner")(tokens) * mask[..., None]
+    return nn.Dense(C, name="head")(x.sum(1))
+
+
 class TableAlsoAdded(nn.Module):
   """A raw table gathered and also used otherwise (its mean added): no rule, the fallback."""
 
@@ -289,6 +306,7 @@ MODULES = {
   "recurrent": Recurrent,
   "rawlookups": RawLookups,
   "tablealsoadded": TableAlsoAdded,
+  "rematlookup": RematLookup,
   "tied": Tied,
 }
 # Leaves on the vmap fallback (warned) and leaves covered by broadcast sites.
@@ -312,6 +330,7 @@ RESIDUAL = {"tablealsoadded": {("table",)}}
 BROADCAST = {
   "rawkernel": {("table",), ("kernel",), ("pos",)},
   "rawlookups": {("table",), ("first",), ("past",), ("fill",), ("mixed",)},
+  "rematlookup": {("inner", "table"), ("inner", "w")},
   "nested": _NESTED,
   "recurrent": _RECURRENT,
   "rawdots": {("kernel",), ("heads",), ("gate",), ("b",)},
