@@ -128,36 +128,21 @@ def build(name: str, vocab: int, seq: int, width: int, layers: int, classes: int
           x = nn.relu(nn.Conv(d, (1,))(x))
         return nn.Dense(classes)(x.max(1))
 
-  elif name == "scan":
+  elif name in ("scan", "scan_remat"):
 
     class Block(nn.Module):
       @nn.compact
       def __call__(self, x, _):
         return x + nn.Dense(d)(nn.gelu(nn.Dense(4 * d)(nn.LayerNorm()(x)))), None
 
-    class Net(nn.Module):
-      @nn.compact
-      def __call__(self, tok):
-        x = nn.Embed(vocab, d)(tok)
-        stack = nn.scan(
-          Block, variable_axes={"params": 0}, split_rngs={"params": True}, length=layers
-        )
-        x, _ = stack()(x, None)
-        return nn.Dense(classes)(x.mean(1))
-
-  elif name == "scan_remat":
-
-    class Block(nn.Module):
-      @nn.compact
-      def __call__(self, x, _):
-        return x + nn.Dense(d)(nn.gelu(nn.Dense(4 * d)(nn.LayerNorm()(x)))), None
+    body = nn.remat(Block) if name == "scan_remat" else Block
 
     class Net(nn.Module):
       @nn.compact
       def __call__(self, tok):
         x = nn.Embed(vocab, d)(tok)
         stack = nn.scan(
-          nn.remat(Block), variable_axes={"params": 0}, split_rngs={"params": True}, length=layers
+          body, variable_axes={"params": 0}, split_rngs={"params": True}, length=layers
         )
         x, _ = stack()(x, None)
         return nn.Dense(classes)(x.mean(1))
