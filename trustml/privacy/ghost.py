@@ -494,6 +494,11 @@ def _norm_per_example(module, layer_params: dict, x: jax.Array, g: jax.Array) ->
   return out
 
 
+def _table(tables: dict, path: Path) -> dict:
+  """The lookup / attend uses gathered so far of table ``path`` (lists of ids, g, x, dl)."""
+  return tables.setdefault(path, {"ids": [], "g": [], "x": [], "dl": []})
+
+
 def _materialised(factors: list, valid: jax.Array) -> tuple[list, jax.Array]:
   """The ``[B]`` clip factors and validity, computed once before the weighted sums.
 
@@ -556,12 +561,10 @@ def clipped_sum(
         entry[3].append(None if u.gram_fn is None else (u.gram_fn, x))
         entry[4].append(None if u.sum_fn is None else (u.sum_fn, x, g))
       elif isinstance(u, rules.Lookup):
-        tables.setdefault(u.path, {"ids": [], "g": [], "x": [], "dl": []})
-        tables[u.path]["ids"].append(x.reshape(size, -1))
+        _table(tables, u.path)["ids"].append(x.reshape(size, -1))
         tables[u.path]["g"].append(g.reshape(size, -1, g.shape[-1]))
       elif isinstance(u, rules.Attend):
-        tables.setdefault(u.path, {"ids": [], "g": [], "x": [], "dl": []})
-        tables[u.path]["x"].append(x.reshape(size, -1, x.shape[-1]))
+        _table(tables, u.path)["x"].append(x.reshape(size, -1, x.shape[-1]))
         tables[u.path]["dl"].append(g.reshape(size, -1, g.shape[-1]))
       elif isinstance(u, rules.Reduce):
         val = u.fn(g)
@@ -581,7 +584,8 @@ def clipped_sum(
   # Raw kernels in dot_general: the einsum rule. A row of a leaf (a scan's xs slice) is its
   # own kernel: rows are disjoint coordinates, so the leaf's norm² is the sum over its rows.
   by_row: dict[Path, dict[int, dict]] = {}
-  stacked_uses: dict[Path, list] = {}  # path -> [(xe [n, B, T, H, I], ge)] of rolled scans.
+  # path -> [(index of the use in its bilinear entry, xe [n, B, T, H, I], ge)]: rolled scans.
+  stacked_uses: dict[Path, list] = {}
   for path, site, x, g, is_stack in kernels:
     _, side, dnums, x_shape, k_shape, row = site.rule
     if is_stack:  # One kernel at every iteration of a rolled scan: the uses along T.
@@ -593,7 +597,7 @@ def clipped_sum(
         entry[n_].append(moved.reshape((size, -1) + moved.shape[3:]))
       entry[3].append(None)
       entry[4].append(None)
-      stacked_uses.setdefault(path, []).append((u.signature, len(entry[0]) - 1, xn, gn))
+      stacked_uses.setdefault(path, []).append((len(entry[0]) - 1, xn, gn))
       continue
     if side == "lookup":  # table[ids] at example ids: the lookup rule (``dnums``: the mode).
       rows_n = leaves[path].shape[0]
@@ -603,8 +607,7 @@ def clipped_sum(
         inside = (ids >= 0) & (ids < rows_n)
         gl = jnp.where(inside[..., None], gl, jnp.zeros((), gl.dtype))
       ids = jnp.clip(ids, 0, rows_n - 1)
-      tables.setdefault(path, {"ids": [], "g": [], "x": [], "dl": []})
-      tables[path]["ids"].append(ids)
+      _table(tables, path)["ids"].append(ids)
       tables[path]["g"].append(gl)
       continue
     u = rules.dot_general_use(path, dnums, side, x_shape, k_shape, site.data_axis)
@@ -615,13 +618,13 @@ def clipped_sum(
     entry[1].append(u.g_fn(g))
     entry[3].append(None)
     entry[4].append(None)
-  stacked: dict[Path, dict[int, tuple]] = {}  # path -> row -> (xe, ge, to_leaf)
+  row_kernels: dict[Path, dict[int, tuple]] = {}  # path -> row -> (xe, ge, to_leaf)
   for path, rows_of in by_row.items():
     if all(len(forms) == 1 for forms in rows_of.values()):
-      stacked[path] = {}
+      row_kernels[path] = {}
       for r, forms in rows_of.items():
         ((xs, gs, to_leaf, _, _),) = forms.values()
-        stacked[path][r] = (jnp.concatenate(xs, 1), jnp.concatenate(gs, 1), to_leaf)
+        row_kernels[path][r] = (jnp.concatenate(xs, 1), jnp.concatenate(gs, 1), to_leaf)
       continue
     leaf = leaves[path]  # Several einsum forms of one row: materialise every row.
     pe = [jnp.zeros((size, *leaf.shape[1:]), leaf.dtype)] * leaf.shape[0]
@@ -643,14 +646,14 @@ def clipped_sum(
       sums = sums if all(sm is not None for sm in sums) else None
       ghost[path] = (jnp.concatenate(xs, 1), jnp.concatenate(gs, 1), to_leaf, xx, sums)
       if path in stacked_uses:  # The sum: rolled-scan uses in the scan's [n, B, ...] layout.
-        at = {k for _, k, _, _ in stacked_uses[path]}
+        at = {k for k, _, _ in stacked_uses[path]}
         rest = [k for k in range(len(xs)) if k not in at]
         flat = (
           (jnp.concatenate([xs[k] for k in rest], 1), jnp.concatenate([gs[k] for k in rest], 1))
           if rest
           else None
         )
-        split_sums[path] = (flat, [(xn, gn) for _, _, xn, gn in stacked_uses[path]])
+        split_sums[path] = (flat, [(xn, gn) for _, xn, gn in stacked_uses[path]])
     else:  # Several einsum forms of one kernel: materialise each form's sum.
       total = 0.0
       for xs, gs, to_leaf, _, _ in forms.values():
@@ -667,7 +670,7 @@ def clipped_sum(
     sq[p] = rules.bilinear_sq(xe, ge, xx)
   for p, t in tab.items():
     sq[p] = rules.table_sq(*t, table_rows=leaves[p].shape[0])
-  for p, rows_of in stacked.items():
+  for p, rows_of in row_kernels.items():
     sq[p] = sum(rules.bilinear_sq(xe, ge) for xe, ge, _ in rows_of.values())
   for p, val in materialised.items():
     val = val.astype(jnp.promote_types(val.dtype, jnp.float32))
@@ -707,7 +710,7 @@ def clipped_sum(
           fn(zero(x), zero(g) * f.astype(g.dtype).reshape((-1,) + (1,) * (g.ndim - 1)))
           for fn, x, g in rule_sums
         )
-    for p, rows_of in stacked.items():
+    for p, rows_of in row_kernels.items():
       leaf = leaves[p]
       row_sums = []
       for r in range(leaf.shape[0]):  # A row no iteration used has gradient 0.

@@ -265,20 +265,16 @@ class _Walker:
     are disjoint coordinates of the leaf). In forward mode, when every iteration has the same
     sites, the loop stays a ``lax.scan`` (:meth:`_rolled`); otherwise it is unrolled.
     """
+    body, n, nc, ncar, order, tcar = _scan_parts(eqn, ts)
     if self.mode == "forward" and ROLL_SCANS:
-      rolled = self._rolled(eqn, vals, ts, ordinal)
+      rolled = self._rolled(eqn, vals, ts, ordinal, tcar)
       if rolled is not None:
         return rolled
-    p = eqn.params
-    body, n = p["jaxpr"], int(p["length"])
-    nc, ncar = int(p["num_consts"]), int(p["num_carry"])
     consts, carry, xs = vals[:nc], list(vals[nc : nc + ncar]), vals[nc + ncar :]
-    tcon, tcar, txs = list(ts[:nc]), list(ts[nc : nc + ncar]), list(ts[nc + ncar :])
-    carry_vars = eqn.invars[nc : nc + ncar]
-    tcar = [_carry_taint(t, v) for t, v in zip(tcar, carry_vars, strict=True)]
+    tcon, txs = list(ts[:nc]), list(ts[nc + ncar :])
     steps: dict[int, list] = {}
     ys_ts: list | None = None
-    for i in reversed(range(n)) if p["reverse"] else range(n):
+    for i in order:
       x_i = [self._row(x, i, t) for x, t in zip(xs, txs, strict=True)]
       self.iters.append((ordinal, i))
       outs, out_ts = self.run(
@@ -299,7 +295,7 @@ class _Walker:
       ys.append(None if any(c is None for c in col) else jnp.stack(col))
     return [*carry, *ys], [*tcar, *(ys_ts or [])]
 
-  def _rolled(self, eqn, vals, ts, ordinal: int) -> tuple[list, list] | None:
+  def _rolled(self, eqn, vals, ts, ordinal: int, tcar: list) -> tuple[list, list] | None:
     """Forward mode: the scan as a ``lax.scan`` whose body perturbs one iteration's sites.
 
     The sites were found iteration by iteration; when every iteration has the same sites
@@ -307,19 +303,16 @@ class _Walker:
     iteration's taints are the same), the perturbations are stacked into extra ``xs`` and the
     kernel sites' inputs returned as extra ``ys``. An unrolled recurrence would let XLA:CPU
     fuse elementwise chains across iterations (an LSTM over 64 steps: 7 s vs 0.4 s plain).
-    Returns None when the iterations differ (the caller unrolls).
+    Returns None when the iterations differ (the caller unrolls). ``tcar``: the carries'
+    taints on entry (:func:`_carry_taint`).
     """
-    p = eqn.params
-    body, n, reverse = p["jaxpr"], int(p["length"]), bool(p["reverse"])
-    nc, ncar = int(p["num_consts"]), int(p["num_carry"])
-    carry_vars = eqn.invars[nc : nc + ncar]
-    tcar = [_carry_taint(t, v) for t, v in zip(ts[nc : nc + ncar], carry_vars, strict=True)]
+    body, n, nc, ncar, order, _ = _scan_parts(eqn, ts)
     if not all(t[1] for t in tcar):
       return None
     d = len(self.iters)
     blocks: dict[int, tuple[int, int]] = {}
     k = self.k
-    for i in reversed(range(n)) if reverse else range(n):
+    for i in order:
       start = k
       while k < len(self.sites) and len(self.sites[k].iters) > d:
         if self.sites[k].iters[d] != (ordinal, i):
@@ -363,9 +356,14 @@ class _Walker:
       return list(outs[:ncar]), (list(outs[ncar:]), inputs)
 
     carry, (ys, inputs) = jax.lax.scan(
-      step, list(carry), (list(xs), z_xs), length=n, reverse=reverse, unroll=p.get("unroll", 1)
+      step,
+      list(carry),
+      (list(xs), z_xs),
+      length=n,
+      reverse=bool(eqn.params["reverse"]),
+      unroll=eqn.params.get("unroll", 1),
     )
-    for i in reversed(range(n)) if reverse else range(n):
+    for i in order:
       self.rule_inputs.extend(x[i] for x in inputs)
     kernel_at = [j for j, site in enumerate(local) if site.rule is not None]
     for j, x in zip(kernel_at, inputs, strict=True):
@@ -373,8 +371,7 @@ class _Walker:
       if not self.rolling and not self.remat and rule[-1] is None and rule[1] != "lookup":
         self.stacks.append((tuple(blocks[i][0] + j for i in range(n)), x))
     self.k = max(e for _, e in blocks.values())
-    out_ts = box[0]
-    return [*carry, *ys], [*out_ts[:ncar], *out_ts[ncar:]]
+    return [*carry, *ys], box[0]
 
   def _gather_site(self, eqn, vals, ts):
     """A table leaf gathered at example-dependent ids (``table[ids]``, ``jnp.take``).
@@ -572,6 +569,15 @@ def _row_gather(eqn, ts) -> bool:
     and not tuple(getattr(dn, "operand_batching_dims", ()))
     and tuple(eqn.params["slice_sizes"]) == (1, table.shape[1])
   )
+
+
+def _scan_parts(eqn, ts) -> tuple:
+  """``(body, length, num_consts, num_carry, iteration order, carry taints on entry)``."""
+  p = eqn.params
+  n, nc, ncar = int(p["length"]), int(p["num_consts"]), int(p["num_carry"])
+  order = list(reversed(range(n))) if p["reverse"] else list(range(n))
+  carry = zip(ts[nc : nc + ncar], eqn.invars[nc : nc + ncar], strict=True)
+  return p["jaxpr"], n, nc, ncar, order, [_carry_taint(t, v) for t, v in carry]
 
 
 def _carry_taint(taint, var) -> tuple[frozenset, bool]:
